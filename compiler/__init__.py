@@ -1,0 +1,1 @@
+"""Ember compiler: capture (torch.export), the `ember` MLIR dialect, importer, passes, codegen."""

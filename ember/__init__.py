@@ -1,0 +1,1 @@
+"""Ember: compile PyTorch models for an MTIA-style accelerator and simulate them."""

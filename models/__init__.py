@@ -1,0 +1,1 @@
+"""Reference models and model builders, reachable as SPECs (`models:NAME`)."""

@@ -1,0 +1,1 @@
+"""Ember runtime: Program loading, sessions and device backends."""

@@ -1,0 +1,1 @@
+"""Ember chip simulator: chip spec, ISA, functional and timing engines."""
