@@ -1,0 +1,102 @@
+// The timing engine. Same model and event order as simulator/timing_ref.py: events sorted by
+// (time, kind, queue) with completions (kind 0) before issue attempts (kind 1).
+#include "timing.h"
+
+#include <algorithm>
+#include <queue>
+
+namespace ember {
+
+namespace {
+struct Event {
+    int64_t time;
+    int32_t kind;
+    int32_t q;
+    bool operator>(const Event& o) const {
+        if (time != o.time) return time > o.time;
+        if (kind != o.kind) return kind > o.kind;
+        return q > o.q;
+    }
+};
+}  // namespace
+
+TimingOut run_timing(const Cmd* cmds, int64_t n, const Params& p, int num_pes, int64_t* start,
+                     int64_t* end) {
+    const int nq = num_pes * kNumEngines;
+    Costs costs(p, num_pes);
+    // Queues as index lists in CSR form: program order within each (pe, engine).
+    std::vector<int64_t> qcount(nq + 1, 0);
+    int32_t ntok = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        ++qcount[cmds[i].pe * kNumEngines + cmds[i].engine + 1];
+        ntok = std::max({ntok, cmds[i].wait_tok + 1, cmds[i].sig_tok + 1});
+    }
+    for (int q = 0; q < nq; ++q) qcount[q + 1] += qcount[q];
+    std::vector<int64_t> qcmds(n), fill(qcount.begin(), qcount.end() - 1);
+    for (int64_t i = 0; i < n; ++i) qcmds[fill[cmds[i].pe * kNumEngines + cmds[i].engine]++] = i;
+
+    std::vector<int64_t> head(qcount.begin(), qcount.end() - 1);  // position into qcmds
+    std::vector<int64_t> count(ntok, 0);
+    std::vector<std::vector<int32_t>> waiters(ntok);
+    std::vector<int64_t> free_at(costs.num_servers(), 0);
+    TimingOut out;
+    out.busy.assign(nq, 0);
+
+    std::priority_queue<Event, std::vector<Event>, std::greater<Event>> heap;
+    for (int q = 0; q < nq; ++q)
+        if (qcount[q + 1] > qcount[q]) heap.push({0, 1, q});
+    Usage u;
+    int64_t cycles = 0;
+    while (!heap.empty()) {
+        const Event ev = heap.top();
+        heap.pop();
+        const int q = ev.q;
+        const int64_t i = qcmds[head[q]];
+        const Cmd& c = cmds[i];
+        if (ev.kind == 0) {  // completion
+            if (c.sig_tok >= 0) {
+                const int64_t have = ++count[c.sig_tok];
+                auto& ws = waiters[c.sig_tok];
+                size_t keep = 0;
+                for (size_t j = 0; j < ws.size(); ++j) {
+                    const int w = ws[j];
+                    if (have >= cmds[qcmds[head[w]]].wait_cnt) heap.push({ev.time, 1, w});
+                    else ws[keep++] = w;
+                }
+                ws.resize(keep);
+            }
+            if (++head[q] < qcount[q + 1]) heap.push({ev.time, 1, q});
+            continue;
+        }
+        if (c.wait_tok >= 0 && count[c.wait_tok] < c.wait_cnt) {
+            waiters[c.wait_tok].push_back(q);
+            continue;
+        }
+        costs.cost(c, u);
+        int64_t st = ev.time;
+        for (int j = 0; j < u.n; ++j) st = std::max(st, free_at[u.sid[j]]);
+        int64_t longest = 0;
+        for (int j = 0; j < u.n; ++j) {
+            free_at[u.sid[j]] = st + u.amount[j];
+            longest = std::max(longest, u.amount[j]);
+        }
+        const int64_t e = st + longest + u.fixed;
+        if (start) start[i] = st;
+        if (end) end[i] = e;
+        out.busy[q] += e - st;
+        cycles = std::max(cycles, e);
+        heap.push({e, 0, q});
+    }
+    for (int q = 0; q < nq; ++q) {
+        if (head[q] < qcount[q + 1]) {
+            const int64_t i = qcmds[head[q]];
+            const Cmd& c = cmds[i];
+            out.blocked.push_back({q / kNumEngines, q % kNumEngines, i, c.wait_tok,
+                                   c.wait_tok >= 0 ? count[c.wait_tok] : 0, c.wait_cnt});
+        }
+    }
+    out.cycles = cycles;
+    return out;
+}
+
+}  // namespace ember

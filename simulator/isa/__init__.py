@@ -1,0 +1,9 @@
+"""The PE command set a compiler targets: opcodes, compact encoding, program container."""
+from simulator.isa.encoding import CMD_DTYPE, FLAG_ACCUMULATE, NUM_ARGS, format_command
+from simulator.isa.opcodes import (ENGINE_OF_OP, LUT_FNS, NUM_ENGINES, DType, Dir, Engine,
+                                   Mcast, Op, SimdFn, Space)
+from simulator.isa.program import ChipProgram, PEStream, ProgramBuilder
+
+__all__ = ["CMD_DTYPE", "FLAG_ACCUMULATE", "NUM_ARGS", "format_command", "ENGINE_OF_OP",
+           "LUT_FNS", "NUM_ENGINES", "DType", "Dir", "Engine", "Mcast", "Op", "SimdFn", "Space",
+           "ChipProgram", "PEStream", "ProgramBuilder"]

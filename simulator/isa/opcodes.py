@@ -1,0 +1,127 @@
+"""Enumerations of the ISA: engines, opcodes, memory spaces, dtypes, SIMD functions.
+
+The numeric values are part of the encoding (and of the C++ timing engine): append, never
+renumber.
+"""
+from __future__ import annotations
+
+import enum
+
+import ml_dtypes
+import numpy as np
+
+
+class Engine(enum.IntEnum):
+    """The in-order command queues of one PE."""
+    DMA = 0
+    DPE = 1
+    REDUCE = 2
+    SIMD = 3
+    MLU = 4
+
+
+NUM_ENGINES = len(Engine)
+
+
+class Op(enum.IntEnum):
+    """Opcodes. Operand meaning per opcode is documented on the PEStream builder methods."""
+    NOP = 0               # sync only (signal / wait), zero duration, on any engine
+    DMA = 1               # strided 2D copy between DRAM, SRAM and local memory; multicast
+    DPE_MATMUL = 2        # C (+)= A @ B; bf16/fp16/fp32 -> fp32, int8 -> int32
+    RE_ACC = 3            # dst += src (fp32 or int32)
+    RE_SEND = 4           # forward partial sums to a neighbour PE (optionally accumulating)
+    SIMD_UNARY = 5        # dst = fn(src), also casts (fn=COPY)
+    SIMD_BINARY = 6       # dst = fn(a, b)
+    SIMD_SCALAR = 7       # dst = fn(src, immediate)
+    SIMD_ROW_REDUCE = 8   # dst[r] = reduce_fn(src[r, :])
+    SIMD_ROW_BCAST = 9    # dst[r, c] = fn(src[r, c], vec[r])
+    MLU_TRANSPOSE = 10    # dst = src.T (2D)
+    MLU_COPY2D = 11       # strided 2D copy inside local memory (slice, reshape)
+    MLU_CONCAT = 12       # dst = concat([a, b], axis=1)
+
+
+ENGINE_OF_OP = {
+    Op.DMA: Engine.DMA, Op.DPE_MATMUL: Engine.DPE, Op.RE_ACC: Engine.REDUCE,
+    Op.RE_SEND: Engine.REDUCE, Op.SIMD_UNARY: Engine.SIMD, Op.SIMD_BINARY: Engine.SIMD,
+    Op.SIMD_SCALAR: Engine.SIMD, Op.SIMD_ROW_REDUCE: Engine.SIMD, Op.SIMD_ROW_BCAST: Engine.SIMD,
+    Op.MLU_TRANSPOSE: Engine.MLU, Op.MLU_COPY2D: Engine.MLU, Op.MLU_CONCAT: Engine.MLU,
+}
+
+
+class Space(enum.IntEnum):
+    """Memory levels."""
+    DRAM = 0
+    SRAM = 1
+    LOCAL = 2
+
+
+class DType(enum.IntEnum):
+    """Element types the engines understand."""
+    FP32 = 0
+    BF16 = 1
+    FP16 = 2
+    INT8 = 3
+    INT32 = 4
+
+    @property
+    def np(self) -> np.dtype:
+        return _NP[self]
+
+    @property
+    def itemsize(self) -> int:
+        return _NP[self].itemsize
+
+    @classmethod
+    def of(cls, x: "str | DType | np.dtype") -> "DType":
+        if isinstance(x, DType):
+            return x
+        if isinstance(x, str) and x.upper() in cls.__members__:
+            return cls[x.upper()]
+        dt = np.dtype(x)
+        for k, v in _NP.items():
+            if v == dt:
+                return k
+        raise ValueError(f"no accelerator dtype for {x!r}")
+
+
+_NP = {DType.FP32: np.dtype(np.float32), DType.BF16: np.dtype(ml_dtypes.bfloat16),
+       DType.FP16: np.dtype(np.float16), DType.INT8: np.dtype(np.int8),
+       DType.INT32: np.dtype(np.int32)}
+
+
+class Mcast(enum.IntEnum):
+    """DMA destination fan-out: one PE, every PE of its row, or of its column."""
+    NONE = 0
+    ROW = 1
+    COL = 2
+
+
+class Dir(enum.IntEnum):
+    """Mesh directions (row 0 is the north edge, where memory attaches)."""
+    N = 0
+    S = 1
+    E = 2
+    W = 3
+
+
+class SimdFn(enum.IntEnum):
+    """SIMD functions. Lookup-table functions cost `simd.lut_cycles` per vector."""
+    COPY = 0
+    ADD = 1
+    SUB = 2
+    MUL = 3
+    MAX = 4
+    MIN = 5
+    DIV = 6
+    RELU = 7
+    EXP = 8
+    GELU = 9
+    SILU = 10
+    TANH = 11
+    SIGMOID = 12
+    RECIP = 13
+    RSQRT = 14
+
+
+LUT_FNS = frozenset({SimdFn.DIV, SimdFn.EXP, SimdFn.GELU, SimdFn.SILU, SimdFn.TANH,
+                     SimdFn.SIGMOID, SimdFn.RECIP, SimdFn.RSQRT})

@@ -1,0 +1,323 @@
+"""Chip specs: a validated, frozen description of one accelerator variant.
+
+A chip is a YAML file under ``simulator/chips/`` (or anywhere on disk). Every number the
+simulator uses comes from here, so "what if local memory were 512 KiB" is a one-line change:
+
+    chip = load_chip("mtia2i").with_(local_mem__bytes=512 * 1024)
+
+``with_`` takes top-level fields (``clock_hz=2e9``) and nested fields written as
+``section__field=value`` (``dram__bytes_per_s=409.6e9``, ``dpe__macs_per_cycle__bf16=2048``);
+a whole section can also be given as a dict (``pe_grid={"rows": 4, "cols": 4}``), which is
+merged into the current one.
+
+Sizes may be written as integers or as strings with a binary unit (``"384 KiB"``, ``"128 GiB"``).
+Rates are bytes (or cycles) per second and must be whole numbers, so that the timing engines can
+do exact integer arithmetic.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      field_validator, model_validator)
+
+CHIPS_DIR = Path(__file__).parent / "chips"
+DTYPES = ("fp32", "bf16", "fp16", "int8")
+
+
+class ChipSpecError(ValueError):
+    """A chip file or a change to a chip is invalid; the message names field, value and rule."""
+
+
+_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+
+
+def _parse_size(value: Any) -> Any:
+    """'384 KiB' -> 393216; numbers pass through (pydantic checks them)."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", value)
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"expected a size such as 393216 or '384 KiB', got {value!r}")
+        n = float(m.group(1)) * _UNITS[m.group(2).lower()]
+        if n != int(n):
+            raise ValueError(f"size {value!r} is not a whole number of bytes")
+        return int(n)
+    return value
+
+
+def _whole(value: float) -> float:
+    if value != int(value):
+        raise ValueError(f"must be a whole number (exact integer timing), got {value!r}")
+    return value
+
+
+Size = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
+Rate = Annotated[float, Field(gt=0)]
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Energy = Annotated[float, Field(ge=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PerDtype(_Section):
+    """One number per accelerator dtype."""
+    fp32: float = Field(ge=0)
+    bf16: float = Field(ge=0)
+    fp16: float = Field(ge=0)
+    int8: float = Field(ge=0)
+
+    def __getitem__(self, dtype: str) -> float:
+        if dtype not in DTYPES:
+            raise KeyError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+        return getattr(self, dtype)
+
+
+class DpeModel(str, enum.Enum):
+    """How the dot-product engine maps a GEMM onto its MACs.
+
+    - cached_stream: MTIA-style; a K x N tile of one operand is cached in the engine and rows of
+      the other are streamed from local memory, one row per cycle.
+    - systolic_os / systolic_ws: an R x C systolic array, output or weight stationary; cycle
+      counts follow SCALE-Sim's analytical model.
+    """
+    cached_stream = "cached_stream"
+    systolic_os = "systolic_os"
+    systolic_ws = "systolic_ws"
+
+
+class PEGrid(_Section):
+    """The 2D mesh of processing elements."""
+    rows: PosInt
+    cols: PosInt
+
+
+class LocalMem(_Section):
+    """Per-PE local memory (read + write combined bandwidth)."""
+    bytes: Size
+    bytes_per_s: Rate
+    energy_pj_per_byte: Energy = 0.5
+    check_whole_rate = field_validator("bytes_per_s")(_whole)
+
+
+class Dpe(_Section):
+    """Dot-product engine of one PE."""
+    model: DpeModel = DpeModel.cached_stream
+    macs_per_cycle: PerDtype
+    n_tile: PosInt = 32                 # cached_stream: columns of the cached operand tile
+    array_rows: PosInt = 32             # systolic: array shape R x C
+    array_cols: PosInt = 32
+    pass_overhead_cycles: NonNegInt = 8  # cached_stream: reload + pipeline per tile pass
+    energy_pj_per_mac: PerDtype
+
+    @model_validator(mode="after")
+    def _shape_matches_macs(self) -> "Dpe":
+        for d in DTYPES:
+            macs = self.macs_per_cycle[d]
+            if self.model is DpeModel.cached_stream:
+                if macs != int(macs) or int(macs) % self.n_tile:
+                    raise ValueError(f"macs_per_cycle.{d}={macs} must be a whole multiple of "
+                                     f"n_tile={self.n_tile} for the cached_stream model")
+            elif macs != self.array_rows * self.array_cols:
+                raise ValueError(f"macs_per_cycle.{d}={macs} must equal array_rows*array_cols="
+                                 f"{self.array_rows * self.array_cols}: a systolic cell does one "
+                                 f"MAC per cycle in every dtype")
+        return self
+
+
+class Simd(_Section):
+    """SIMD engine: elementwise ops, lookup-table functions, row reductions."""
+    elems_per_cycle: PosInt
+    lut_cycles: PosInt = 2              # cycles per vector for exp/gelu/... (table + interpolate)
+    latency_cycles: NonNegInt = 4
+    energy_pj_per_elem: Energy = 0.5
+
+
+class Mlu(_Section):
+    """Memory layout unit: transpose, slice, concat inside local memory."""
+    bytes_per_cycle: PosInt
+    latency_cycles: NonNegInt = 4
+    energy_pj_per_byte: Energy = 0.2
+
+
+class Reduce(_Section):
+    """Reduction engine: accumulate partial sums and forward them to a neighbour PE."""
+    elems_per_cycle: PosInt
+    latency_cycles: NonNegInt = 2
+    energy_pj_per_elem: Energy = 0.3
+
+
+class Sram(_Section):
+    """On-chip SRAM reached over the NoC; banks are independent bandwidth servers."""
+    bytes: Size
+    bytes_per_s: Rate
+    banks: PosInt = 8
+    interleave_bytes: PosInt = 256
+    energy_pj_per_byte: Energy = 2.0
+    check_whole_rate = field_validator("bytes_per_s")(_whole)
+
+
+class Dram(_Section):
+    """Off-chip DRAM; each channel is a bandwidth server of bytes_per_s / channels."""
+    kind: str = "LPDDR5"
+    bytes: Size
+    bytes_per_s: Rate
+    channels: PosInt
+    interleave_bytes: PosInt = 256
+    energy_pj_per_byte: Energy = 20.0
+    check_whole_rate = field_validator("bytes_per_s")(_whole)
+
+
+class Noc(_Section):
+    """2D mesh NoC with XY routing; memory attaches at the north edge of each column."""
+    link_bytes_per_s: Rate
+    hop_latency_cycles: NonNegInt = 2
+    energy_pj_per_byte_hop: Energy = 0.1
+    check_whole_rate = field_validator("link_bytes_per_s")(_whole)
+
+
+class HostLink(_Section):
+    """Link to the host (PCIe)."""
+    kind: str = "PCIe Gen5 x8"
+    bytes_per_s: Rate
+    energy_pj_per_byte: Energy = 10.0
+
+
+class Dma(_Section):
+    """Per-PE DMA engine."""
+    latency_cycles: NonNegInt = 64
+
+
+class ChipSpec(BaseModel):
+    """One accelerator variant. Frozen and hashable; ``fingerprint()`` keys compile caches."""
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str = ""
+    clock_hz: Rate
+    pe_grid: PEGrid
+    local_mem: LocalMem
+    dpe: Dpe
+    simd: Simd
+    mlu: Mlu
+    reduce: Reduce
+    sram: Sram
+    dram: Dram
+    noc: Noc
+    host_link: HostLink
+    dma: Dma = Dma()
+    static_power_w: Energy = 0.0
+
+    check_whole_rate = field_validator("clock_hz")(_whole)
+
+    # --- derived numbers -------------------------------------------------------------------
+    @property
+    def num_pes(self) -> int:
+        return self.pe_grid.rows * self.pe_grid.cols
+
+    def peak_ops_per_s(self, dtype: str) -> float:
+        """Dense peak over all PEs; an op is a multiply or an add (2 per MAC)."""
+        return 2.0 * self.dpe.macs_per_cycle[dtype] * self.num_pes * self.clock_hz
+
+    @property
+    def dram_bytes_per_s(self) -> float:
+        return self.dram.bytes_per_s
+
+    @property
+    def sram_bytes(self) -> int:
+        return self.sram.bytes
+
+    @property
+    def local_mem_bytes(self) -> int:
+        return self.local_mem.bytes
+
+    # --- identity --------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """Stable content hash (hex) of every field."""
+        return self._fingerprint
+
+    @cached_property
+    def _fingerprint(self) -> str:
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def __hash__(self) -> int:
+        return hash(self._fingerprint)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ChipSpec) and self._fingerprint == other._fingerprint
+
+    def with_(self, **changes: Any) -> "ChipSpec":
+        """A new validated chip with some fields changed (see the module docstring)."""
+        data = self.model_dump(mode="python")
+        for key, value in changes.items():
+            path = key.split("__")
+            node = data
+            for part in path[:-1]:
+                if not isinstance(node, dict) or part not in node:
+                    raise ChipSpecError(f"{self.name}: unknown field {key!r} in with_()")
+                node = node[part]
+            leaf = path[-1]
+            if not isinstance(node, dict) or leaf not in node:
+                raise ChipSpecError(f"{self.name}: unknown field {key!r} in with_()")
+            if isinstance(value, dict) and isinstance(node[leaf], dict):
+                node[leaf] = {**node[leaf], **value}
+            else:
+                node[leaf] = value
+        return _validate(data, source=f"{self.name}.with_({', '.join(changes)})")
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid chip spec {source}:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        value = e.get("input")
+        if isinstance(value, dict):
+            value = "{...}"
+        lines.append(f"  {field} = {value!r}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _validate(data: Any, source: str) -> ChipSpec:
+    try:
+        return ChipSpec.model_validate(data)
+    except ValidationError as err:
+        raise ChipSpecError(_format_errors(err, source)) from None
+
+
+def list_chips() -> list[str]:
+    """Names of the chips shipped under simulator/chips/."""
+    return sorted(p.stem for p in CHIPS_DIR.glob("*.yaml"))
+
+
+def load_chip(chip: "str | Path | ChipSpec") -> ChipSpec:
+    """A ChipSpec from a chip name, a YAML path, or a ChipSpec (returned as is)."""
+    if isinstance(chip, ChipSpec):
+        return chip
+    path = Path(chip)
+    if not (path.suffix in (".yaml", ".yml") or path.exists()):
+        path = CHIPS_DIR / f"{chip}.yaml"
+        if not path.exists():
+            raise ChipSpecError(f"unknown chip {str(chip)!r}; known chips: {', '.join(list_chips())}"
+                                f" (or give a path to a YAML file)")
+    if not path.exists():
+        raise ChipSpecError(f"chip file {str(path)!r} does not exist; known chips: "
+                            f"{', '.join(list_chips())}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ChipSpecError(f"invalid chip spec {path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ChipSpecError(f"invalid chip spec {path}: expected a mapping of fields at top level")
+    data.setdefault("name", path.stem)
+    return _validate(data, source=str(path))
