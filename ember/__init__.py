@@ -1,1 +1,50 @@
-"""Ember: compile PyTorch models for an MTIA-style accelerator and simulate them."""
+"""Ember: compile PyTorch models for an MTIA-style accelerator, simulate them, run them.
+
+The public surface (see DESIGN.md) is this module and the `ember` command line:
+
+    chip = ember.load_chip("mtia2i")
+    cm = ember.compile(model, example_inputs, chip=chip, dtype="bf16", to="graph")
+    out = cm.run(*inputs, device="reference")
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from compiler.errors import EmberError, UnsupportedOpsError
+from compiler.pipeline import CompileOptions, compile_model
+from ember.compiled import CompiledModel
+
+__all__ = ["compile", "load_chip", "load_model", "mlir_context", "CompiledModel", "EmberError",
+           "UnsupportedOpsError"]
+
+
+def load_chip(chip: Any):
+    """A ChipSpec from a name under simulator/chips/, a path to a YAML file, or a ChipSpec."""
+    from simulator.spec import load_chip as _load_chip
+    return _load_chip(chip)
+
+
+def load_model(spec: str):
+    """`(model, example_inputs)` for a SPEC: `models:NAME` or `path/to/file.py:factory`."""
+    from models import load_model as _load_model
+    return _load_model(spec)
+
+
+def mlir_context():
+    """A new MLIR Context with every Ember dialect loaded."""
+    from compiler.dialect import mlir_context as _mlir_context
+    return _mlir_context()
+
+
+def compile(model: torch.nn.Module, example_inputs: Any, *, chip: Any = "mtia2i", dtype: str = "bf16",
+            to: str = "program", allow_unsupported: bool = False,
+            print_ir_after_all: bool = False) -> CompiledModel:
+    """Compile `model` for `chip`, computing in `dtype`, up to phase `to` ("graph" | "tiled" | "program")."""
+    spec = load_chip(chip)
+    chip_key = chip if isinstance(chip, str) and "/" not in chip and not chip.endswith((".yaml", ".yml")) \
+        else spec.fingerprint()
+    options = CompileOptions(chip=chip_key, dtype=dtype, to=to, allow_unsupported=allow_unsupported,
+                             print_ir_after_all=print_ir_after_all)
+    return CompiledModel(compile_model(model, example_inputs, options), chip=spec)

@@ -1,0 +1,40 @@
+"""Errors the compiler raises, each naming the thing at fault."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class EmberError(Exception):
+    """Base class of Ember's own errors."""
+
+
+class CaptureError(EmberError):
+    """torch.export could not capture the model."""
+
+
+class LoweringError(EmberError):
+    """An FX node could not be turned into `ember` ops (an op library bug or a bad model)."""
+
+
+@dataclass(frozen=True)
+class UnsupportedOp:
+    """One aten op Ember cannot run on the accelerator, grouped by target and source line."""
+    target: str
+    count: int
+    source: str  # the user's own `file:line`, or "<unknown>"
+    reason: str = ""
+
+    def __str__(self) -> str:
+        why = f" ({self.reason})" if self.reason else ""
+        return f"{self.target} x{self.count} at {self.source}{why}"
+
+
+class UnsupportedOpsError(EmberError):
+    """The model has ops Ember does not support; lists every one of them."""
+
+    def __init__(self, unsupported: list[UnsupportedOp]):
+        self.unsupported = unsupported
+        lines = "\n".join(f"  - {u}" for u in unsupported)
+        total = sum(u.count for u in unsupported)
+        super().__init__(f"{total} op(s) in the model are not supported by Ember:\n{lines}\n"
+                         "Pass allow_unsupported=True to compile anyway (they are listed in cm.unsupported).")

@@ -1,0 +1,416 @@
+"""Importer: an exported FX graph (ATen IR) to a graph-level `ember` MLIR module.
+
+Each call_function node is looked up in the `ops/` registry and its lowering rule emits `ember`
+ops through a `Builder`. Parameters and buffers become `ember.weight` ops that name an entry of
+the weight table (never materialized here, so meta-device models import without memory).
+Subgraphs that depend on no input and no weight (masks from `arange`, `full`, ...) are folded
+with torch on the CPU. Unsupported ops are collected, all of them, with the user's source line.
+"""
+from __future__ import annotations
+
+import operator
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch_mlir import ir
+from torch_mlir.dialects import func
+
+from compiler.dialect import build_op, mlir_context, tensor_type
+from compiler.errors import LoweringError, UnsupportedOp, UnsupportedOpsError
+from ops.registry import OpDef, TensorSpec, Unsupported, numpy_dtype, op as lookup_op, rule_for
+
+#: Folded constants larger than this many elements stay ops (they would bloat the weight table).
+MAX_FOLD_ELEMENTS = 1 << 24
+#: Constants with at most this many elements are written inline in the IR.
+MAX_INLINE_ELEMENTS = 16
+
+
+@dataclass(frozen=True)
+class Value:
+    """An SSA value of the module being built, with its shape and dtype on plain numbers."""
+    mlir: ir.Value
+    spec: TensorSpec
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.spec.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.spec.dtype
+
+    @property
+    def rank(self) -> int:
+        return self.spec.rank
+
+
+class Builder:
+    """What a lowering rule sees: emit `ember` ops, make constants, read the node's torch types."""
+
+    def __init__(self, importer: "Importer"):
+        self._imp = importer
+        self.node: torch.fx.Node | None = None
+        self.loc: ir.Location | None = None
+
+    # -- emitting ops
+    def emit(self, op: str | OpDef, *operands: Any, result_specs: Sequence[TensorSpec] | None = None,
+             **attrs: Any) -> Any:
+        """Emit `ember.<op>`; returns a Value, or a tuple of Values for multi-result ops.
+
+        Result types come from the op's inference; only ops without one (`infer=None`) take
+        them from `result_specs`."""
+        opdef = lookup_op(op) if isinstance(op, str) else op
+        if len(operands) != len(opdef.operands):
+            raise TypeError(f"ember.{opdef.name} takes operands {opdef.operands}, got {len(operands)}")
+        attrs = opdef.check_attrs(attrs)
+        specs = [self._spec_tree(o) for o in operands]
+        results = opdef.infer_specs(specs, attrs) if opdef.infer else tuple(result_specs)
+        mlir_operands = [self._mlir_tree(o) for o in operands]
+        operation = build_op(opdef, mlir_operands, attrs, results, loc=self.loc)
+        values = tuple(Value(r, s) for r, s in zip(operation.results, results))
+        return values[0] if opdef.num_results == 1 else values
+
+    def constant(self, value: Any, dtype: str) -> Value:
+        """A literal tensor (scalars become 0-d tensors) of element type `dtype`."""
+        return self._imp.literal(np.asarray(value), dtype, self.loc)
+
+    def scalar_or_value(self, x: Any, dtype: str) -> Value:
+        """`x` itself if it is a Value (cast to `dtype`), else a 0-d constant of `dtype`."""
+        return self.cast(x, dtype) if isinstance(x, Value) else self.constant(x, dtype)
+
+    def cast(self, x: Value, dtype: str) -> Value:
+        return x if x.dtype == dtype else self.emit("cast", x, dtype=dtype)
+
+    # -- what torch says about the node being lowered
+    def result_spec(self, index: int = 0) -> TensorSpec:
+        """The shape and dtype torch recorded for the node's result `index`."""
+        val = self.node.meta["val"]
+        if isinstance(val, (tuple, list)):
+            val = val[index]
+        return TensorSpec.of(val)
+
+    @staticmethod
+    def _spec_tree(o: Any) -> Any:
+        if isinstance(o, (list, tuple)):
+            return [v.spec for v in o]
+        return None if o is None else o.spec
+
+    @staticmethod
+    def _mlir_tree(o: Any) -> Any:
+        if isinstance(o, (list, tuple)):
+            return [v.mlir for v in o]
+        return None if o is None else o.mlir
+
+
+@dataclass
+class HostCall:
+    """An op kept on the host (allow_unsupported): the FX node, called with torch at run time."""
+    target: Any
+    args: Any
+    kwargs: Any
+
+
+@dataclass
+class ImportResult:
+    module: ir.Module
+    context: ir.Context
+    weights: dict[str, torch.Tensor]
+    input_specs: list[TensorSpec]
+    output_specs: list[TensorSpec]
+    unsupported: list[UnsupportedOp]
+    host_calls: dict[int, HostCall] = field(default_factory=dict)
+
+
+def source_line(node: torch.fx.Node) -> str:
+    """The user's own `file:line` that produced `node` (frames inside torch are skipped)."""
+    trace = node.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
+    torch_dir = os.path.dirname(torch.__file__)
+    user = [(f, n) for f, n in frames if not f.startswith(torch_dir)]
+    if user:
+        f, n = user[-1]
+        return f"{f}:{n}"
+    return "<unknown>"
+
+
+def target_name(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        return f"aten.{target._schema.name.split('::')[-1]}.{target._overloadname}"
+    return getattr(target, "__name__", str(target))
+
+
+class Importer:
+    """Turns one ExportedProgram into a `func.func @main` of `ember` ops."""
+
+    def __init__(self, ep: torch.export.ExportedProgram, allow_unsupported: bool = False):
+        self.ep = ep
+        self.allow_unsupported = allow_unsupported
+        self.context = mlir_context()
+        self.weights: dict[str, torch.Tensor] = {}
+        self.values: dict[torch.fx.Node, Any] = {}
+        self.folded: dict[torch.fx.Node, Any] = {}   # nodes computed at import time
+        self.unsupported: Counter = Counter()
+        self.reasons: dict[tuple[str, str], str] = {}
+        self.host_calls: dict[int, HostCall] = {}
+        self.builder = Builder(self)
+
+    # ------------------------------------------------------------------ entry point
+    def run(self) -> ImportResult:
+        ep, sig = self.ep, self.ep.graph_signature
+        user_inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in sig.user_inputs]
+        output_node = next(n for n in ep.graph.nodes if n.op == "output")
+        user_outputs = [o for o, spec in zip(output_node.args[0], sig.output_specs)
+                        if spec.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
+        if len(user_outputs) != len(output_node.args[0]):
+            kinds = sorted({s.kind.name for s in sig.output_specs} - {"USER_OUTPUT"})
+            raise UnsupportedOpsError([UnsupportedOp("in-place state update", 1, "<model>",
+                                                     f"the model mutates {', '.join(kinds)}")])
+        with self.context, ir.Location.unknown():
+            self.module = ir.Module.create()
+            in_specs = [TensorSpec.of(n.meta["val"]) for n in user_inputs]
+            out_specs = [TensorSpec.of(o.meta["val"]) if isinstance(o, torch.fx.Node) else None for o in user_outputs]
+            if any(s is None for s in out_specs):
+                raise LoweringError("model outputs must all be tensors")
+            with ir.InsertionPoint(self.module.body):
+                fn = func.FuncOp("main", ([tensor_type(s) for s in in_specs], [tensor_type(s) for s in out_specs]))
+                block = fn.add_entry_block()
+            self.block = block
+            with ir.InsertionPoint(block):
+                for node, arg in zip(user_inputs, block.arguments):
+                    self.values[node] = Value(arg, TensorSpec.of(node.meta["val"]))
+                for node in ep.graph.nodes:
+                    if node.op == "placeholder" and node not in self.values:
+                        self._placeholder(node)
+                    elif node.op == "call_function":
+                        self._call(node)
+                if self.unsupported and not self.allow_unsupported:
+                    raise UnsupportedOpsError(self.unsupported_list())
+                results = [self._materialize(o) for o in user_outputs]
+                func.ReturnOp([r.mlir for r in results])
+        return ImportResult(self.module, self.context, self.weights, in_specs, out_specs,
+                            self.unsupported_list(), self.host_calls)
+
+    def unsupported_list(self) -> list[UnsupportedOp]:
+        return [UnsupportedOp(t, c, s, self.reasons.get((t, s), "")) for (t, s), c in self.unsupported.items()]
+
+    # ------------------------------------------------------------------ placeholders
+    def _placeholder(self, node: torch.fx.Node) -> None:
+        sig = self.ep.graph_signature
+        name = (sig.inputs_to_parameters.get(node.name) or sig.inputs_to_buffers.get(node.name)
+                or sig.inputs_to_lifted_tensor_constants.get(node.name))
+        if name is None:
+            raise LoweringError(f"placeholder {node.name} is neither an input nor a weight")
+        tensor = self.ep.state_dict.get(name)
+        if tensor is None:
+            tensor = self.ep.constants[name]
+        if not isinstance(tensor, torch.Tensor):
+            raise LoweringError(f"constant {name} is a {type(tensor).__name__}, not a tensor")
+        tensor = tensor.detach()
+        if name in sig.inputs_to_lifted_tensor_constants.values() and not tensor.is_meta:
+            self.folded[node] = tensor   # a literal of the model's code: may fold further
+        self.values[node] = ("weight", name, tensor)
+
+    def weight(self, name: str, tensor: torch.Tensor) -> Value:
+        """An `ember.weight` op naming `tensor` in the weight table."""
+        spec = TensorSpec.of(tensor)
+        self.weights[name] = tensor
+        if not tensor.is_meta and tensor.numel() <= MAX_INLINE_ELEMENTS:
+            return self.literal(tensor.cpu().numpy() if tensor.dtype != torch.bfloat16
+                                else tensor.float().numpy(), spec.dtype, None)
+        return self.builder.emit("weight", symbol=name, result_specs=[spec])
+
+    def literal(self, array: np.ndarray, dtype: str, loc: ir.Location | None) -> Value:
+        """An inline `ember.constant` holding `array` as `dtype` (bf16 is held as f32, then cast)."""
+        holder = "f32" if dtype == "bf16" else dtype
+        arr = np.array(np.asarray(array).astype(numpy_dtype(holder)), order="C")
+        old_loc = self.builder.loc
+        self.builder.loc = loc
+        value = self.builder.emit("constant", value=arr)
+        self.builder.loc = old_loc
+        return self.builder.cast(value, dtype)
+
+    def _materialize(self, x: Any) -> Any:
+        """The builder Value of an FX argument (weights and folded constants are emitted lazily)."""
+        if isinstance(x, torch.fx.Node):
+            v = self.values.get(x)
+            if isinstance(v, tuple) and v and v[0] == "weight":
+                v = self.weight(v[1], v[2])
+                self.values[x] = v
+            elif v is None and x in self.folded:
+                v = self._folded_value(x)
+                self.values[x] = v
+            return v
+        if isinstance(x, (list, tuple)):
+            return type(x)(self._materialize(a) for a in x)
+        return x
+
+    def _folded_value(self, node: torch.fx.Node) -> Value:
+        t = self.folded[node]
+        if not isinstance(t, torch.Tensor):
+            raise LoweringError(f"{node.name} folds to a {type(t).__name__}, not a tensor")
+        return self.weight(f"_folded.{node.name}", t)
+
+    # ------------------------------------------------------------------ call_function
+    def _call(self, node: torch.fx.Node) -> None:
+        if node.target is operator.getitem:
+            src, index = node.args
+            if src in self.folded:
+                self.folded[node] = self.folded[src][index]
+                return
+            parent = self.values.get(src)
+            self.values[node] = parent[index] if isinstance(parent, (tuple, list)) else None
+            if isinstance(parent, (tuple, list)) and parent[index] is None:
+                self._unsupported(node, "an output of this op is not computed by Ember")
+            return
+        if self._try_fold(node):
+            return
+        rule = rule_for(node.target)
+        if rule is None:
+            self._unsupported(node, "")
+            return
+        args = self._materialize(node.args)
+        kwargs = self._materialize(node.kwargs)
+        if self._has_poison(args) or self._has_poison(kwargs):
+            self.values[node] = None   # an input was unsupported: already reported
+            return
+        self.builder.node = node
+        self.builder.loc = self._location(node)
+        with self.builder.loc:
+            try:
+                result = rule.fn(self.builder, *args, **kwargs)
+            except Unsupported as e:
+                self._unsupported(node, str(e))
+                return
+            except (ValueError, TypeError, NotImplementedError) as e:
+                raise LoweringError(f"ops/{rule.family}.py could not lower {target_name(node.target)} "
+                                    f"at {source_line(node)}: {e}") from e
+        self._check_against_torch(node, result, rule.family)
+        self.values[node] = result
+
+    def _try_fold(self, node: torch.fx.Node) -> bool:
+        """Compute `node` now if it depends only on literals; keeps masks and iotas out of the graph."""
+        inputs = node.all_input_nodes
+        if inputs and not all(n in self.folded for n in inputs):
+            return False
+        val = node.meta.get("val")
+        vals = val if isinstance(val, (tuple, list)) else [val]
+        if not all(isinstance(v, torch.Tensor) for v in vals) or sum(v.numel() for v in vals) > MAX_FOLD_ELEMENTS:
+            return False
+        if isinstance(node.target, torch._ops.OpOverload) and node.target.is_view is False and \
+                any(a.alias_info is not None and a.alias_info.is_write for a in node.target._schema.arguments):
+            return False
+
+        def real(x: Any) -> Any:
+            if isinstance(x, torch.fx.Node):
+                return self.folded[x]
+            if isinstance(x, torch.device):
+                return torch.device("cpu")
+            if isinstance(x, (list, tuple)):
+                return type(x)(real(a) for a in x)
+            return x
+
+        kwargs = {k: real(v) for k, v in node.kwargs.items()}
+        if "device" in kwargs:
+            kwargs["device"] = torch.device("cpu")
+        try:
+            with torch.no_grad():
+                self.folded[node] = node.target(*real(node.args), **kwargs)
+        except Exception:  # not foldable on the host: lower it as an op instead
+            return False
+        return True
+
+    @staticmethod
+    def _has_poison(x: Any) -> bool:
+        if x is None:
+            return False
+        if isinstance(x, (list, tuple)):
+            return any(Importer._has_poison(a) for a in x)
+        if isinstance(x, dict):
+            return any(Importer._has_poison(a) for a in x.values())
+        return isinstance(x, _Poison)
+
+    def _unsupported(self, node: torch.fx.Node, reason: str) -> None:
+        key = (target_name(node.target), source_line(node))
+        self.unsupported[key] += 1
+        if reason:
+            self.reasons[key] = reason
+        if self.allow_unsupported:
+            self.values[node] = self._host_call(node)
+        else:
+            self.values[node] = _POISON
+
+    def _host_call(self, node: torch.fx.Node) -> Any:
+        args = self._materialize(node.args)
+        kwargs = self._materialize(node.kwargs)
+        if self._has_poison(args) or self._has_poison(kwargs):
+            return _POISON
+        val = node.meta.get("val")
+        vals = list(val) if isinstance(val, (tuple, list)) else [val]
+        if not all(isinstance(v, torch.Tensor) for v in vals):
+            return _POISON
+        tensors: list[Value] = []
+
+        def strip(x: Any) -> Any:
+            if isinstance(x, Value):
+                tensors.append(x)
+                return _HostArg(len(tensors) - 1)
+            if isinstance(x, (list, tuple)):
+                return type(x)(strip(a) for a in x)
+            return x
+
+        index = len(self.host_calls)
+        self.host_calls[index] = HostCall(node.target, strip(args), {k: strip(v) for k, v in kwargs.items()})
+        specs = [TensorSpec.of(v) for v in vals]
+        self.builder.loc = self._location(node)
+        with self.builder.loc:
+            results = self.builder.emit("host", tensors, target=target_name(node.target), index=index,
+                                        result_specs=specs)
+        return results if isinstance(val, (tuple, list)) else results[0]
+
+    def _location(self, node: torch.fx.Node) -> ir.Location:
+        src = source_line(node)
+        if src != "<unknown>":
+            path, line = src.rsplit(":", 1)
+            return ir.Location.name(node.name, childLoc=ir.Location.file(path, int(line), 0))
+        return ir.Location.name(node.name)
+
+    def _check_against_torch(self, node: torch.fx.Node, result: Any, family: str) -> None:
+        """The specs the op library inferred must equal what torch recorded for the node."""
+        val = node.meta.get("val")
+        got = result if isinstance(result, (tuple, list)) else (result,)
+        want = val if isinstance(val, (tuple, list)) else (val,)
+        for i, (g, w) in enumerate(zip(got, want)):
+            if g is None or not isinstance(w, torch.Tensor):
+                continue
+            if not isinstance(g, Value):
+                raise LoweringError(f"ops/{family}.py lowering of {target_name(node.target)} returned "
+                                    f"{type(g).__name__}, not a Value")
+            if g.spec != TensorSpec.of(w):
+                raise LoweringError(f"ops/{family}.py lowers {target_name(node.target)} at {source_line(node)} "
+                                    f"to {g.spec} (result {i}), but torch says {TensorSpec.of(w)}")
+
+
+class _Poison:
+    """Stands for the result of an unsupported op, so that later ops are skipped, not misreported."""
+
+
+_POISON = _Poison()
+
+
+@dataclass(frozen=True)
+class _HostArg:
+    """Position of a tensor operand in a host call's argument structure."""
+    index: int
+
+
+def import_program(ep: torch.export.ExportedProgram, allow_unsupported: bool = False) -> ImportResult:
+    """Import an ExportedProgram into a graph-level `ember` module."""
+    return Importer(ep, allow_unsupported).run()
+
+
+__all__ = ["Builder", "Value", "ImportResult", "Importer", "import_program", "source_line", "HostCall"]

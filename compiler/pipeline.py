@@ -1,0 +1,99 @@
+"""The compile pipeline: named phases in order, each one's IR kept for `cm.ir(phase)`.
+
+    graph    capture (torch.export + decompositions) and import: graph-level `ember` ops
+    tiled    partition, fuse, dtype and layout, tile and map onto the PE grid (not built yet)
+    program  per-PE schedules serialized into a Program (not built yet)
+
+`compile_model(..., to=PHASE)` stops after PHASE.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from compiler.capture import capture, check_inputs
+from compiler.errors import EmberError
+from compiler.importer import ImportResult, import_program
+
+PHASES = ("graph", "tiled", "program")
+DTYPES = ("fp32", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Everything that changes what a compile produces; its `key()` keys the compile cache."""
+    chip: str = "mtia2i"          # the chip's name, or its content fingerprint for a ChipSpec
+    dtype: str = "bf16"
+    to: str = "program"
+    allow_unsupported: bool = False
+    print_ir_after_all: bool = False
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.to not in PHASES:
+            raise ValueError(f"to must be one of {', '.join(PHASES)}, got {self.to!r}")
+
+    def key(self) -> str:
+        fields = dataclasses.asdict(self)
+        fields.pop("print_ir_after_all")
+        return hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()[:16]
+
+
+@dataclass
+class CompileResult:
+    """What the compiler hands the runtime: the graph, and the IR after each phase reached."""
+    options: CompileOptions
+    graph: ImportResult
+    out_spec: Any                       # pytree spec of the model's outputs
+    ir: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _phase_graph(model: torch.nn.Module, example_inputs: tuple, options: CompileOptions,
+                 result: dict[str, Any]) -> None:
+    t0 = time.perf_counter()
+    ep = capture(model, example_inputs)
+    t1 = time.perf_counter()
+    graph = import_program(ep, allow_unsupported=options.allow_unsupported)
+    t2 = time.perf_counter()
+    result.update(graph=graph, out_spec=ep.call_spec.out_spec,
+                  timings={"capture": t1 - t0, "import": t2 - t1})
+
+
+def _not_built(phase: str) -> Callable[..., None]:
+    def run(*_: Any) -> None:
+        raise NotImplementedError(f"the '{phase}' phase is not built yet; compile with to='graph'")
+    return run
+
+
+PIPELINE: tuple[tuple[str, Callable[..., None]], ...] = (
+    ("graph", _phase_graph),
+    ("tiled", _not_built("tiled")),
+    ("program", _not_built("program")),
+)
+
+
+def compile_model(model: torch.nn.Module, example_inputs: Any, options: CompileOptions) -> CompileResult:
+    """Run the pipeline's phases up to `options.to`."""
+    example_inputs = check_inputs(model, example_inputs)
+    state: dict[str, Any] = {}
+    ir_after: dict[str, str] = {}
+    for phase, run in PIPELINE:
+        run(model, example_inputs, options, state)
+        with state["graph"].context:
+            ir_after[phase] = str(state["graph"].module)
+        if options.print_ir_after_all:
+            print(f"// ----- IR after phase '{phase}' -----\n{ir_after[phase]}", file=sys.stderr)
+        if phase == options.to:
+            break
+    return CompileResult(options, state["graph"], state["out_spec"], ir_after, state.get("timings", {}))
+
+
+__all__ = ["PHASES", "DTYPES", "CompileOptions", "CompileResult", "compile_model", "EmberError"]

@@ -1,0 +1,21 @@
+"""Device backends, one module each (`runtime/devices/<name>.py`), found by name.
+
+Each module exposes `run(compiled, inputs, **options) -> list[torch.Tensor]`.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+DEVICES = ("reference", "sim", "cpu", "cuda")
+
+
+def get_device(name: str) -> ModuleType:
+    if name not in DEVICES:
+        raise ValueError(f"unknown device '{name}'; choose one of: {', '.join(DEVICES)}")
+    try:
+        return importlib.import_module(f"runtime.devices.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"runtime.devices.{name}":
+            raise NotImplementedError(f"device '{name}' is not available in this build of Ember") from e
+        raise

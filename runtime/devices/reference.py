@@ -1,0 +1,89 @@
+"""The reference device: interprets a graph-level `ember` module with each op's numpy reference.
+
+It is the numeric ground truth the simulator and the compiled paths are checked against: every
+op computes in float64 (or its integer type) and rounds to its declared result type.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch_mlir import ir
+
+from compiler.dialect import op_attrs, operand_segments, spec_of
+from ops.registry import DTYPE_TO_TORCH, as_dtype, numpy_dtype, op as lookup_op
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.float().numpy().astype(numpy_dtype("bf16"))
+    return t.numpy()
+
+
+def to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
+    if dtype == "bf16":
+        return torch.from_numpy(np.ascontiguousarray(a.astype(np.float32))).to(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(a)).to(DTYPE_TO_TORCH[dtype])
+
+
+def interpret(module: ir.Module, weights: dict[str, Any], inputs: Sequence[np.ndarray],
+              host_calls: dict[int, Any] | None = None) -> list[np.ndarray]:
+    """Run `func.func @main` of a graph-level module on numpy `inputs`."""
+    main = next(op for op in module.body.operations if op.operation.name == "func.func")
+    block = main.regions[0].blocks[0]
+    env: dict[ir.Value, np.ndarray] = dict(zip(block.arguments, inputs))
+    for operation in block.operations:
+        name = operation.name
+        if name == "func.return":
+            return [env[v] for v in operation.operands]
+        if not name.startswith("ember."):
+            raise NotImplementedError(f"the reference device cannot run '{name}'")
+        opdef = lookup_op(name[len("ember."):])
+        attrs = op_attrs(operation, opdef)
+        result_specs = [spec_of(r.type) for r in operation.results]
+        if opdef.name == "weight":
+            outs = [weights[attrs["symbol"]]]
+        elif opdef.name == "host":
+            outs = _host_call(host_calls[attrs["index"]], [env[v] for v in operation.operands])
+        else:
+            args = opdef.group_operands([env[v] for v in operation.operands], operand_segments(operation))
+            res = opdef.reference(*args, **attrs)
+            outs = list(res) if isinstance(res, (tuple, list)) else [res]
+        for value, out, spec in zip(operation.results, outs, result_specs):
+            out = as_dtype(out, spec.dtype)
+            if out.shape != spec.shape:
+                raise AssertionError(f"{name} reference gave shape {out.shape}, IR says {spec.shape}")
+            env[value] = out
+    raise ValueError("func.func @main has no return")
+
+
+def _host_call(call: Any, operands: list[np.ndarray]) -> list[np.ndarray]:
+    from compiler.importer import _HostArg
+
+    def fill(x: Any) -> Any:
+        if isinstance(x, _HostArg):
+            return torch.from_numpy(np.ascontiguousarray(operands[x.index]))
+        if isinstance(x, (list, tuple)):
+            return type(x)(fill(a) for a in x)
+        return x
+
+    with torch.no_grad():
+        out = call.target(*fill(call.args), **{k: fill(v) for k, v in call.kwargs.items()})
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    return [to_numpy(o) for o in outs]
+
+
+def run(compiled: Any, inputs: Sequence[torch.Tensor], **options: Any) -> list[torch.Tensor]:
+    """Run a compiled model's graph-level module on the reference interpreter."""
+    if options:
+        raise TypeError(f"the reference device takes no options, got {sorted(options)}")
+    graph = compiled.graph
+    if any(t.is_meta for t in graph.weights.values()):
+        raise ValueError("the model's weights are on the meta device: there are no numbers to compute; "
+                         "use device='sim' with timing_only=True")
+    weights = compiled.numpy_weights()
+    with graph.context:
+        outs = interpret(graph.module, weights, [to_numpy(x) for x in inputs], graph.host_calls)
+    return [to_torch(o, s.dtype) for o, s in zip(outs, graph.output_specs)]
