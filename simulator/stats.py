@@ -1,0 +1,110 @@
+"""Statistics of a timed run: utilization per engine, bytes per memory level, energy.
+
+Byte and operation counts come from the program itself (vectorized over the command array),
+so they cost nothing per command in the timing loop and are the same for both engines.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.isa import FLAG_ACCUMULATE, Engine, Op, Space
+from simulator.spec import ChipSpec
+from simulator.validate import extents
+
+DTYPE_NAMES = ("fp32", "bf16", "fp16", "int8")
+
+
+def _sum(x) -> int:
+    return int(np.sum(x, dtype=np.int64))
+
+
+def program_counts(cmds: np.ndarray, chip: ChipSpec) -> dict:
+    """Operation and byte counts of a program on a chip."""
+    rows, cols = chip.pe_grid.rows, chip.pe_grid.cols
+    op, a = cmds["op"], cmds["a"]
+    dma = op == Op.DMA
+    nbytes = a[:, 2] * a[:, 3]
+    mcast = (cmds["flags"] >> 1) & 3
+    fan = np.where(mcast == 1, cols, np.where(mcast == 2, rows, 1))
+    out: dict = {"commands": int(len(cmds))}
+    for s in (Space.DRAM, Space.SRAM):
+        out[f"{s.name.lower()}_read"] = _sum(nbytes[dma & (cmds["src_space"] == s)])
+        out[f"{s.name.lower()}_write"] = _sum(nbytes[dma & (cmds["dst_space"] == s)])
+    local = 0
+    for mask, space, lo, n, name in extents(cmds):
+        on_local = space == Space.LOCAL
+        if name == "dma destination":
+            n = n * fan[mask]
+        local += _sum(n[on_local])
+    acc_c = (op == Op.DPE_MATMUL) & ((cmds["flags"] & FLAG_ACCUMULATE) > 0)
+    local += _sum(a[acc_c, 3] * a[acc_c, 5] * 4)    # C is read back when accumulating
+    out["local"] = local
+    # NoC byte-hops: memory <-> PE crosses (row + 1) links; PE <-> PE the Manhattan distance;
+    # a multicast adds the links of its row or column once.
+    pe = cmds["pe"].astype(np.int64)
+    peer = cmds["peer"].astype(np.int64)
+    d = np.where(peer >= 0, peer, pe)
+    src_mem, dst_mem = cmds["src_space"] != Space.LOCAL, cmds["dst_space"] != Space.LOCAL
+    hops = np.where(src_mem & dst_mem, 0,
+                    np.where(src_mem, np.where(mcast == 2, rows, d // cols + 1),
+                             np.where(dst_mem, pe // cols + 1,
+                                      np.abs(pe % cols - d % cols) + np.abs(pe // cols - d // cols))))
+    hops = hops + np.where(~dst_mem & (mcast == 1), cols - 1, 0) \
+        + np.where(~dst_mem & (mcast == 2) & ~src_mem, rows - 1, 0)
+    send = op == Op.RE_SEND
+    out["noc_byte_hops"] = _sum((nbytes * hops)[dma]) + _sum(a[send, 2] * 4)
+    mm = op == Op.DPE_MATMUL
+    macs = a[:, 3] * a[:, 4] * a[:, 5]
+    out["macs"] = {d: _sum(macs[mm & (cmds["dtype"] == i)]) for i, d in enumerate(DTYPE_NAMES)}
+    simd_n = np.select([op == Op.SIMD_UNARY, op == Op.SIMD_SCALAR, op == Op.SIMD_BINARY,
+                        op == Op.SIMD_ROW_REDUCE, op == Op.SIMD_ROW_BCAST],
+                       [a[:, 2], a[:, 2], a[:, 3], a[:, 2] * a[:, 3], a[:, 3] * a[:, 4]], 0)
+    out["simd_elems"] = _sum(simd_n)
+    out["reduce_elems"] = _sum(a[(op == Op.RE_ACC) | send, 2])
+    mlu_bytes = np.select([op == Op.MLU_TRANSPOSE, op == Op.MLU_COPY2D, op == Op.MLU_CONCAT],
+                          [a[:, 2] * a[:, 3] * np.array([4, 2, 2, 1, 4])[np.minimum(cmds["dtype"], 4)],
+                           a[:, 2] * a[:, 3], a[:, 3] * (a[:, 4] + a[:, 5])], 0)
+    out["mlu_bytes"] = _sum(mlu_bytes)
+    return out
+
+
+def energy_joules(counts: dict, chip: ChipSpec, seconds: float) -> dict:
+    """Energy by component from per-operation and per-byte costs (pJ) plus static power."""
+    pj = 1e-12
+    e = {
+        "dpe": sum(counts["macs"][d] * chip.dpe.energy_pj_per_mac[d] for d in DTYPE_NAMES) * pj,
+        "simd": counts["simd_elems"] * chip.simd.energy_pj_per_elem * pj,
+        "reduce": counts["reduce_elems"] * chip.reduce.energy_pj_per_elem * pj,
+        "mlu": counts["mlu_bytes"] * chip.mlu.energy_pj_per_byte * pj,
+        "local_mem": counts["local"] * chip.local_mem.energy_pj_per_byte * pj,
+        "sram": (counts["sram_read"] + counts["sram_write"]) * chip.sram.energy_pj_per_byte * pj,
+        "dram": (counts["dram_read"] + counts["dram_write"]) * chip.dram.energy_pj_per_byte * pj,
+        "noc": counts["noc_byte_hops"] * chip.noc.energy_pj_per_byte_hop * pj,
+        "static": chip.static_power_w * seconds,
+    }
+    e["total"] = sum(e.values())
+    return e
+
+
+def build_stats(cmds: np.ndarray, chip: ChipSpec, cycles: int, busy: np.ndarray) -> dict:
+    """The ``stats`` dict of a SimResult."""
+    seconds = cycles / chip.clock_hz
+    counts = program_counts(cmds, chip)
+    denom = max(cycles, 1)
+    util = busy / denom
+    macs_total = sum(counts["macs"].values())
+    peak = {d: chip.dpe.macs_per_cycle[d] * chip.num_pes * denom for d in DTYPE_NAMES}
+    return {
+        "cycles": cycles,
+        "seconds": seconds,
+        "commands": counts["commands"],
+        "engine_utilization": {e.name.lower(): float(util[:, e].mean()) for e in Engine},
+        "busy_cycles": {e.name.lower(): busy[:, e].tolist() for e in Engine},
+        "bytes": {k: counts[k] for k in ("dram_read", "dram_write", "sram_read", "sram_write",
+                                          "local", "noc_byte_hops")},
+        "dram_bytes_per_s": (counts["dram_read"] + counts["dram_write"]) / seconds if cycles else 0.0,
+        "macs": counts["macs"],
+        "mac_utilization": {d: counts["macs"][d] / peak[d] for d in DTYPE_NAMES if counts["macs"][d]},
+        "achieved_ops_per_s": 2 * macs_total / seconds if cycles else 0.0,
+        "energy_j": energy_joules(counts, chip, seconds),
+    }
