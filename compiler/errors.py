@@ -18,15 +18,21 @@ class LoweringError(EmberError):
 
 @dataclass(frozen=True)
 class UnsupportedOp:
-    """One aten op Ember cannot run on the accelerator, grouped by target and source line."""
+    """One aten op Ember cannot run on the accelerator: how often it occurs, and where."""
     target: str
     count: int
-    source: str  # the user's own `file:line`, or "<unknown>"
+    sources: tuple[tuple[str, int], ...]  # (the user's own `file:line`, occurrences there)
     reason: str = ""
+
+    @property
+    def source(self) -> str:
+        """The first source line (`file:line`) that produced this op."""
+        return self.sources[0][0] if self.sources else "<unknown>"
 
     def __str__(self) -> str:
         why = f" ({self.reason})" if self.reason else ""
-        return f"{self.target} x{self.count} at {self.source}{why}"
+        where = ", ".join(src if n == 1 else f"{src} (x{n})" for src, n in self.sources)
+        return f"{self.target} x{self.count} at {where}{why}"
 
 
 class UnsupportedOpsError(EmberError):

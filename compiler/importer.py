@@ -132,10 +132,11 @@ def source_line(node: torch.fx.Node) -> str:
     frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
     torch_dir = os.path.dirname(torch.__file__)
     user = [(f, n) for f, n in frames if not f.startswith(torch_dir)]
-    if user:
-        f, n = user[-1]
-        return f"{f}:{n}"
-    return "<unknown>"
+    if not user:
+        return "<unknown>"
+    f, n = user[-1]
+    rel = os.path.relpath(f)
+    return f"{f if rel.startswith('..') else rel}:{n}"
 
 
 def target_name(target: Any) -> str:
@@ -196,7 +197,14 @@ class Importer:
                             self.unsupported_list(), self.host_calls)
 
     def unsupported_list(self) -> list[UnsupportedOp]:
-        return [UnsupportedOp(t, c, s, self.reasons.get((t, s), "")) for (t, s), c in self.unsupported.items()]
+        """Unsupported ops grouped by aten target, most frequent first, with their source lines."""
+        by_target: dict[str, Counter] = {}
+        for (target, src), n in self.unsupported.items():
+            by_target.setdefault(target, Counter())[src] += n
+        out = [UnsupportedOp(t, sum(srcs.values()), tuple(srcs.items()),
+                             "; ".join(sorted({r for (t2, _), r in self.reasons.items() if t2 == t})))
+               for t, srcs in by_target.items()]
+        return sorted(out, key=lambda u: (-u.count, u.target))
 
     # ------------------------------------------------------------------ placeholders
     def _placeholder(self, node: torch.fx.Node) -> None:
@@ -276,7 +284,7 @@ class Importer:
         args = self._materialize(node.args)
         kwargs = self._materialize(node.kwargs)
         if self._has_poison(args) or self._has_poison(kwargs):
-            self.values[node] = None   # an input was unsupported: already reported
+            self.values[node] = _POISON   # an input was unsupported: already reported
             return
         self.builder.node = node
         self.builder.loc = self._location(node)

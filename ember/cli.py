@@ -1,13 +1,81 @@
-"""The `ember` command line. Each command group lives in its own module and is added here."""
+"""The `ember` command line. Command groups with their own module are added here."""
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Optional
+
 import typer
+from rich.console import Console
 
 from ember.cli_chips import chips_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Compile PyTorch models for an MTIA-style accelerator and simulate them.")
 app.add_typer(chips_app, name="chips")
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def dialect(irdl: Path = typer.Option(..., "--irdl", help="write the IRDL definition of `ember` to this file")) -> None:
+    """Write the `ember` dialect's IRDL definition, for `torch-mlir-opt --irdl-file=FILE`."""
+    from compiler.dialect import irdl_text
+    irdl.write_text(irdl_text())
+    console.print(f"wrote {irdl}")
+
+
+@app.command()
+def compile(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:factory"),
+            chip: str = typer.Option("mtia2i", help="chip name or YAML path"),
+            dtype: str = typer.Option("bf16", help="fp32 | bf16 | int8"),
+            to: str = typer.Option("graph", help="graph | tiled | program"),
+            output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the IR (or Program) here"),
+            print_ir_after_all: bool = typer.Option(False, "--print-ir-after-all", help="dump the IR after each phase"),
+            allow_unsupported: bool = typer.Option(False, "--allow-unsupported", help="keep unsupported ops on the host")) -> None:
+    """Compile a model and print a summary of what came out."""
+    import ember
+    from ember.report import op_summary_table, unsupported_table
+    try:
+        model, args = ember.load_model(spec)
+        t0 = time.perf_counter()
+        cm = ember.compile(model, args, chip=chip, dtype=dtype, to=to, allow_unsupported=allow_unsupported,
+                           print_ir_after_all=print_ir_after_all)
+    except (ValueError, TypeError, ember.EmberError, NotImplementedError) as e:
+        _fail(str(e))
+    seconds = time.perf_counter() - t0
+    console.print(op_summary_table(cm.op_counts(), f"{spec}: graph-level ember ops"))
+    if cm.unsupported:
+        console.print(unsupported_table(cm.unsupported))
+    console.print(f"compiled to '{to}' in {seconds:.2f} s "
+                  f"(capture {cm.timings.get('capture', 0):.2f} s, import {cm.timings.get('import', 0):.2f} s)")
+    if output is not None:
+        output.write_text(cm.ir(to))
+        console.print(f"wrote {output}")
+
+
+@app.command()
+def run(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:factory"),
+        device: str = typer.Option("reference", help="reference | sim | cpu | cuda"),
+        chip: str = typer.Option("tiny", help="chip name or YAML path"),
+        dtype: str = typer.Option("fp32", help="fp32 | bf16 | int8")) -> None:
+    """Compile a model, run it on fresh random inputs, and compare with PyTorch."""
+    from ember.demo import compare_with_torch
+    try:
+        compare_with_torch(spec, device=device, chip=chip, dtype=dtype, console=console)
+    except (ValueError, TypeError, NotImplementedError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def demo(spec: str = typer.Option("models:multimodal-small", help="the model to show")) -> None:
+    """The main job: compile the multimodal model and check it against PyTorch."""
+    from ember.demo import compare_with_torch
+    compare_with_torch(spec, device="reference", chip="mtia2i", dtype="fp32", console=console, show_ops=True)
 
 
 def main() -> None:

@@ -1,0 +1,52 @@
+"""Compile a model, run it on fresh inputs and compare with PyTorch eager (`ember run`, `make demo`)."""
+from __future__ import annotations
+
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import ember
+from ember.report import op_summary_table, unsupported_table
+
+
+def max_relative_error(out, ref) -> float:
+    """max over outputs of ||out - ref|| / ||ref|| (float outputs; integer ones must be equal)."""
+    outs, _ = torch.utils._pytree.tree_flatten(out)
+    refs, _ = torch.utils._pytree.tree_flatten(ref)
+    worst = 0.0
+    for o, r in zip(outs, refs, strict=True):
+        if not r.is_floating_point():
+            worst = max(worst, 0.0 if torch.equal(o, r) else float("inf"))
+            continue
+        o, r = o.double(), r.double()
+        worst = max(worst, float((o - r).norm() / (r.norm() or 1.0)))
+    return worst
+
+
+def compare_with_torch(spec: str, *, device: str, chip: str, dtype: str, console: Console,
+                       show_ops: bool = False) -> float:
+    model, args = ember.load_model(spec)
+    t0 = time.perf_counter()
+    cm = ember.compile(model, args, chip=chip, dtype=dtype, to="graph")
+    compile_s = time.perf_counter() - t0
+    if show_ops:
+        console.print(op_summary_table(cm.op_counts(), f"{spec}: graph-level ember ops"))
+    if cm.unsupported:
+        console.print(unsupported_table(cm.unsupported))
+    _, fresh = ember.load_model(spec)    # same weights (seeded), fresh random inputs
+    with torch.no_grad():
+        t1 = time.perf_counter()
+        ref = model(*fresh)
+        eager_s = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    out = cm.run(*fresh, device=device)
+    run_s = time.perf_counter() - t2
+    err = max_relative_error(out, ref)
+    table = Table(title=f"{spec} on device '{device}' vs PyTorch eager")
+    for col in ("chip", "dtype", "compile s", f"{device} run s", "eager s", "max relative error"):
+        table.add_column(col, justify="right")
+    table.add_row(chip, dtype, f"{compile_s:.2f}", f"{run_s:.3f}", f"{eager_s:.3f}", f"{err:.2e}")
+    console.print(table)
+    return err
