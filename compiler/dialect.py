@@ -12,9 +12,13 @@ from typing import Any, Sequence
 
 import numpy as np
 from torch_mlir import ir
-from torch_mlir.dialects.ext import Dialect, Operand, Pure, Result, attribute, operand, result
+from torch_mlir.dialects.ext import AttributeDef, Dialect, Operand, Pure, Result, attribute, operand, result
 
 from ops.registry import Attr, OpDef, TensorSpec, all_ops
+
+
+# ext.AttributeDef.process_attr tests `if attr:`, which turns BoolAttr(false) and empty dense arrays into None.
+AttributeDef.process_attr = lambda self, attr: attr if attr is not None else (self.default_factory() if self.default_factory else None)
 
 
 class Ember(Dialect, name="ember"):
