@@ -5,7 +5,9 @@ command of a queue may issue once the previous command of that queue has complet
 sync wait (token count >= wait_cnt) is met. Issuing reserves the shared servers it uses (DRAM
 channels, SRAM banks, local-memory ports, NoC links), each for ``ceil(bytes / bytes_per_cycle)``
 cycles, all starting together once every one of them is free; the command ends after the
-longest reservation plus its fixed latency. Completion signals the command's token.
+longest reservation plus its fixed latency. Completion signals the command's token. Servers
+are granted in request order: a later request does not backfill an idle gap before a slot
+already granted (cheap, deterministic, and never exceeds any server's bandwidth).
 
 Events are processed in the order (time, kind, queue) with completions (kind 0) before issue
 attempts (kind 1); each queue has at most one pending event, so the order is total and both
@@ -195,7 +197,7 @@ def _add(acc: dict, sid: int) -> None:
 class TimingResult:
     """What a timing engine returns: per-command start/end cycles and per-queue busy cycles."""
     cycles: int
-    start: np.ndarray          # int64 per command
+    start: np.ndarray          # int64 per command (-1: never issued)
     end: np.ndarray
     busy: np.ndarray           # int64 [num_pes, NUM_ENGINES]
     blocked: list[dict]        # non-empty on deadlock: what each stuck queue waits for
@@ -219,7 +221,7 @@ def run_timing_ref(cmds: np.ndarray, params: dict[str, int], num_pes: int) -> Ti
     waiters: list[list[int]] = [[] for _ in range(ntok)]
     free = [0] * costs.num_servers
     head = [0] * nq
-    start = np.zeros(n, np.int64); end = np.zeros(n, np.int64)
+    start = np.full(n, -1, np.int64); end = np.full(n, -1, np.int64)  # -1: never issued
     busy = [0] * nq
     heap = [(0, 1, q) for q in range(nq) if queues[q]]
     heapq.heapify(heap)
@@ -269,6 +271,6 @@ def run_timing_ref(cmds: np.ndarray, params: dict[str, int], num_pes: int) -> Ti
             blocked.append({"pe": q // NUM_ENGINES, "engine": q % NUM_ENGINES, "index": i,
                             "token": wtok[i], "have": count[wtok[i]] if wtok[i] >= 0 else 0,
                             "need": wcnt[i]})
-    cycles = int(end.max()) if n else 0
+    cycles = max(int(end.max()), 0) if n else 0
     return TimingResult(cycles, start, end, np.array(busy, np.int64).reshape(num_pes, NUM_ENGINES),
                         blocked)

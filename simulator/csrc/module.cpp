@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <map>
 #include <string>
 
@@ -23,6 +24,8 @@ static py::dict run_timing_py(py::array cmds, const std::map<std::string, int64_
     py::array_t<int64_t> start(record ? n : 0), end(record ? n : 0);
     int64_t* sp = record ? start.mutable_data() : nullptr;
     int64_t* ep = record ? end.mutable_data() : nullptr;
+    std::fill(sp, sp + (record ? n : 0), -1);  // -1: never issued (deadlock)
+    std::fill(ep, ep + (record ? n : 0), -1);
     TimingOut out;
     {
         py::gil_scoped_release release;
