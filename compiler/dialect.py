@@ -12,13 +12,9 @@ from typing import Any, Sequence
 
 import numpy as np
 from torch_mlir import ir
-from torch_mlir.dialects.ext import AttributeDef, Dialect, Operand, Pure, Result, attribute, operand, result
+from torch_mlir.dialects.ext import Dialect, Operand, Pure, Result, attribute, operand, result
 
 from ops.registry import Attr, OpDef, TensorSpec, all_ops
-
-
-# ext.AttributeDef.process_attr tests `if attr:`, which turns BoolAttr(false) and empty dense arrays into None.
-AttributeDef.process_attr = lambda self, attr: attr if attr is not None else (self.default_factory() if self.default_factory else None)
 
 
 class Ember(Dialect, name="ember"):
@@ -196,15 +192,18 @@ def build_op(opdef: OpDef, operands: Sequence[Any], attrs: dict[str, Any],
     """Create an `ember` op at the current insertion point.
 
     `operands` has one entry per declared operand: an ir.Value, None (absent optional) or a list
-    (variadic)."""
-    cls = op_classes()[opdef.name]
-    kwargs: dict[str, Any] = {name: encode_attr(kind, attrs[name]) for name, kind in opdef.attrs.items()}
+    (variadic). Built generically (`Operation.create`) with the segment sizes IRDL expects."""
+    op_classes()
+    attributes = {name: encode_attr(kind, attrs[name]) for name, kind in opdef.attrs.items()}
+    flat: list[ir.Value] = []
+    segments: list[int] = []
     for declared, value in zip(opdef.operands, operands, strict=True):
-        kwargs[declared.rstrip("?*")] = value
-    types = [tensor_type(s) for s in result_specs]
-    if opdef.num_results == 1:
-        kwargs["result"] = types[0]
-    else:
-        kwargs["results_"] = types
-    op_ = cls(**kwargs, loc=loc)
-    return op_.operation
+        group = list(value) if declared.endswith("*") else ([] if value is None else [value])
+        flat.extend(group)
+        segments.append(len(group))
+    if any(d.endswith(("?", "*")) for d in opdef.operands):
+        attributes["operandSegmentSizes"] = ir.DenseI32ArrayAttr.get(segments)
+    if opdef.num_results not in (0, 1):
+        attributes["resultSegmentSizes"] = ir.DenseI32ArrayAttr.get([len(result_specs)])
+    return ir.Operation.create(f"ember.{opdef.name}", results=[tensor_type(s) for s in result_specs],
+                               operands=flat, attributes=attributes, loc=loc)

@@ -184,11 +184,13 @@ class Importer:
             with ir.InsertionPoint(block):
                 for node, arg in zip(user_inputs, block.arguments):
                     self.values[node] = Value(arg, TensorSpec.of(node.meta["val"]))
+                remaining_users = {n: len(n.users) for n in ep.graph.nodes}
                 for node in ep.graph.nodes:
                     if node.op == "placeholder" and node not in self.values:
                         self._placeholder(node)
                     elif node.op == "call_function":
                         self._call(node)
+                        self._release_folded(node, remaining_users)
                 if self.unsupported and not self.allow_unsupported:
                     raise UnsupportedOpsError(self.unsupported_list())
                 results = [self._materialize(o) for o in user_outputs]
@@ -299,6 +301,13 @@ class Importer:
                                     f"at {source_line(node)}: {e}") from e
         self._check_against_torch(node, result, rule.family)
         self.values[node] = result
+
+    def _release_folded(self, node: torch.fx.Node, remaining_users: dict[torch.fx.Node, int]) -> None:
+        """Drop folded intermediates once their last user is imported (masks can be large)."""
+        for src in node.all_input_nodes:
+            remaining_users[src] -= 1
+            if remaining_users[src] == 0 and src in self.folded and src.op != "placeholder":
+                del self.folded[src]
 
     def _try_fold(self, node: torch.fx.Node) -> bool:
         """Compute `node` now if it depends only on literals; keeps masks and iotas out of the graph."""

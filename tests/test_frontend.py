@@ -52,6 +52,9 @@ def test_allow_unsupported_lists_them_and_still_runs():
     cm = ember.compile(model, (x,), chip="tiny", dtype="fp32", to="graph", allow_unsupported=True)
     assert {u.target for u in cm.unsupported} >= {"aten.lgamma.default"}
     assert sum(u.count for u in cm.unsupported) == 3
+    assert cm.ir("graph").count('"ember.host"') == 3
+    with ember.mlir_context():
+        assert ir.Module.parse(cm.ir("graph")).operation.verify()
     fresh = torch.randn(3, 8)
     with torch.no_grad():
         assert rel_err(cm.run(fresh, device="reference"), model(fresh)) <= 1e-4
