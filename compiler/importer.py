@@ -257,6 +257,8 @@ class Importer:
             return v
         if isinstance(x, (list, tuple)):
             return type(x)(self._materialize(a) for a in x)
+        if isinstance(x, dict):   # node.kwargs: keyword-only tensors (attn_mask=...) too
+            return {k: self._materialize(v) for k, v in x.items()}
         return x
 
     def _folded_value(self, node: torch.fx.Node) -> Value:
