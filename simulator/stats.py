@@ -21,50 +21,72 @@ def _sum(x) -> int:
 def program_counts(cmds: np.ndarray, chip: ChipSpec) -> dict:
     """Operation and byte counts of a program on a chip."""
     rows, cols = chip.pe_grid.rows, chip.pe_grid.cols
-    op, a = cmds["op"], cmds["a"]
-    dma = op == Op.DMA
-    nbytes = a[:, 2] * a[:, 3]
-    mcast = (cmds["flags"] >> 1) & 3
-    fan = np.where(mcast == 1, cols, np.where(mcast == 2, rows, 1))
-    out: dict = {"commands": int(len(cmds))}
-    for s in (Space.DRAM, Space.SRAM):
-        out[f"{s.name.lower()}_read"] = _sum(nbytes[dma & (cmds["src_space"] == s)])
-        out[f"{s.name.lower()}_write"] = _sum(nbytes[dma & (cmds["dst_space"] == s)])
+    op = cmds["op"]
+    out: dict = {"commands": int(len(cmds)), "dram_read": 0, "dram_write": 0, "sram_read": 0,
+                 "sram_write": 0, "noc_byte_hops": 0, "simd_elems": 0, "reduce_elems": 0,
+                 "mlu_bytes": 0, "macs": {d: 0 for d in DTYPE_NAMES}}
     local = 0
-    for mask, space, lo, n, name in extents(cmds):
-        on_local = space == Space.LOCAL
+    for idx, space, lo, n, name in extents(cmds):
         if name == "dma destination":
-            n = n * fan[mask]
-        local += _sum(n[on_local])
-    acc_c = (op == Op.DPE_MATMUL) & ((cmds["flags"] & FLAG_ACCUMULATE) > 0)
-    local += _sum(a[acc_c, 3] * a[acc_c, 5] * 4)    # C is read back when accumulating
+            mcast = (cmds["flags"][idx] >> 1) & 3
+            n = n * np.where(mcast == 1, cols, np.where(mcast == 2, rows, 1))
+        local += _sum(n[space == Space.LOCAL])
+    ops = np.unique(op).tolist()
+    sel = {o: np.flatnonzero(op == o) for o in ops}
+    if Op.DMA in sel:
+        idx = sel[Op.DMA]
+        a = cmds["a"][idx]
+        nbytes = a[:, 2] * a[:, 3]
+        src, dst = cmds["src_space"][idx], cmds["dst_space"][idx]
+        for s in (Space.DRAM, Space.SRAM):
+            out[f"{s.name.lower()}_read"] = _sum(nbytes[src == s])
+            out[f"{s.name.lower()}_write"] = _sum(nbytes[dst == s])
+        # NoC byte-hops: memory <-> PE crosses (row + 1) links; PE <-> PE the Manhattan
+        # distance; a multicast adds the links of its row or column once.
+        mcast = (cmds["flags"][idx] >> 1) & 3
+        pe = cmds["pe"][idx].astype(np.int64)
+        peer = cmds["peer"][idx].astype(np.int64)
+        d = np.where(peer >= 0, peer, pe)
+        src_mem, dst_mem = src != Space.LOCAL, dst != Space.LOCAL
+        hops = np.where(src_mem & dst_mem, 0,
+                        np.where(src_mem, np.where(mcast == 2, rows, d // cols + 1),
+                                 np.where(dst_mem, pe // cols + 1,
+                                          np.abs(pe % cols - d % cols) + np.abs(pe // cols - d // cols))))
+        hops = hops + np.where(~dst_mem & (mcast == 1), cols - 1, 0) \
+            + np.where(~dst_mem & (mcast == 2) & ~src_mem, rows - 1, 0)
+        out["noc_byte_hops"] += _sum(nbytes * hops)
+    if Op.DPE_MATMUL in sel:
+        idx = sel[Op.DPE_MATMUL]
+        a = cmds["a"][idx]
+        macs = a[:, 3] * a[:, 4] * a[:, 5]
+        dt = cmds["dtype"][idx]
+        out["macs"] = {d: _sum(macs[dt == i]) for i, d in enumerate(DTYPE_NAMES)}
+        acc = (cmds["flags"][idx] & FLAG_ACCUMULATE) > 0
+        local += _sum(a[acc, 3] * a[acc, 5] * 4)     # C is read back when accumulating
+    for o, cols_fn in ((Op.SIMD_UNARY, lambda a: a[:, 2]), (Op.SIMD_SCALAR, lambda a: a[:, 2]),
+                       (Op.SIMD_BINARY, lambda a: a[:, 3]),
+                       (Op.SIMD_ROW_REDUCE, lambda a: a[:, 2] * a[:, 3]),
+                       (Op.SIMD_ROW_BCAST, lambda a: a[:, 3] * a[:, 4])):
+        if o in sel:
+            out["simd_elems"] += _sum(cols_fn(cmds["a"][sel[o]]))
+    for o in (Op.RE_ACC, Op.RE_SEND):
+        if o in sel:
+            n = _sum(cmds["a"][sel[o]][:, 2])
+            out["reduce_elems"] += n
+            if o is Op.RE_SEND:
+                out["noc_byte_hops"] += 4 * n
+    esize = np.array([4, 2, 2, 1, 4])
+    for o in (Op.MLU_TRANSPOSE, Op.MLU_COPY2D, Op.MLU_CONCAT):
+        if o in sel:
+            a = cmds["a"][sel[o]]
+            if o is Op.MLU_TRANSPOSE:
+                b = a[:, 2] * a[:, 3] * esize[np.minimum(cmds["dtype"][sel[o]], 4)]
+            elif o is Op.MLU_COPY2D:
+                b = a[:, 2] * a[:, 3]
+            else:
+                b = a[:, 3] * (a[:, 4] + a[:, 5])
+            out["mlu_bytes"] += _sum(b)
     out["local"] = local
-    # NoC byte-hops: memory <-> PE crosses (row + 1) links; PE <-> PE the Manhattan distance;
-    # a multicast adds the links of its row or column once.
-    pe = cmds["pe"].astype(np.int64)
-    peer = cmds["peer"].astype(np.int64)
-    d = np.where(peer >= 0, peer, pe)
-    src_mem, dst_mem = cmds["src_space"] != Space.LOCAL, cmds["dst_space"] != Space.LOCAL
-    hops = np.where(src_mem & dst_mem, 0,
-                    np.where(src_mem, np.where(mcast == 2, rows, d // cols + 1),
-                             np.where(dst_mem, pe // cols + 1,
-                                      np.abs(pe % cols - d % cols) + np.abs(pe // cols - d // cols))))
-    hops = hops + np.where(~dst_mem & (mcast == 1), cols - 1, 0) \
-        + np.where(~dst_mem & (mcast == 2) & ~src_mem, rows - 1, 0)
-    send = op == Op.RE_SEND
-    out["noc_byte_hops"] = _sum((nbytes * hops)[dma]) + _sum(a[send, 2] * 4)
-    mm = op == Op.DPE_MATMUL
-    macs = a[:, 3] * a[:, 4] * a[:, 5]
-    out["macs"] = {d: _sum(macs[mm & (cmds["dtype"] == i)]) for i, d in enumerate(DTYPE_NAMES)}
-    simd_n = np.select([op == Op.SIMD_UNARY, op == Op.SIMD_SCALAR, op == Op.SIMD_BINARY,
-                        op == Op.SIMD_ROW_REDUCE, op == Op.SIMD_ROW_BCAST],
-                       [a[:, 2], a[:, 2], a[:, 3], a[:, 2] * a[:, 3], a[:, 3] * a[:, 4]], 0)
-    out["simd_elems"] = _sum(simd_n)
-    out["reduce_elems"] = _sum(a[(op == Op.RE_ACC) | send, 2])
-    mlu_bytes = np.select([op == Op.MLU_TRANSPOSE, op == Op.MLU_COPY2D, op == Op.MLU_CONCAT],
-                          [a[:, 2] * a[:, 3] * np.array([4, 2, 2, 1, 4])[np.minimum(cmds["dtype"], 4)],
-                           a[:, 2] * a[:, 3], a[:, 3] * (a[:, 4] + a[:, 5])], 0)
-    out["mlu_bytes"] = _sum(mlu_bytes)
     return out
 
 

@@ -18,50 +18,63 @@ def _fail(cls, prog: ChipProgram, mask: np.ndarray, why: str) -> None:
 
 
 def extents(cmds: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]]:
-    """Memory ranges each command touches: (mask, space, lo, nbytes, operand name) groups."""
-    a = cmds["a"]
+    """Memory ranges the commands touch, per opcode and operand:
+    (command indices, space, lo, nbytes, operand name) groups."""
     op = cmds["op"]
-    es = _ESIZE[np.minimum(cmds["dtype"], 4)]
-    es2 = _ESIZE[np.minimum(cmds["dtype2"], 4)]
-    loc = np.full(len(cmds), int(Space.LOCAL), np.int64)
     out = []
+    for o in np.unique(op).tolist():
+        if o >= len(Op):
+            continue
+        idx = np.flatnonzero(op == o)
+        a = cmds["a"][idx]                                  # contiguous (k, 8) copy
+        es = _ESIZE[np.minimum(cmds["dtype"][idx], 4)]
+        es2 = _ESIZE[np.minimum(cmds["dtype2"][idx], 4)]
+        loc = np.full(len(idx), int(Space.LOCAL), np.int64)
 
-    def add(o, space, lo, n, name):
-        m = op == o
-        if m.any():
-            out.append((m, np.asarray(space)[m] if np.ndim(space) else np.full(m.sum(), space),
-                        lo[m], n[m], name))
+        def add(space, lo, n, name):
+            out.append((idx, space, lo, n, name))
 
-    def span(rows, row_bytes, stride):
-        return np.where(rows > 0, (rows - 1) * stride + row_bytes, 0)
+        def span(rows, row_bytes, stride):
+            return np.where(rows > 0, (rows - 1) * stride + row_bytes, 0)
 
-    add(Op.DMA, cmds["src_space"].astype(np.int64), a[:, 0], span(a[:, 2], a[:, 3], a[:, 4]), "dma source")
-    add(Op.DMA, cmds["dst_space"].astype(np.int64), a[:, 1], span(a[:, 2], a[:, 3], a[:, 5]), "dma destination")
-    add(Op.DPE_MATMUL, loc, a[:, 0], a[:, 3] * a[:, 4] * es, "matmul A")
-    add(Op.DPE_MATMUL, loc, a[:, 1], a[:, 4] * a[:, 5] * es, "matmul B")
-    add(Op.DPE_MATMUL, loc, a[:, 2], a[:, 3] * a[:, 5] * 4, "matmul C")
-    add(Op.RE_ACC, loc, a[:, 0], a[:, 2] * 4, "reduce dst")
-    add(Op.RE_ACC, loc, a[:, 1], a[:, 2] * 4, "reduce src")
-    add(Op.RE_SEND, loc, a[:, 0], a[:, 2] * 4, "send src")
-    add(Op.RE_SEND, loc, a[:, 1], a[:, 2] * 4, "send dst (neighbour)")
-    for o in (Op.SIMD_UNARY, Op.SIMD_SCALAR):
-        add(o, loc, a[:, 0], a[:, 2] * es, "simd src")
-        add(o, loc, a[:, 1], a[:, 2] * es2, "simd dst")
-    add(Op.SIMD_BINARY, loc, a[:, 0], a[:, 3] * es, "simd a")
-    add(Op.SIMD_BINARY, loc, a[:, 1], a[:, 3] * es, "simd b")
-    add(Op.SIMD_BINARY, loc, a[:, 2], a[:, 3] * es2, "simd dst")
-    add(Op.SIMD_ROW_REDUCE, loc, a[:, 0], a[:, 2] * a[:, 3] * es, "simd src")
-    add(Op.SIMD_ROW_REDUCE, loc, a[:, 1], a[:, 2] * es2, "simd dst")
-    add(Op.SIMD_ROW_BCAST, loc, a[:, 0], a[:, 3] * a[:, 4] * es, "simd src")
-    add(Op.SIMD_ROW_BCAST, loc, a[:, 1], a[:, 3] * es, "simd row vector")
-    add(Op.SIMD_ROW_BCAST, loc, a[:, 2], a[:, 3] * a[:, 4] * es2, "simd dst")
-    add(Op.MLU_TRANSPOSE, loc, a[:, 0], a[:, 2] * a[:, 3] * es, "transpose src")
-    add(Op.MLU_TRANSPOSE, loc, a[:, 1], a[:, 2] * a[:, 3] * es, "transpose dst")
-    add(Op.MLU_COPY2D, loc, a[:, 0], span(a[:, 2], a[:, 3], a[:, 4]), "copy src")
-    add(Op.MLU_COPY2D, loc, a[:, 1], span(a[:, 2], a[:, 3], a[:, 5]), "copy dst")
-    add(Op.MLU_CONCAT, loc, a[:, 0], a[:, 3] * a[:, 4], "concat a")
-    add(Op.MLU_CONCAT, loc, a[:, 1], a[:, 3] * a[:, 5], "concat b")
-    add(Op.MLU_CONCAT, loc, a[:, 2], a[:, 3] * (a[:, 4] + a[:, 5]), "concat dst")
+        o = Op(o)
+        if o is Op.DMA:
+            add(cmds["src_space"][idx].astype(np.int64), a[:, 0], span(a[:, 2], a[:, 3], a[:, 4]), "dma source")
+            add(cmds["dst_space"][idx].astype(np.int64), a[:, 1], span(a[:, 2], a[:, 3], a[:, 5]), "dma destination")
+        elif o is Op.DPE_MATMUL:
+            add(loc, a[:, 0], a[:, 3] * a[:, 4] * es, "matmul A")
+            add(loc, a[:, 1], a[:, 4] * a[:, 5] * es, "matmul B")
+            add(loc, a[:, 2], a[:, 3] * a[:, 5] * 4, "matmul C")
+        elif o is Op.RE_ACC:
+            add(loc, a[:, 0], a[:, 2] * 4, "reduce dst")
+            add(loc, a[:, 1], a[:, 2] * 4, "reduce src")
+        elif o is Op.RE_SEND:
+            add(loc, a[:, 0], a[:, 2] * 4, "send src")
+            add(loc, a[:, 1], a[:, 2] * 4, "send dst (neighbour)")
+        elif o in (Op.SIMD_UNARY, Op.SIMD_SCALAR):
+            add(loc, a[:, 0], a[:, 2] * es, "simd src")
+            add(loc, a[:, 1], a[:, 2] * es2, "simd dst")
+        elif o is Op.SIMD_BINARY:
+            add(loc, a[:, 0], a[:, 3] * es, "simd a")
+            add(loc, a[:, 1], a[:, 3] * es, "simd b")
+            add(loc, a[:, 2], a[:, 3] * es2, "simd dst")
+        elif o is Op.SIMD_ROW_REDUCE:
+            add(loc, a[:, 0], a[:, 2] * a[:, 3] * es, "simd src")
+            add(loc, a[:, 1], a[:, 2] * es2, "simd dst")
+        elif o is Op.SIMD_ROW_BCAST:
+            add(loc, a[:, 0], a[:, 3] * a[:, 4] * es, "simd src")
+            add(loc, a[:, 1], a[:, 3] * es, "simd row vector")
+            add(loc, a[:, 2], a[:, 3] * a[:, 4] * es2, "simd dst")
+        elif o is Op.MLU_TRANSPOSE:
+            add(loc, a[:, 0], a[:, 2] * a[:, 3] * es, "transpose src")
+            add(loc, a[:, 1], a[:, 2] * a[:, 3] * es, "transpose dst")
+        elif o is Op.MLU_COPY2D:
+            add(loc, a[:, 0], span(a[:, 2], a[:, 3], a[:, 4]), "copy src")
+            add(loc, a[:, 1], span(a[:, 2], a[:, 3], a[:, 5]), "copy dst")
+        elif o is Op.MLU_CONCAT:
+            add(loc, a[:, 0], a[:, 3] * a[:, 4], "concat a")
+            add(loc, a[:, 1], a[:, 3] * a[:, 5], "concat b")
+            add(loc, a[:, 2], a[:, 3] * (a[:, 4] + a[:, 5]), "concat dst")
     return out
 
 
@@ -87,7 +100,7 @@ def validate(prog: ChipProgram, chip: ChipSpec) -> None:
     if (bad := (c["dtype"] > 4) | (c["dtype2"] > 4)).any():
         _fail(InvalidCommand, prog, bad, "unknown dtype code")
     is_dma, is_send = op == Op.DMA, op == Op.RE_SEND
-    if (bad := (c["a"][:, 2:] < 0).any(axis=1) | (c["a"][:, :2] < 0).any(axis=1)).any():
+    if (bad := (np.ascontiguousarray(c["a"]) < 0).any(axis=1)).any():
         _fail(AddressOutOfRange, prog, bad, "negative address, size or stride")
     if (bad := is_dma & ((c["src_space"] > 2) | (c["dst_space"] > 2) | (((c["flags"] >> 1) & 3) == 3))).any():
         _fail(InvalidCommand, prog, bad, "unknown memory space or multicast mode")
@@ -112,13 +125,12 @@ def validate(prog: ChipProgram, chip: ChipSpec) -> None:
     sizes = {int(Space.DRAM): chip.dram.bytes, int(Space.SRAM): chip.sram.bytes,
              int(Space.LOCAL): chip.local_mem.bytes}
     names = {int(Space.DRAM): "DRAM", int(Space.SRAM): "SRAM", int(Space.LOCAL): "local memory"}
-    for mask, space, lo, n, name in extents(c):
+    for idx, space, lo, n, name in extents(c):
         for s, limit in sizes.items():
             over = (space == s) & (lo + n > limit)
             if over.any():
                 full = np.zeros(len(c), bool)
-                idx = np.flatnonzero(mask)[over]
-                full[idx] = True
+                full[idx[over]] = True
                 j = int(np.flatnonzero(over)[0])
                 why = (f"{name} [{int(lo[j]):#x}, {int(lo[j] + n[j]):#x}) is past the end of "
                        f"{names[s]} ({limit} bytes)")

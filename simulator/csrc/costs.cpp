@@ -48,13 +48,13 @@ void Costs::rate(int32_t sid, int64_t& num, int64_t& den) const {
 
 int64_t Costs::spread(Usage& u, int64_t r, int64_t c, int mcast) const {
     if (mcast == 1) {
-        for (int64_t cc = c; cc < C_ - 1; ++cc) u.add(link(r, cc, 2), 1);
-        for (int64_t cc = c; cc > 0; --cc) u.add(link(r, cc, 3), 1);
+        for (int64_t cc = c; cc < C_ - 1; ++cc) u.add_new(link(r, cc, 2), 1);
+        for (int64_t cc = c; cc > 0; --cc) u.add_new(link(r, cc, 3), 1);
         return std::max(C_ - 1 - c, c);
     }
     if (mcast == 2) {
-        for (int64_t rr = r; rr < R_ - 1; ++rr) u.add(link(rr, c, 1), 1);
-        for (int64_t rr = r; rr > 0; --rr) u.add(link(rr, c, 0), 1);
+        for (int64_t rr = r; rr < R_ - 1; ++rr) u.add_new(link(rr, c, 1), 1);
+        for (int64_t rr = r; rr > 0; --rr) u.add_new(link(rr, c, 0), 1);
         return std::max(R_ - 1 - r, r);
     }
     return 0;
@@ -65,9 +65,12 @@ void Costs::mem(Usage& u, int space, int64_t addr, int64_t nbytes) const {
     if (space == DRAM) { n = D_; il = p_.dram_interleave; base = 0; }
     else { n = S_; il = p_.sram_interleave; base = base_sram_; }
     int64_t nch = std::min(n, ceil_div(nbytes, il));
-    int64_t first = (addr / il) % n;
-    int64_t per = ceil_div(nbytes, nch);
-    for (int64_t i = 0; i < nch; ++i) u.add(static_cast<int32_t>(base + (first + i) % n), per);
+    int64_t ch = (addr / il) % n;
+    const int64_t per = ceil_div(nbytes, nch);
+    for (int64_t i = 0; i < nch; ++i) {
+        u.add(static_cast<int32_t>(base + ch), per);
+        if (++ch == n) ch = 0;
+    }
 }
 
 void Costs::dma(const Cmd& c, Usage& u) const {
@@ -83,8 +86,8 @@ void Costs::dma(const Cmd& c, Usage& u) const {
     if (c.dst_space != LOCAL) {
         mem(u, c.dst_space, c.a[1], nbytes);
         if (c.src_space == LOCAL) {
-            for (int64_t rr = rs; rr > 0; --rr) u.add(link(rr, cs, 0), 1);
-            u.add(static_cast<int32_t>(base_edge_out_ + cs), 1);
+            for (int64_t rr = rs; rr > 0; --rr) u.add_new(link(rr, cs, 0), 1);
+            u.add_new(static_cast<int32_t>(base_edge_out_ + cs), 1);
             hops = rs + 1;
         }
     } else {
@@ -92,23 +95,29 @@ void Costs::dma(const Cmd& c, Usage& u) const {
         else if (mcast == 2) for (int64_t rr = 0; rr < R_; ++rr) u.add(static_cast<int32_t>(base_local_ + rr * C_ + cd), nbytes);
         else u.add(static_cast<int32_t>(base_local_ + d), nbytes);
         if (c.src_space != LOCAL) {
-            u.add(static_cast<int32_t>(base_edge_in_ + cd), 1);
+            u.add_new(static_cast<int32_t>(base_edge_in_ + cd), 1);
             const int64_t last = mcast == 2 ? R_ - 1 : rd;
-            for (int64_t rr = 0; rr < last; ++rr) u.add(link(rr, cd, 1), 1);
+            for (int64_t rr = 0; rr < last; ++rr) u.add_new(link(rr, cd, 1), 1);
             hops = last + 1 + (mcast == 1 ? spread(u, rd, cd, 1) : 0);
         } else {
-            if (cd > cs) for (int64_t cc = cs; cc < cd; ++cc) u.add(link(rs, cc, 2), 1);
-            else for (int64_t cc = cs; cc > cd; --cc) u.add(link(rs, cc, 3), 1);
-            if (rd > rs) for (int64_t rr = rs; rr < rd; ++rr) u.add(link(rr, cd, 1), 1);
-            else for (int64_t rr = rs; rr > rd; --rr) u.add(link(rr, cd, 0), 1);
+            if (cd > cs) for (int64_t cc = cs; cc < cd; ++cc) u.add_new(link(rs, cc, 2), 1);
+            else for (int64_t cc = cs; cc > cd; --cc) u.add_new(link(rs, cc, 3), 1);
+            if (rd > rs) for (int64_t rr = rs; rr < rd; ++rr) u.add_new(link(rr, cd, 1), 1);
+            else for (int64_t rr = rs; rr > rd; --rr) u.add_new(link(rr, cd, 0), 1);
             hops = std::abs(cd - cs) + std::abs(rd - rs) + spread(u, rd, cd, mcast);
         }
     }
+    // Most servers of one transfer carry the same byte count at the same rate: convert once.
+    int64_t last_b = -1, last_num = 0, last_den = 0, last_cycles = 0;
     for (int i = 0; i < u.n; ++i) {
-        int64_t b = u.sid[i] >= base_link_ ? nbytes : u.amount[i];  // a link carries it once
+        const int64_t b = u.sid[i] >= base_link_ ? nbytes : u.amount[i];  // links carry it once
         int64_t num, den;
         rate(u.sid[i], num, den);
-        u.amount[i] = ceil_rate(b, num, den);
+        if (b != last_b || num != last_num || den != last_den) {
+            last_b = b; last_num = num; last_den = den;
+            last_cycles = ceil_rate(b, num, den);
+        }
+        u.amount[i] = last_cycles;
     }
     u.fixed += hops * p_.hop_latency;
 }
@@ -116,8 +125,7 @@ void Costs::dma(const Cmd& c, Usage& u) const {
 static inline bool is_lut(int fn) { return fn == 6 || fn >= 8; }
 
 void Costs::cost(const Cmd& c, Usage& u) const {
-    u.n = 0;
-    u.fixed = 0;
+    u.clear();
     const int64_t* a = c.a;
     switch (c.op) {
         case NOP: return;

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <map>
 #include <stdexcept>
+#include <vector>
 #include <string>
 
 #include "cmd.h"
@@ -18,19 +19,26 @@ struct Params {
     static Params from_map(const std::map<std::string, int64_t>& m);
 };
 
-// A command's use of shared servers: up to kMaxServers (server id, busy cycles) pairs.
+// A command's use of shared servers: (server id, amount) pairs, amounts summed per server.
+// Amounts are bytes while a DMA is being routed (links: a hop count), cycles afterwards.
 struct Usage {
-    static constexpr int kMaxServers = 1024;
     int n = 0;
-    int32_t sid[kMaxServers];
-    int64_t amount[kMaxServers];   // bytes (links: hop count) while building, cycles after
+    std::vector<int32_t> sid;
+    std::vector<int64_t> amount;
+    std::vector<int32_t> slot;      // per server: its index in sid[] when stamp matches
+    std::vector<uint32_t> stamp;
+    uint32_t gen = 1;
     int64_t fixed = 0;             // cycles added after the longest reservation
+
+    explicit Usage(int num_servers)
+        : sid(num_servers), amount(num_servers), slot(num_servers), stamp(num_servers, 0) {}
+    void clear() { n = 0; fixed = 0; ++gen; }
     void add(int32_t s, int64_t v) {
-        for (int i = 0; i < n; ++i)
-            if (sid[i] == s) { amount[i] += v; return; }
-        if (n == kMaxServers) throw std::length_error("command uses too many servers");
-        sid[n] = s; amount[n] = v; ++n;
+        if (stamp[s] == gen) { amount[slot[s]] += v; return; }
+        stamp[s] = gen; slot[s] = n; sid[n] = s; amount[n] = v; ++n;
     }
+    // For servers a route cannot visit twice (NoC links): no duplicate check.
+    void add_new(int32_t s, int64_t v) { sid[n] = s; amount[n] = v; ++n; }
 };
 
 class Costs {

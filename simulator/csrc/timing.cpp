@@ -3,26 +3,26 @@
 #include "timing.h"
 
 #include <algorithm>
+#include <functional>
 #include <queue>
+#include <stdexcept>
 
 namespace ember {
 
 namespace {
-struct Event {
-    int64_t time;
-    int32_t kind;
-    int32_t q;
-    bool operator>(const Event& o) const {
-        if (time != o.time) return time > o.time;
-        if (kind != o.kind) return kind > o.kind;
-        return q > o.q;
-    }
-};
+// An event packed into one integer so that integer order is (time, kind, queue) order.
+constexpr int kQueueBits = 16;
+constexpr int64_t kMaxTime = int64_t(1) << (63 - kQueueBits - 1);
+inline uint64_t pack(int64_t time, int kind, int q) {
+    if (time >= kMaxTime) throw std::overflow_error("simulated time exceeds 2^46 cycles");
+    return (uint64_t(time) << (kQueueBits + 1)) | (uint64_t(kind) << kQueueBits) | uint64_t(q);
+}
 }  // namespace
 
 TimingOut run_timing(const Cmd* cmds, int64_t n, const Params& p, int num_pes, int64_t* start,
                      int64_t* end) {
     const int nq = num_pes * kNumEngines;
+    if (nq > (1 << kQueueBits)) throw std::invalid_argument("too many PEs for the event encoding");
     Costs costs(p, num_pes);
     // Queues as index lists in CSR form: program order within each (pe, engine).
     std::vector<int64_t> qcount(nq + 1, 0);
@@ -42,30 +42,41 @@ TimingOut run_timing(const Cmd* cmds, int64_t n, const Params& p, int num_pes, i
     TimingOut out;
     out.busy.assign(nq, 0);
 
-    std::priority_queue<Event, std::vector<Event>, std::greater<Event>> heap;
+    std::priority_queue<uint64_t, std::vector<uint64_t>, std::greater<uint64_t>> heap;
     for (int q = 0; q < nq; ++q)
-        if (qcount[q + 1] > qcount[q]) heap.push({0, 1, q});
-    Usage u;
+        if (qcount[q + 1] > qcount[q]) heap.push(pack(0, 1, q));
+    Usage u(costs.num_servers());
     int64_t cycles = 0;
-    while (!heap.empty()) {
-        const Event ev = heap.top();
-        heap.pop();
-        const int q = ev.q;
+    // The event a handler pushed last is often the earliest of all; keep it out of the heap
+    // then (same order, fewer heap operations).
+    uint64_t next = 0;
+    bool have_next = false;
+    auto push_last = [&](uint64_t k) {
+        if (heap.empty() || k < heap.top()) { next = k; have_next = true; }
+        else heap.push(k);
+    };
+    while (have_next || !heap.empty()) {
+        uint64_t key;
+        if (have_next) { key = next; have_next = false; }
+        else { key = heap.top(); heap.pop(); }
+        const int q = static_cast<int>(key & ((1u << kQueueBits) - 1));
+        const int kind = static_cast<int>((key >> kQueueBits) & 1);
+        const int64_t now = static_cast<int64_t>(key >> (kQueueBits + 1));
         const int64_t i = qcmds[head[q]];
         const Cmd& c = cmds[i];
-        if (ev.kind == 0) {  // completion
+        if (kind == 0) {  // completion
             if (c.sig_tok >= 0) {
                 const int64_t have = ++count[c.sig_tok];
                 auto& ws = waiters[c.sig_tok];
                 size_t keep = 0;
                 for (size_t j = 0; j < ws.size(); ++j) {
                     const int w = ws[j];
-                    if (have >= cmds[qcmds[head[w]]].wait_cnt) heap.push({ev.time, 1, w});
+                    if (have >= cmds[qcmds[head[w]]].wait_cnt) heap.push(pack(now, 1, w));
                     else ws[keep++] = w;
                 }
                 ws.resize(keep);
             }
-            if (++head[q] < qcount[q + 1]) heap.push({ev.time, 1, q});
+            if (++head[q] < qcount[q + 1]) push_last(pack(now, 1, q));
             continue;
         }
         if (c.wait_tok >= 0 && count[c.wait_tok] < c.wait_cnt) {
@@ -73,7 +84,7 @@ TimingOut run_timing(const Cmd* cmds, int64_t n, const Params& p, int num_pes, i
             continue;
         }
         costs.cost(c, u);
-        int64_t st = ev.time;
+        int64_t st = now;
         for (int j = 0; j < u.n; ++j) st = std::max(st, free_at[u.sid[j]]);
         int64_t longest = 0;
         for (int j = 0; j < u.n; ++j) {
@@ -85,7 +96,7 @@ TimingOut run_timing(const Cmd* cmds, int64_t n, const Params& p, int num_pes, i
         if (end) end[i] = e;
         out.busy[q] += e - st;
         cycles = std::max(cycles, e);
-        heap.push({e, 0, q});
+        push_last(pack(e, 0, q));
     }
     for (int q = 0; q < nq; ++q) {
         if (head[q] < qcount[q + 1]) {
