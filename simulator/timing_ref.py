@@ -1,13 +1,15 @@
 """Python reference model of the timing engine (the C++ engine must agree cycle for cycle).
 
 Model ("cycle-approximate", DESIGN.md): each engine of each PE is an in-order queue. The head
-command of a queue may issue once the previous command of that queue has completed and its
-sync wait (token count >= wait_cnt) is met. Issuing reserves the shared servers it uses (DRAM
-channels, SRAM banks, local-memory ports, NoC links), each for ``ceil(bytes / bytes_per_cycle)``
-cycles, all starting together once every one of them is free; the command ends after the
-longest reservation plus its fixed latency. Completion signals the command's token. Servers
-are granted in request order: a later request does not backfill an idle gap before a slot
-already granted (cheap, deterministic, and never exceeds any server's bandwidth).
+command of a queue issues once the previous command of that queue has completed and its sync
+wait (token count >= wait_cnt) is met. A command uses shared servers (DRAM channels, SRAM
+banks, local-memory ports, NoC links), each for ``ceil(bytes / bytes_per_cycle)`` cycles. Each
+server serves its requests one after another in request order (FCFS): a command's share on
+server s runs from max(issue, s free) for its occupancy, and the command completes when its
+last share is done, plus its fixed latency (DMA latency, hops). No server ever carries more
+than its bandwidth, and a server that is not the bottleneck of a transfer is not held idle
+for the whole transfer. Completion signals the command's token. An engine counts as busy
+from issue to completion (stalls on busy servers included).
 
 Events are processed in the order (time, kind, queue) with completions (kind 0) before issue
 attempts (kind 1); each queue has at most one pending event, so the order is total and both
@@ -251,18 +253,15 @@ def run_timing_ref(cmds: np.ndarray, params: dict[str, int], num_pes: int) -> Ti
             continue
         servers, fixed = costs.cost(pes[i], ops[i], args[i], dts[i], fns[i], peers[i], srcs[i],
                                     dsts[i], flags[i])
-        st = t
-        for sid in servers:
-            if free[sid] > st:
-                st = free[sid]
-        longest = 0
+        fin = t
         for sid, occ in servers.items():
-            free[sid] = st + occ
-            if occ > longest:
-                longest = occ
-        e = st + longest + fixed
-        start[i] = st; end[i] = e
-        busy[q] += e - st
+            f = (free[sid] if free[sid] > t else t) + occ
+            free[sid] = f
+            if f > fin:
+                fin = f
+        e = fin + fixed
+        start[i] = t; end[i] = e
+        busy[q] += e - t
         heapq.heappush(heap, (e, 0, q))
     blocked = []
     for q in range(nq):

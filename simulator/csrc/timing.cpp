@@ -84,17 +84,17 @@ TimingOut run_timing(const Cmd* cmds, int64_t n, const Params& p, int num_pes, i
             continue;
         }
         costs.cost(c, u);
-        int64_t st = now;
-        for (int j = 0; j < u.n; ++j) st = std::max(st, free_at[u.sid[j]]);
-        int64_t longest = 0;
+        // Each server serves its share in request order; done when the last share is.
+        int64_t fin = now;
         for (int j = 0; j < u.n; ++j) {
-            free_at[u.sid[j]] = st + u.amount[j];
-            longest = std::max(longest, u.amount[j]);
+            int64_t& f = free_at[u.sid[j]];
+            f = std::max(f, now) + u.amount[j];
+            fin = std::max(fin, f);
         }
-        const int64_t e = st + longest + u.fixed;
-        if (start) start[i] = st;
+        const int64_t e = fin + u.fixed;
+        if (start) start[i] = now;
         if (end) end[i] = e;
-        out.busy[q] += e - st;
+        out.busy[q] += e - now;
         cycles = std::max(cycles, e);
         push_last(pack(e, 0, q));
     }

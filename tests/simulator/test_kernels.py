@@ -170,21 +170,20 @@ def test_multicast_weight_broadcast():
             np.testing.assert_allclose(Y, ref.numpy(), rtol=1e-5, atol=1e-4)
     assert res.stats["bytes"]["dram_read"] == 2 * 2048     # one read per column, not per PE
     assert uni.stats["bytes"]["dram_read"] == 4 * 2048
-    # Multicast, by hand (queues at equal times are served in PE order; a server is granted
-    # in request order, without backfilling idle gaps before an earlier request's slot).
-    # W down column 0 by PE 0 at t=0: DRAM 1 KiB per channel / 16 = 64 cycles (> edge link 32,
-    #   column link 32, local ports 16) + 10 + 2 hops -> 76. PE 1's W (column 1) waits for the
-    #   DRAM channels: 64 -> 140, holding column 1's edge link [64, 96).
-    # X from SRAM, 1 KiB: 512 B per bank / 64 = 8, edge link 16, local port 8.
-    #   PE 2 (t=0): column 0's edge link is busy until 32 -> 32 + 16 + 10 + 2 = 60.
-    #   PE 3 (t=0): column 1's edge link is busy until 96 -> 124; it holds the banks [96, 104).
-    #   PE 0 (behind its W, at 76): banks granted to PE 3 until 104 -> 104 + 16 + 11 = 131.
-    #   PE 1 (behind its W, at 140) -> 167.
+    # Multicast, by hand. Each server (DRAM channel, SRAM bank, link, local port) serves its
+    # share of a transfer in request order; a DMA is done when its last share is, + 10 + hops.
+    # Queues with requests at the same cycle are served in PE order.
+    # W down column 0 by PE 0 at t=0: DRAM 1 KiB per channel / 16 = 64 (edge link and column
+    #   link 32, local ports of PEs 0 and 2 16) -> 64 + 10 + 2 hops = 76.
+    # W down column 1 by PE 1 at t=0: the DRAM channels are busy until 64 -> 128 + 12 = 140.
+    # X from SRAM, 1 KiB (512 B per bank / 64 = 8, edge link 16, local port 8):
+    #   PE 2 at 0: column 0's edge link is busy until 32 -> 48 + 12 = 60; PE 3 likewise 60.
+    #   PE 0 at 76 (behind W in its DMA queue) -> 92 + 11 = 103; PE 1 at 140 -> 167.
     # Matmul 16x32x32: 2 k-passes * 2 n-passes * (16 + 4) = 80, once W and X are there:
-    #   PE 2 76 -> 156, PE 0 131 -> 211, PE 3 140 -> 220, PE 1 167 -> 247.
-    # Y stores, 2 KiB to SRAM (banks 16, links 32, local 16) + 10 + hops:
-    #   PE 2 156 -> 200; PE 0 211 -> 254 (banks until 227); PE 3 at 220 waits for the banks:
-    #   227 -> 271 (column 1's edge link until 259); PE 1 at 247 waits for that link:
-    #   259 + 32 + 11 = 302.
-    assert res.cycles == 302
+    #   PE 2 76 -> 156, PE 0 103 -> 183, PE 3 140 -> 220, PE 1 167 -> 247.
+    # Y stores, 2 KiB up the column to SRAM (edge link 32 binds) + 10 + hops:
+    #   PE 2 156 -> 188 + 12 = 200; PE 0 183: column 0's edge link is free at 188 -> 220 + 11
+    #   = 231; PE 3 220 -> 252 + 12 = 264; PE 1 247: column 1's link is free at 252 -> 284 + 11
+    #   = 295.
+    assert res.cycles == 295
     assert res.cycles < uni.cycles
