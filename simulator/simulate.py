@@ -23,6 +23,7 @@ def run_timing(program: ChipProgram, chip: ChipSpec, engine: str = "cpp",
     Raises DeadlockError when commands are left that can never issue.
     """
     params = timing_params(chip)
+    program = program.expand()
     cmds = program.commands
     if engine == "cpp":
         from simulator import _core
@@ -103,6 +104,7 @@ def simulate(program: ChipProgram, chip: "str | ChipSpec" = "mtia2i", memory_ini
     bytes are written there before the run. With ``timing_only`` no numbers are computed.
     """
     chip = load_chip(chip)
+    program = program.expand()      # compact loops -> plain commands
     validate(program, chip)
     timing = run_timing(program, chip, engine)
     machine = None

@@ -1,6 +1,7 @@
 """Per-PE command streams and the builder a compiler (or a test) uses to write them."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -16,45 +17,127 @@ def _space(s: "str | Space") -> Space:
     return s if isinstance(s, Space) else Space[s.upper()]
 
 
+LOOP_DTYPE = np.dtype([("first", "<i8"), ("length", "<i8"), ("count", "<i8")])
+NUM_STRIDES = NUM_ARGS + 1          # operand slots a[0..7], then wait_cnt
+
+
 class ChipProgram:
     """Command streams of every PE of a chip, stored as one structured array.
 
     ``commands`` holds every command (field ``pe`` says whose); within one PE, array order is
     program order. Each PE's engines are in-order queues; commands on different engines of a
     PE, or on different PEs, are ordered only by sync tokens.
+
+    Compact loops: ``loops`` (LOOP_DTYPE) says that records ``first .. first+length-1`` run
+    ``count`` times; iteration i adds ``i * strides[j]`` to record j's operands and wait count
+    (``strides`` is int64 [n, 9], parallel to ``commands``). ``expand()`` unrolls them
+    (vectorized); ``simulate`` does so before running. Loops do not nest yet.
     """
 
-    def __init__(self, commands: np.ndarray, num_pes: int, name: str = "program"):
+    def __init__(self, commands: np.ndarray, num_pes: int, name: str = "program",
+                 loops: np.ndarray | None = None, strides: np.ndarray | None = None):
         if commands.dtype != CMD_DTYPE:
             raise TypeError(f"commands must have dtype CMD_DTYPE, got {commands.dtype}")
         self.commands = np.ascontiguousarray(commands)
         self.num_pes = num_pes
         self.name = name
+        self.loops = np.zeros(0, LOOP_DTYPE) if loops is None else np.asarray(loops, LOOP_DTYPE)
+        self.strides = (np.zeros((len(commands), NUM_STRIDES), np.int64) if strides is None
+                        else np.asarray(strides, np.int64))
+        if self.strides.shape != (len(commands), NUM_STRIDES):
+            raise ValueError("strides must be int64 [len(commands), 9]")
+        ends = self.loops["first"] + self.loops["length"]
+        order = np.argsort(self.loops["first"])
+        if len(self.loops) and ((self.loops["first"] < 0).any() or (ends > len(commands)).any()
+                                or (self.loops["count"] < 1).any()
+                                or (self.loops["first"][order][1:] < ends[order][:-1]).any()):
+            raise ValueError("loops must be disjoint ranges of commands with count >= 1")
 
     def __len__(self) -> int:
+        """Stored records (loop bodies once); see ``num_commands`` for the unrolled count."""
         return len(self.commands)
+
+    @property
+    def num_commands(self) -> int:
+        """Commands after unrolling the loops."""
+        return len(self.commands) + int(np.sum(self.loops["length"] * (self.loops["count"] - 1)))
+
+    def expand(self) -> "ChipProgram":
+        """The same program with every loop unrolled into plain commands."""
+        if len(self.loops) == 0:
+            return self
+        pieces, pos = [], 0
+        for first, length, count in np.sort(self.loops, order="first").tolist():
+            pieces.append(self.commands[pos:first])
+            body = self.commands[first:first + length]
+            st = self.strides[first:first + length]
+            rep = np.tile(body, count)
+            it = np.repeat(np.arange(count, dtype=np.int64), length)
+            rep["a"] += it[:, None] * np.tile(st[:, :NUM_ARGS], (count, 1))
+            rep["wait_cnt"] += (it * np.tile(st[:, NUM_ARGS], count)).astype(np.int32)
+            pieces.append(rep)
+            pos = first + length
+        pieces.append(self.commands[pos:])
+        return ChipProgram(np.concatenate(pieces), self.num_pes, self.name)
 
     def for_pe(self, pe: int) -> np.ndarray:
         """The command stream of one PE (a view in program order)."""
         return self.commands[self.commands["pe"] == pe]
 
     def dump(self, limit: int | None = None) -> str:
-        """Readable text, one command per line, grouped by PE."""
-        lines = [f"# {self.name}: {len(self)} commands on {self.num_pes} PEs"]
+        """Readable text, one command per line, grouped by PE; loops as ``loop xN {...}``."""
+        lines = [f"# {self.name}: {len(self)} records, {self.num_commands} commands on "
+                 f"{self.num_pes} PEs"]
+        starts = {int(f): (int(n), int(c)) for f, n, c in self.loops.tolist()}
+        ends: dict[int, int] = {}
         order = np.argsort(self.commands["pe"], kind="stable")
-        for n, i in enumerate(order[:limit]):
-            lines.append(format_command(self.commands[i], int(i)))
+        for i in order[:limit].tolist():
+            if i in starts:
+                length, count = starts[i]
+                lines.append(f"loop x{count} {{")
+                ends[i + length - 1] = 1
+            text = format_command(self.commands[i], i)
+            st = self.strides[i]
+            if st.any():
+                text += "  (+" + ", ".join(
+                    f"{'a' + str(k) if k < NUM_ARGS else 'wait'}:{int(v)}"
+                    for k, v in enumerate(st.tolist()) if v) + " per iteration)"
+            lines.append(("  " if any(f <= i < f + n for f, (n, _) in starts.items()) else "") + text)
+            if i in ends:
+                lines.append("}")
         if limit is not None and len(order) > limit:
             lines.append(f"... {len(order) - limit} more")
         return "\n".join(lines)
 
     def save(self, path: str) -> None:
-        np.savez_compressed(path, commands=self.commands, num_pes=self.num_pes, name=self.name)
+        np.savez_compressed(path, commands=self.commands, num_pes=self.num_pes, name=self.name,
+                            loops=self.loops, strides=self.strides)
 
     @classmethod
     def load(cls, path: str) -> "ChipProgram":
         z = np.load(path)
-        return cls(z["commands"], int(z["num_pes"]), str(z["name"]))
+        return cls(z["commands"], int(z["num_pes"]), str(z["name"]), z["loops"], z["strides"])
+
+
+class Strided(int):
+    """An operand (address, size or wait count) that grows by ``stride`` every loop iteration."""
+
+    def __new__(cls, base: int, stride: int):
+        obj = super().__new__(cls, base)
+        obj.stride = int(stride)
+        return obj
+
+
+class _Loop:
+    """Handle of an open ``PEStream.repeat`` block."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    @staticmethod
+    def step(base: int, stride: int) -> Strided:
+        """``base`` in iteration 0, ``base + i * stride`` in iteration i."""
+        return Strided(base, stride)
 
 
 @dataclass
@@ -67,6 +150,9 @@ class PEStream:
     rows: int
     cols: int
     _records: list = field(default_factory=list)
+    _strides: list = field(default_factory=list)
+    _loops: list = field(default_factory=list)
+    _open_loop: "int | None" = None
 
     def _emit(self, op: Op, args: Sequence[int] = (), *, engine: Engine | None = None,
               dtype: DType = DType.FP32, dtype2: DType | None = None, fn: int = 0,
@@ -75,6 +161,11 @@ class PEStream:
               signal: int | None = None) -> int:
         a = [int(x) for x in args] + [0] * (NUM_ARGS - len(args))
         wt, wc = (int(wait[0]), int(wait[1])) if wait is not None else (-1, 0)
+        st = [getattr(x, "stride", 0) for x in args] + [0] * (NUM_ARGS - len(args))
+        st.append(getattr(wait[1], "stride", 0) if wait is not None else 0)
+        if any(st) and self._open_loop is None:
+            raise ValueError("strided operands need an enclosing PEStream.repeat block")
+        self._strides.append(st)
         eng = ENGINE_OF_OP[op] if engine is None else engine
         dtype = DType.of(dtype)
         self._records.append((a, wt, wc, -1 if signal is None else int(signal), peer, self.pe,
@@ -84,6 +175,28 @@ class PEStream:
 
     def pe_index(self, row: int, col: int) -> int:
         return row * self.cols + col
+
+    @contextmanager
+    def repeat(self, count: int):
+        """Commands emitted inside run ``count`` times, stored once (a compact loop).
+        Use ``loop.step(base, stride)`` for operands and wait counts that change per
+        iteration; each signal still counts once per iteration.
+
+            with pe.repeat(16) as loop:
+                pe.dma("dram", loop.step(0, 4096), "local", 0, nbytes=4096, signal=t)
+                pe.simd_unary("exp", 0, 0x1000, 1024, wait=(t, loop.step(1, 1)))
+        """
+        if self._open_loop is not None:
+            raise ValueError("nested repeat blocks are not supported yet")
+        if count < 1:
+            raise ValueError("repeat count must be >= 1")
+        self._open_loop = len(self._records)
+        try:
+            yield _Loop(count)
+        finally:
+            first, self._open_loop = self._open_loop, None
+        if len(self._records) > first:
+            self._loops.append((first, len(self._records) - first, count))
 
     # --- sync -----------------------------------------------------------------------------
     def nop(self, engine: Engine, *, wait=None, signal=None) -> int:
@@ -225,6 +338,11 @@ class ProgramBuilder:
             self._streams[p].nop(engine, wait=(tok, len(pes)))
 
     def build(self) -> ChipProgram:
-        recs = [r for s in self._streams for r in s._records]
+        recs, strides, loops = [], [], []
+        for s in self._streams:
+            loops += [(len(recs) + f, n, c) for f, n, c in s._loops]
+            recs += s._records
+            strides += s._strides
         arr = np.array(recs, dtype=CMD_DTYPE) if recs else np.zeros(0, CMD_DTYPE)
-        return ChipProgram(arr, len(self._streams), self.name)
+        st = np.array(strides, np.int64).reshape(len(recs), NUM_STRIDES)
+        return ChipProgram(arr, len(self._streams), self.name, np.array(loops, LOOP_DTYPE), st)
