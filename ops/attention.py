@@ -140,6 +140,12 @@ def _internal_variants(q, k, v, bias):
     return a + torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias, scale=0.2)[0]
 
 
+def _masked_out_query(q, k, v):
+    # query row 2 may attend to nothing: its output is zeros, as torch's
+    keep = torch.arange(q.shape[-2])[:, None] != 2
+    return _F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+
+
 samples(
     Sample("causal-gqa", _causal_gqa,
            lambda: (torch.randn(2, 4, 6, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8))),
@@ -150,6 +156,10 @@ samples(
                     torch.randint(1, 10, (2,)))),
     Sample("causal-rectangular-3d", lambda q, k, v: _F.scaled_dot_product_attention(q, k, v, is_causal=True),
            lambda: (torch.randn(3, 4, 16), torch.randn(3, 6, 16), torch.randn(3, 6, 16))),
+    Sample("fully-masked-row", _masked_out_query,
+           lambda: (torch.randn(1, 2, 4, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8))),
+    Sample("causal-bf16", lambda q, k, v: _F.scaled_dot_product_attention(q, k, v, is_causal=True),
+           lambda: tuple(torch.randn(1, 2, 6, 16).to(torch.bfloat16) for _ in range(3)), rtol=2e-2),
     Sample("flash-attention-for-cpu", _internal_variants,
            lambda: (torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 1, 4, 4))),
 )

@@ -302,6 +302,12 @@ def _native_ln(x, w, bias):
     return out * 2, mean + rstd
 
 
+def _bf16_norms(x, w):
+    ln = torch.nn.functional.layer_norm(x, (16,), w, w)
+    out, mean, rstd = torch.ops.aten.native_layer_norm(x, [16], w, None, 1e-5)
+    return ln, torch.nn.functional.rms_norm(x, (16,), w), out, mean, rstd
+
+
 def _fused_rms(x, w):
     out, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], w, None)
     return out, rstd * 0.1
@@ -319,6 +325,8 @@ samples(
     Sample("layer-and-rms-norm", _Norms(), lambda: (torch.randn(2, 3, 4, 16) * 2 + 0.5,)),
     Sample("batch-and-group-norm", _ConvNorms(), lambda: (torch.randn(2, 6, 5, 4),)),
     Sample("native-layer-norm-stats", _native_ln, lambda: (torch.randn(3, 10) + 1, torch.randn(10), torch.randn(10))),
+    Sample("norms-bf16", _bf16_norms,
+           lambda: (torch.randn(2, 6, 16).to(torch.bfloat16), torch.randn(16).to(torch.bfloat16)), rtol=2e-2),
     Sample("fused-rms-norm", _fused_rms, lambda: (torch.randn(2, 5, 12), torch.randn(12))),
     Sample("explicit-batch-and-group-norm", _explicit_bn_gn,
            lambda: (torch.randn(2, 4, 3, 5), torch.randn(4), torch.randn(4), torch.randn(4), torch.randn(4))),

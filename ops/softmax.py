@@ -78,6 +78,12 @@ def _safe_softmax(b, x, dim, dtype=None):
     return _emit(b, x, dim, False)
 
 
+def _safe_masked(x):
+    # row 1 of every matrix is masked out entirely: _safe_softmax gives zeros there
+    masked = x.masked_fill(torch.arange(x.shape[-2])[:, None] == 1, float("-inf"))
+    return torch.ops.aten._safe_softmax(masked, -1)
+
+
 samples(
     Sample("softmax-last-and-middle", lambda x: torch.softmax(x * 3.0, dim=-1) + torch.softmax(x, dim=1),
            lambda: (torch.randn(2, 5, 9),)),
@@ -87,4 +93,7 @@ samples(
            lambda: (torch.randn(3, 7).to(torch.float64),)),
     Sample("softmax-large-logits", lambda x: torch.softmax(x * 200.0, dim=-1),
            lambda: (torch.randn(4, 16),)),
+    Sample("safe-softmax-masked-row", _safe_masked, lambda: (torch.randn(2, 5, 6),)),
+    Sample("softmax-bf16", lambda x: (torch.softmax(x, dim=-1), torch.log_softmax(x, -1, dtype=torch.float32)),
+           lambda: (torch.randn(3, 10).to(torch.bfloat16),), rtol=1e-2),
 )
