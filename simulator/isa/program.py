@@ -10,7 +10,6 @@ import numpy as np
 from simulator.isa.encoding import CMD_DTYPE, FLAG_ACCUMULATE, NUM_ARGS, format_command
 from simulator.isa.opcodes import ENGINE_OF_OP, DType, Dir, Engine, Mcast, Op, SimdFn, Space
 
-Sync = "tuple[int, int] | None"
 
 
 def _space(s: "str | Space") -> Space:
