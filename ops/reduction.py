@@ -151,6 +151,38 @@ scan = define_op(
     doc="Inclusive prefix `kind` (sum or prod) of `input` along `dim`.")
 
 
+def _topk_infer(x, k, dim, largest):
+    if x.rank == 0:
+        if dim not in (0, -1) or k not in (0, 1):
+            raise ValueError(f"k={k}, dim={dim} do not fit a 0-d input")
+        return x.with_(dtype="i64")
+    if not 0 <= dim < x.rank:
+        raise ValueError(f"dimension {dim} is out of range for rank {x.rank}")
+    if not 0 <= k <= x.shape[dim]:
+        raise ValueError(f"k={k} is out of range for size {x.shape[dim]}")
+    shape = list(x.shape)
+    shape[dim] = k
+    return x.with_(shape=tuple(shape), dtype="i64")
+
+
+def _topk_reference(x, k, dim, largest):
+    if x.ndim == 0:
+        return np.zeros((), np.int64)
+    key = _wide(x)
+    if key.dtype.kind in "iub":
+        key = key.astype(np.int64)
+    order = np.argsort(-key if largest else key, axis=dim, kind="stable")
+    return np.take(order, np.arange(k), axis=dim)
+
+
+topk = define_op(
+    "topk", operands=("input",), attrs={"k": Attr.INT, "dim": Attr.INT, "largest": Attr.BOOL},
+    infer=_topk_infer, reference=_topk_reference,
+    doc="The i64 indices of the `k` largest (or smallest) elements along `dim`, in order (equal "
+        "elements keep their input order); `ember.gather` by them gives the values. A sort is "
+        "topk with k = the dim's size.")
+
+
 # ----------------------------------------------------------------------------- lowering helpers
 
 def _dims(x, dim) -> tuple[int, ...]:
@@ -268,6 +300,54 @@ def _cumsum(b, x, dim, *, dtype=None):
     return b.emit(scan, x, kind=kind, dim=norm_dim(dim, x.rank) if x.rank else 0)
 
 
+def _emit_topk(b, x, k, dim, largest):
+    d = norm_dim(dim, x.rank) if x.rank else 0
+    if x.rank == 0:
+        raise Unsupported("topk/sort of a 0-d tensor")
+    indices = b.emit(topk, x, k=int(k), dim=d, largest=bool(largest))
+    values = b.emit("gather", x, indices, dim=d) if 0 in _used_results(b) else None
+    return values, indices
+
+
+@lowers(aten.topk.default)
+def _topk(b, x, k, dim=-1, largest=True, sorted=True):
+    return _emit_topk(b, x, k, dim, largest)
+
+
+@lowers(aten.sort.default, aten.sort.stable)
+def _sort(b, x, *args, **kwargs):
+    if b.node.target == aten.sort.stable:
+        dim, descending = kwargs.get("dim", -1), kwargs.get("descending", False)
+    else:
+        dim = args[0] if args else kwargs.get("dim", -1)
+        descending = args[1] if len(args) > 1 else kwargs.get("descending", False)
+    if x.rank == 0:
+        raise Unsupported("sort of a 0-d tensor")
+    return _emit_topk(b, x, x.shape[norm_dim(dim, x.rank)], dim, descending)
+
+
+def _unary(b, x, kind, alpha=0.0):
+    return b.emit("unary", x, kind=kind, alpha=float(alpha), beta=0.0)
+
+
+@lowers(aten.linalg_vector_norm.default)
+def _vector_norm(b, x, ord=2, dim=None, keepdim=False, *, dtype=None):
+    """||x||_ord over `dim` from elementwise ops and sums (F.normalize, torch.norm)."""
+    x = b.cast(x, b.result_spec().dtype)
+    ord = float(ord)
+    if ord == 0:
+        nonzero = b.cast(b.emit("binary", x, b.constant(0, x.dtype), kind="ne"), x.dtype)
+        return emit_reduce(b, nonzero, "sum", dim, keepdim)
+    a = _unary(b, x, "abs")
+    if ord in (float("inf"), float("-inf")):
+        return emit_reduce(b, a, "max" if ord > 0 else "min", dim, keepdim)
+    if ord == 1:
+        return emit_reduce(b, a, "sum", dim, keepdim)
+    if ord == 2:
+        return _unary(b, emit_reduce(b, b.emit("binary", x, x, kind="mul"), "sum", dim, keepdim), "sqrt")
+    return _unary(b, emit_reduce(b, _unary(b, a, "pow", ord), "sum", dim, keepdim), "pow", 1.0 / ord)
+
+
 def _sums(x):
     return (x.sum() + x.sum(dim=1).mean() + x.sum(dim=(0, 2), keepdim=True).sum() + x.mean()
             + x.mean(dim=-1, keepdim=True).sum() + x.prod(dim=1).sum()
@@ -295,6 +375,16 @@ samples(
            lambda: (torch.randn(5, 7),)),
     Sample("cumsum-positions", lambda mask: (torch.cumsum(mask, dim=-1) * mask - 1, torch.cumsum(mask.float() * 0.5, 0)),
            lambda: (torch.randint(0, 2, (2, 9)),)),
+    Sample("topk-and-sort", lambda x: (torch.topk(x, 3, dim=-1), torch.topk(x, 2, dim=0, largest=False),
+                                       torch.sort(x, dim=1, descending=True), torch.sort(x, dim=-1, stable=True)),
+           lambda: (torch.randn(4, 7),)),
+    Sample("vector-norm", lambda x: (torch.nn.functional.normalize(x, dim=-1), x.norm(dim=(0, 2), keepdim=True),
+                                     torch.linalg.vector_norm(x, 1, dim=1), torch.linalg.vector_norm(x, float("inf"), -1),
+                                     torch.linalg.vector_norm(x, 3, dim=-1), torch.linalg.vector_norm(x, 0, dim=-1)),
+           lambda: (torch.randn(3, 5, 6),)),
+    Sample("reductions-bf16", lambda x: (x.sum(-1), x.mean(dim=(0, 1)), x.amax(-1), x.var(-1), x.max(dim=-1),
+                                         torch.logsumexp(x, -1), x.cumsum(-1), x.sum(-1, dtype=torch.float32)),
+           lambda: (torch.randn(3, 4, 8).to(torch.bfloat16),), rtol=2e-2),
     Sample("int-sum-and-amax", lambda i: (i.sum(dim=0), i.amax(dim=1), i.argmax(dim=1)),
            lambda: (torch.randint(-50, 50, (6, 5), dtype=torch.int32),)),
 )
