@@ -244,6 +244,89 @@ def _index_add(b, x, dim, index, source, *, alpha=1):
     return b.emit(index_put, x, index, source, dim=norm_dim(dim, x.rank), accumulate=True)
 
 
+# ----------------------------------------------------------------------------- scatter
+
+SCATTER_REDUCE = {"none": None, "add": np.add, "prod": np.multiply, "amax": np.maximum, "amin": np.minimum}
+
+
+def _scatter_infer(x, index, src, dim, reduce):
+    _check_index(index)
+    if reduce not in SCATTER_REDUCE:
+        raise ValueError(f"unknown scatter reduction '{reduce}' (known: {', '.join(SCATTER_REDUCE)})")
+    if x.rank != index.rank or (src.rank and src.rank != index.rank):
+        raise ValueError(f"input {x.shape}, index {index.shape} and src {src.shape} must have one rank "
+                         "(src may be 0-d)")
+    if x.rank and not 0 <= dim < x.rank:
+        raise ValueError(f"dimension {dim} is out of range for rank {x.rank}")
+    if src.dtype != x.dtype:
+        raise ValueError(f"src element type {src.dtype} differs from input's {x.dtype}")
+    for d, i in enumerate(index.shape):
+        if (d != dim and i > x.shape[d]) or (src.rank and i > src.shape[d]):
+            raise ValueError(f"index size {i} exceeds input or src size in dimension {d}")
+    return x
+
+
+def _scatter_reference(x, index, src, dim, reduce):
+    wide = x.dtype.kind == "f" or x.dtype.name == "bfloat16"
+    out = np.array(x, dtype=np.float64 if wide else x.dtype, copy=True)
+    if x.ndim == 0:
+        return out if index.size == 0 else np.asarray(src, out.dtype)
+    idx = _as_i64(index) % max(x.shape[dim], 1)
+    if src.ndim:
+        src = src[tuple(slice(0, s) for s in index.shape)]
+    src = np.broadcast_to(np.asarray(src).astype(out.dtype), index.shape)
+    target = list(np.indices(index.shape, sparse=True))
+    target[dim] = idx
+    target = tuple(np.broadcast_to(t, index.shape) for t in target)
+    fn = SCATTER_REDUCE[reduce]
+    if fn is None:
+        out[target] = src   # repeated positions: the last write wins
+    else:
+        fn.at(out, target, src)
+    return out
+
+
+scatter = define_op(
+    "scatter", operands=("input", "index", "src"), attrs={"dim": Attr.INT, "reduce": Attr.STR},
+    infer=_scatter_infer, reference=_scatter_reference,
+    doc="torch.scatter: a copy of `input` with out[index[i][j]][j] = src[i][j] for dim 0 (and so "
+        "on), or combined with the old value by `reduce` (add, prod, amax, amin); src is 0-d or "
+        "covers index's shape.")
+
+
+def _emit_scatter(b, x, dim, index, src, reduce):
+    src = b.scalar_or_value(src, x.dtype)
+    return b.emit(scatter, x, index, src, dim=norm_dim(dim, x.rank) if x.rank else 0, reduce=reduce)
+
+
+@lowers(aten.scatter.src, aten.scatter.value)
+def _scatter(b, x, dim, index, src):
+    return _emit_scatter(b, x, dim, index, src, "none")
+
+
+@lowers(aten.scatter.reduce, aten.scatter.value_reduce)
+def _scatter_legacy_reduce(b, x, dim, index, src, *, reduce):
+    kind = {"add": "add", "multiply": "prod"}.get(reduce)
+    if kind is None:
+        raise Unsupported(f"scatter with reduce={reduce!r}")
+    return _emit_scatter(b, x, dim, index, src, kind)
+
+
+@lowers(aten.scatter_add.default)
+def _scatter_add(b, x, dim, index, src):
+    return _emit_scatter(b, x, dim, index, src, "add")
+
+
+@lowers(aten.scatter_reduce.two)
+def _scatter_reduce(b, x, dim, index, src, reduce, *, include_self=True):
+    kind = {"sum": "add", "prod": "prod", "amax": "amax", "amin": "amin"}.get(reduce)
+    if kind is None:
+        raise Unsupported(f"scatter_reduce with reduce={reduce!r}")
+    if not include_self:
+        raise Unsupported("scatter_reduce with include_self=False")
+    return _emit_scatter(b, x, dim, index, src, kind)
+
+
 # ----------------------------------------------------------------------------- samples
 
 class _Embed(torch.nn.Module):
@@ -274,7 +357,20 @@ def _scatters(x, idx, v):
     return y, z, x.index_copy(1, idx, v), x.index_add(0, idx[:2], x[1:3] * 0.5, alpha=2.0)
 
 
+def _scatter_family(x, perm, idx, src):
+    # perm: a permutation per row (no repeated targets for the plain scatter)
+    a = x.scatter(1, perm[:, :3], src[:, :3])
+    c = x.scatter(1, perm[:, :2], 2.5)
+    d = x.scatter_add(0, idx, src)
+    e = x.scatter_reduce(1, idx, src, "amax") + x.scatter_reduce(1, idx, src, "prod")
+    f = x.scatter(0, idx, src, reduce="add")
+    return a, c, d, e, f
+
+
 samples(
+    Sample("scatter-and-scatter-reduce", _scatter_family,
+           lambda: (torch.randn(4, 6), torch.argsort(torch.rand(4, 6), dim=1), torch.randint(0, 4, (3, 6)),
+                    torch.randn(4, 6))),
     Sample("embedding", _Embed(), lambda: (torch.randint(0, 50, (2, 7)), torch.randint(0, 16, (1, 7)))),
     Sample("index-select-and-gather", _select_and_gather,
            lambda: (torch.randn(3, 6, 5), torch.randint(0, 6, (4,)), torch.randint(0, 5, (3, 4, 2)))),
