@@ -6,6 +6,7 @@
 #include <functional>
 #include <queue>
 #include <stdexcept>
+#include <string>
 
 namespace ember {
 
@@ -17,6 +18,32 @@ inline uint64_t pack(int64_t time, int kind, int q) {
     if (time >= kMaxTime) throw std::overflow_error("simulated time exceeds 2^46 cycles");
     return (uint64_t(time) << (kQueueBits + 1)) | (uint64_t(kind) << kQueueBits) | uint64_t(q);
 }
+// Memory safety of the engine (simulator/validate.py gives the friendly messages).
+void check_command(const Cmd& c, int64_t i, const Params& p, int num_pes) {
+    auto bad = [&](const char* why) {
+        throw std::invalid_argument("command #" + std::to_string(i) + ": " + why);
+    };
+    if (c.pe < 0 || c.pe >= num_pes) bad("PE out of range");
+    if (c.engine >= kNumEngines) bad("unknown engine");
+    if (c.op > M_CAT) bad("unknown opcode");
+    if (c.wait_tok < -1 || c.sig_tok < -1) bad("bad token");
+    if (c.dtype > 4 || (c.op == DPE && c.dtype > 3)) bad("bad dtype");
+    for (int k = 0; k < 8; ++k)
+        if (c.a[k] < 0) bad("negative operand");
+    if (c.op == DMA) {
+        if (c.peer < -1 || c.peer >= num_pes) bad("DMA destination PE out of range");
+        if (c.src_space > LOCAL || c.dst_space > LOCAL || ((c.flags >> 1) & 3) == 3)
+            bad("bad DMA space or multicast");
+    }
+    if (c.op == RE_SEND) {
+        const int64_t r = c.pe / p.pe_cols, col = c.pe % p.pe_cols;
+        const bool ok = (c.peer == 0 && r > 0) || (c.peer == 1 && r < p.pe_rows - 1) ||
+                        (c.peer == 2 && col < p.pe_cols - 1) || (c.peer == 3 && col > 0);
+        if (!ok) bad("reduction send off the PE grid");
+    }
+    if (c.op == DPE && (c.a[3] <= 0 || c.a[4] <= 0 || c.a[5] <= 0)) bad("empty matmul");
+}
+
 }  // namespace
 
 TimingOut run_timing(const Cmd* cmds, int64_t n, const Params& p, int num_pes, int64_t* start,
@@ -28,6 +55,7 @@ TimingOut run_timing(const Cmd* cmds, int64_t n, const Params& p, int num_pes, i
     std::vector<int64_t> qcount(nq + 1, 0);
     int32_t ntok = 0;
     for (int64_t i = 0; i < n; ++i) {
+        check_command(cmds[i], i, p, num_pes);
         ++qcount[cmds[i].pe * kNumEngines + cmds[i].engine + 1];
         ntok = std::max({ntok, cmds[i].wait_tok + 1, cmds[i].sig_tok + 1});
     }
