@@ -213,10 +213,12 @@ def _index_put(b, x, indices, values, accumulate=False):
     if len(positions) != 1:
         raise Unsupported("index_put with more than one index tensor")
     index = indices[positions[0]]
-    if index.dtype not in INT_DTYPES:
-        raise Unsupported(f"index_put with a {index.dtype} index (boolean masks change shape with the data)")
     dim = positions[0]
     values = b.cast(values, x.dtype)
+    if index.dtype == "i1":
+        return _masked_put(b, x, dim, index, values, accumulate)
+    if index.dtype not in INT_DTYPES:
+        raise Unsupported(f"index_put with a {index.dtype} index")
     if index.rank != 1:
         raise Unsupported(f"index_put with a rank-{index.rank} index tensor")
     if values.rank > x.rank:
@@ -225,6 +227,25 @@ def _index_put(b, x, indices, values, accumulate=False):
             raise Unsupported(f"index_put values of shape {values.shape}")
         values = b.emit("reshape", values, shape=values.shape[values.rank - x.rank:])
     return b.emit(index_put, x, index, values, dim=dim, accumulate=bool(accumulate))
+
+
+def _masked_put(b, x, dim, mask, values, accumulate):
+    """x[..., mask] = v (or +=) for a boolean mask and one value: a select, no data-dependent shape."""
+    if values.spec.numel != 1:
+        raise Unsupported("index_put by a boolean mask with more than one value (how many elements "
+                          "the mask selects depends on the data)")
+    if tuple(x.shape[dim:dim + mask.rank]) != mask.shape:
+        raise Unsupported(f"index_put by a boolean mask of shape {mask.shape} on dims {dim}.. of {x.shape}")
+    trailing = x.rank - dim - mask.rank
+    if trailing:
+        mask = b.emit("reshape", mask, shape=(*mask.shape, *(1,) * trailing))
+    if values.rank:
+        values = b.emit("reshape", values, shape=())
+    if accumulate:
+        added = b.emit("ternary", mask, values, b.constant(0, x.dtype), kind="where")
+        return b.emit("binary", x, added, kind="add")
+    y = b.emit("ternary", mask, values, x, kind="where")
+    return y if y.shape == x.shape else b.emit("reshape", y, shape=x.shape)
 
 
 @lowers(aten.index_copy.default)
@@ -354,7 +375,10 @@ def _scatters(x, idx, v):
     aten = torch.ops.aten
     y = aten.index_put(x, [None, idx], v)
     z = aten.index_put(x, [idx], v[:1].transpose(0, 1), True)
-    return y, z, x.index_copy(1, idx, v), x.index_add(0, idx[:2], x[1:3] * 0.5, alpha=2.0)
+    w = x.clone()
+    w[x > 0.5] = -1.0   # boolean-mask assignment of one value
+    u = aten.index_put(x, [None, x[0] > 0], torch.tensor(2.0), True)
+    return y, z, x.index_copy(1, idx, v), x.index_add(0, idx[:2], x[1:3] * 0.5, alpha=2.0), w, u
 
 
 def _scatter_family(x, perm, idx, src):

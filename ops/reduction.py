@@ -219,7 +219,7 @@ def _used_results(b) -> set[int]:
     return used
 
 
-def _reduce_rule(kind, with_dtype=False):
+def _reduce_rule(kind):
     def rule(b, x, dim=None, keepdim=False, *, dtype=None):
         return emit_reduce(b, x, kind, dim, keepdim)
     rule.__module__ = __name__
