@@ -143,3 +143,15 @@ def test_timing_only_has_no_memory():
     assert res.cycles == 16 * 2 + 2
     with pytest.raises(RuntimeError, match="timing_only"):
         res.read("local", 0, (1,), np.float32, pe=0)
+
+
+def test_every_opcode_has_semantics():
+    from simulator.engines import FUNCTIONAL
+    from simulator.isa import Op
+    assert set(FUNCTIONAL) == set(Op) - {Op.NOP}
+
+
+def test_simd_function_must_fit_the_opcode():
+    from simulator import InvalidCommand
+    with pytest.raises(InvalidCommand, match="exp is not valid"):
+        _run_local(lambda pe: pe.simd_binary("exp", 0, 0, 0x100, 4), {0: np.ones(4, np.float32)})

@@ -1,0 +1,91 @@
+"""SIMD engine: elementwise ops and lookup-table functions in fp32, row reductions and row
+broadcasts; results are rounded or saturated to the output dtype. GELU is the tanh
+approximation a lookup table implements."""
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.engines.dtypes import store_cast
+from simulator.engines.registry import register
+from simulator.isa import DType, Op, SimdFn
+
+_F32 = np.float32
+
+
+def _gelu(x):
+    return 0.5 * x * (1.0 + np.tanh(_F32(0.7978845608028654) * (x + _F32(0.044715) * x * x * x)))
+
+
+UNARY = {
+    SimdFn.COPY: lambda x: x, SimdFn.RELU: lambda x: np.maximum(x, _F32(0)),
+    SimdFn.EXP: np.exp, SimdFn.GELU: _gelu, SimdFn.SILU: lambda x: x / (_F32(1) + np.exp(-x)),
+    SimdFn.TANH: np.tanh, SimdFn.SIGMOID: lambda x: _F32(1) / (_F32(1) + np.exp(-x)),
+    SimdFn.RECIP: lambda x: _F32(1) / x, SimdFn.RSQRT: lambda x: _F32(1) / np.sqrt(x),
+}
+BINARY = {
+    SimdFn.ADD: np.add, SimdFn.SUB: np.subtract, SimdFn.MUL: np.multiply,
+    SimdFn.MAX: np.maximum, SimdFn.MIN: np.minimum, SimdFn.DIV: np.divide,
+}
+REDUCE = {SimdFn.ADD: np.sum, SimdFn.MAX: np.max, SimdFn.MIN: np.min}
+
+
+def _load(m, pe, addr, shape, dt, what):
+    return m.local[pe].read_array(addr, shape, dt.np, what).astype(np.float32)
+
+
+def _dtypes(c):
+    return DType(int(c["dtype"])), DType(int(c["dtype2"]))
+
+
+def _fn(table, c, what):
+    fn = SimdFn(int(c["fn"]))
+    if fn not in table:
+        from simulator.errors import InvalidCommand
+        raise InvalidCommand(f"{what}: {fn.name.lower()} is not valid for this SIMD opcode")
+    return table[fn]
+
+
+@register(Op.SIMD_UNARY)
+def simd_unary(m, c, a, pe, what):
+    dt, dt2 = _dtypes(c)
+    x = _load(m, pe, a[0], (a[2],), dt, what)
+    with np.errstate(all="ignore"):
+        y = _fn(UNARY, c, what)(x)
+    m.defer(m.local[pe], a[1], store_cast(y, dt2), what)
+
+
+@register(Op.SIMD_BINARY)
+def simd_binary(m, c, a, pe, what):
+    dt, dt2 = _dtypes(c)
+    x = _load(m, pe, a[0], (a[3],), dt, what)
+    y = _load(m, pe, a[1], (a[3],), dt, what)
+    with np.errstate(all="ignore"):
+        z = _fn(BINARY, c, what)(x, y)
+    m.defer(m.local[pe], a[2], store_cast(z, dt2), what)
+
+
+@register(Op.SIMD_SCALAR)
+def simd_scalar(m, c, a, pe, what):
+    dt, dt2 = _dtypes(c)
+    imm = _F32(np.array([a[3]], np.int64).view(np.float64)[0])
+    x = _load(m, pe, a[0], (a[2],), dt, what)
+    with np.errstate(all="ignore"):
+        z = _fn(BINARY, c, what)(x, imm)
+    m.defer(m.local[pe], a[1], store_cast(z, dt2), what)
+
+
+@register(Op.SIMD_ROW_REDUCE)
+def simd_row_reduce(m, c, a, pe, what):
+    dt, dt2 = _dtypes(c)
+    x = _load(m, pe, a[0], (a[2], a[3]), dt, what)
+    m.defer(m.local[pe], a[1], store_cast(_fn(REDUCE, c, what)(x, axis=1), dt2), what)
+
+
+@register(Op.SIMD_ROW_BCAST)
+def simd_row_bcast(m, c, a, pe, what):
+    dt, dt2 = _dtypes(c)
+    x = _load(m, pe, a[0], (a[3], a[4]), dt, what)
+    v = _load(m, pe, a[1], (a[3], 1), dt, what)
+    with np.errstate(all="ignore"):
+        z = _fn(BINARY, c, what)(x, v)
+    m.defer(m.local[pe], a[2], store_cast(z, dt2), what)
