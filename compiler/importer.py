@@ -145,6 +145,29 @@ def target_name(target: Any) -> str:
     return getattr(target, "__name__", str(target))
 
 
+#: Host calls are calls to private functions `@host<index>` that carry this attribute (the aten
+#: target): outlined like IREE's dispatch regions, since a leaf `ember` op cannot take operands
+#: of mixed types through one IRDL variadic.
+HOST_TARGET_ATTR = "ember.host_target"
+HOST_PREFIX = "host"
+
+
+def host_function_name(index: int) -> str:
+    return f"{HOST_PREFIX}{index}"
+
+
+def host_call_index(callee: str) -> int:
+    return int(callee.removeprefix(HOST_PREFIX))
+
+
+def main_function(module: ir.Module) -> Any:
+    """The `func.func @main` of a graph-level module."""
+    for operation in module.body.operations:
+        if operation.operation.name == "func.func" and operation.attributes["sym_name"].value == "main":
+            return operation
+    raise ValueError("the module has no func.func @main")
+
+
 class Importer:
     """Turns one ExportedProgram into a `func.func @main` of `ember` ops."""
 
@@ -385,10 +408,13 @@ class Importer:
         index = len(self.host_calls)
         self.host_calls[index] = HostCall(node.target, strip(args), {k: strip(v) for k, v in kwargs.items()})
         specs = [TensorSpec.of(v) for v in vals]
-        self.builder.loc = self._location(node)
-        with self.builder.loc:
-            results = self.builder.emit("host", tensors, target=target_name(node.target), index=index,
-                                        result_specs=specs)
+        name = host_function_name(index)
+        with ir.InsertionPoint(self.module.body), ir.Location.unknown():
+            decl = func.FuncOp(name, ([t.mlir.type for t in tensors], [tensor_type(s) for s in specs]),
+                               visibility="private")
+            decl.attributes[HOST_TARGET_ATTR] = ir.StringAttr.get(target_name(node.target))
+        call = func.CallOp([tensor_type(s) for s in specs], name, [t.mlir for t in tensors], loc=self._location(node))
+        results = tuple(Value(r, s) for r, s in zip(call.results, specs))
         return results if isinstance(val, (tuple, list)) else results[0]
 
     def _location(self, node: torch.fx.Node) -> ir.Location:

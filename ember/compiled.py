@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from compiler.errors import EmberError
+from compiler.importer import HOST_TARGET_ATTR, main_function
 from compiler.pipeline import PHASES, CompileResult
 from ops.registry import TensorSpec
 from runtime.devices import get_device
@@ -48,18 +49,21 @@ class CompiledModel:
         return self._result.ir[phase]
 
     def op_counts(self) -> Counter:
-        """How many of each graph-level op (`unary:gelu` for kinded ops), weights and literals aside."""
+        """How many of each graph-level op (`ember.unary:gelu` for kinded ops, `host:<aten op>` for
+        host calls), weights and literals aside."""
         counts: Counter = Counter()
         with self.graph.context:
-            main = next(op for op in self.graph.module.body.operations if op.operation.name == "func.func")
-            for operation in main.regions[0].blocks[0].operations:
+            module = self.graph.module
+            targets = {op.attributes["sym_name"].value: op.attributes[HOST_TARGET_ATTR].value
+                       for op in module.body.operations if HOST_TARGET_ATTR in op.attributes}
+            for operation in main_function(module).regions[0].blocks[0].operations:
                 name = operation.name
                 if name in ("func.return", "ember.weight", "ember.constant"):
                     continue
                 if "kind" in operation.attributes:
                     name += ":" + operation.attributes["kind"].value
-                elif name == "ember.host":
-                    name += ":" + operation.attributes["target"].value
+                elif name == "func.call":
+                    name = "host:" + targets[operation.attributes["callee"].value]
                 counts[name] += 1
         return counts
 

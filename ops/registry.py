@@ -123,7 +123,8 @@ ReferenceFn = Callable[..., "np.ndarray | tuple[np.ndarray, ...]"]
 class OpDef:
     """One `ember` dialect op.
 
-    operands: names; a trailing `?` marks an optional operand, a trailing `*` a variadic one.
+    operands: names; a trailing `?` marks an optional operand, a trailing `*` a variadic one
+        (whose elements must share one type: IRDL binds a constraint to the first type it sees).
     attrs: attribute name -> kind; every attribute is required (use a neutral value when unused).
     infer(*specs, **attrs): result TensorSpec(s); raises ValueError on invalid input, which the
         verifier reports on the op. `None` for ops whose result types are given when they are built

@@ -12,6 +12,7 @@ import torch
 from torch_mlir import ir
 
 from compiler.dialect import op_attrs, operand_segments, spec_of
+from compiler.importer import host_call_index, main_function
 from ops.registry import DTYPE_TO_TORCH, as_dtype, numpy_dtype, op as lookup_op
 
 
@@ -31,13 +32,18 @@ def to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
 def interpret(module: ir.Module, weights: dict[str, Any], inputs: Sequence[np.ndarray],
               host_calls: dict[int, Any] | None = None) -> list[np.ndarray]:
     """Run `func.func @main` of a graph-level module on numpy `inputs`."""
-    main = next(op for op in module.body.operations if op.operation.name == "func.func")
-    block = main.regions[0].blocks[0]
+    block = main_function(module).regions[0].blocks[0]
     env: dict[ir.Value, np.ndarray] = dict(zip(block.arguments, inputs))
     for operation in block.operations:
         name = operation.name
         if name == "func.return":
             return [env[v] for v in operation.operands]
+        if name == "func.call":
+            callee = operation.attributes["callee"].value
+            outs = _host_call(host_calls[host_call_index(callee)], [env[v] for v in operation.operands])
+            for value, out in zip(operation.results, outs):
+                env[value] = as_dtype(out, spec_of(value.type).dtype)
+            continue
         if not name.startswith("ember."):
             raise NotImplementedError(f"the reference device cannot run '{name}'")
         opdef = lookup_op(name[len("ember."):])
@@ -45,8 +51,6 @@ def interpret(module: ir.Module, weights: dict[str, Any], inputs: Sequence[np.nd
         result_specs = [spec_of(r.type) for r in operation.results]
         if opdef.name == "weight":
             outs = [weights[attrs["symbol"]]]
-        elif opdef.name == "host":
-            outs = _host_call(host_calls[attrs["index"]], [env[v] for v in operation.operands])
         else:
             args = opdef.group_operands([env[v] for v in operation.operands], operand_segments(operation))
             res = opdef.reference(*args, **attrs)
