@@ -13,15 +13,17 @@ from simulator.engines.dtypes import store_cast  # noqa: F401  (re-exported)
 from simulator.isa import Op, Space, format_command
 from simulator.memory import Memory
 from simulator.spec import ChipSpec
+from simulator.validate import HOST_BYTES
 
 
 class Machine:
-    """The chip's memories: one DRAM, one SRAM, one local memory per PE."""
+    """The memories: DRAM, SRAM, one local memory per PE, and host memory (over PCIe)."""
 
     def __init__(self, chip: ChipSpec):
         self.chip = chip
         self.dram = Memory("DRAM", chip.dram.bytes)
         self.sram = Memory("SRAM", chip.sram.bytes)
+        self.host = Memory("host memory", HOST_BYTES)
         self.local = [Memory(f"local memory of PE {i}", chip.local_mem.bytes, local=True)
                       for i in range(chip.num_pes)]
         self.cols = chip.pe_grid.cols
@@ -34,6 +36,8 @@ class Machine:
             return self.dram
         if space == Space.SRAM:
             return self.sram
+        if space == Space.HOST:
+            return self.host
         if pe is None:
             raise ValueError("local memory needs a PE number")
         return self.local[pe]

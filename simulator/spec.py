@@ -187,10 +187,11 @@ class Noc(_Section):
 
 
 class HostLink(_Section):
-    """Link to the host (PCIe)."""
+    """Link to the host (PCIe): one bandwidth server, reached like memory at the north edge."""
     kind: str = "PCIe Gen5 x8"
     bytes_per_s: Rate
     energy_pj_per_byte: Energy = 10.0
+    check_whole_rate = field_validator("bytes_per_s")(_whole)
 
 
 class Dma(_Section):

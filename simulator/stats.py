@@ -23,7 +23,7 @@ def program_counts(cmds: np.ndarray, chip: ChipSpec) -> dict:
     rows, cols = chip.pe_grid.rows, chip.pe_grid.cols
     op = cmds["op"]
     out: dict = {"commands": int(len(cmds)), "dram_read": 0, "dram_write": 0, "sram_read": 0,
-                 "sram_write": 0, "noc_byte_hops": 0, "simd_elems": 0, "reduce_elems": 0,
+                 "sram_write": 0, "host_read": 0, "host_write": 0, "noc_byte_hops": 0, "simd_elems": 0, "reduce_elems": 0,
                  "mlu_bytes": 0, "macs": {d: 0 for d in DTYPE_NAMES}}
     local = 0
     for idx, space, lo, n, name in extents(cmds):
@@ -38,7 +38,7 @@ def program_counts(cmds: np.ndarray, chip: ChipSpec) -> dict:
         a = cmds["a"][idx]
         nbytes = a[:, 2] * a[:, 3]
         src, dst = cmds["src_space"][idx], cmds["dst_space"][idx]
-        for s in (Space.DRAM, Space.SRAM):
+        for s in (Space.DRAM, Space.SRAM, Space.HOST):
             out[f"{s.name.lower()}_read"] = _sum(nbytes[src == s])
             out[f"{s.name.lower()}_write"] = _sum(nbytes[dst == s])
         # NoC byte-hops: memory <-> PE crosses (row + 1) links; PE <-> PE the Manhattan
@@ -102,6 +102,7 @@ def energy_joules(counts: dict, chip: ChipSpec, seconds: float) -> dict:
         "sram": (counts["sram_read"] + counts["sram_write"]) * chip.sram.energy_pj_per_byte * pj,
         "dram": (counts["dram_read"] + counts["dram_write"]) * chip.dram.energy_pj_per_byte * pj,
         "noc": counts["noc_byte_hops"] * chip.noc.energy_pj_per_byte_hop * pj,
+        "host_link": (counts["host_read"] + counts["host_write"]) * chip.host_link.energy_pj_per_byte * pj,
         "static": chip.static_power_w * seconds,
     }
     e["total"] = sum(e.values())
@@ -123,7 +124,7 @@ def build_stats(cmds: np.ndarray, chip: ChipSpec, cycles: int, busy: np.ndarray)
         "engine_utilization": {e.name.lower(): float(util[:, e].mean()) for e in Engine},
         "busy_cycles": {e.name.lower(): busy[:, e].tolist() for e in Engine},
         "bytes": {k: counts[k] for k in ("dram_read", "dram_write", "sram_read", "sram_write",
-                                          "local", "noc_byte_hops")},
+                                          "host_read", "host_write", "local", "noc_byte_hops")},
         "dram_bytes_per_s": (counts["dram_read"] + counts["dram_write"]) / seconds if cycles else 0.0,
         "macs": counts["macs"],
         "mac_utilization": {d: counts["macs"][d] / peak[d] for d in DTYPE_NAMES if counts["macs"][d]},

@@ -42,4 +42,5 @@ def timing_params(chip: ChipSpec) -> dict[str, int]:
     p["sram_num"], p["sram_den"] = _rational(chip.sram.bytes_per_s, clk, chip.sram.banks)
     p["local_num"], p["local_den"] = _rational(chip.local_mem.bytes_per_s, clk)
     p["link_num"], p["link_den"] = _rational(chip.noc.link_bytes_per_s, clk)
+    p["host_num"], p["host_den"] = _rational(chip.host_link.bytes_per_s, clk)
     return p

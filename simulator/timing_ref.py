@@ -25,7 +25,7 @@ import numpy as np
 NUM_ENGINES = 5
 # opcodes and enums, by value (see simulator/isa/opcodes.py)
 NOP, DMA, DPE, RE_ACC, RE_SEND, S_UN, S_BIN, S_SCA, S_RED, S_BC, M_T, M_CP, M_CAT = range(13)
-DRAM, SRAM, LOCAL = 0, 1, 2
+DRAM, SRAM, LOCAL, HOST = 0, 1, 2, 3
 ESIZE = (4, 2, 2, 1, 4)
 
 
@@ -49,10 +49,13 @@ class Costs:
         self.base_link = self.base_local + self.P
         self.base_edge_in = self.base_link + 4 * self.P
         self.base_edge_out = self.base_edge_in + self.C
-        self.num_servers = self.base_edge_out + self.C
+        self.host = self.base_edge_out + self.C
+        self.num_servers = self.host + 1
 
     def rate(self, sid: int) -> tuple[int, int]:
         p = self.p
+        if sid == self.host:
+            return p["host_num"], p["host_den"]
         if sid < self.base_sram:
             return p["dram_num"], p["dram_den"]
         if sid < self.base_local:
@@ -82,6 +85,9 @@ class Costs:
 
     def _mem(self, acc: dict, space: int, addr: int, nbytes: int) -> None:
         p = self.p
+        if space == HOST:
+            acc[self.host] = acc.get(self.host, 0) + nbytes
+            return
         if space == DRAM:
             n, il, base = self.D, p["dram_interleave"], 0
         else:
@@ -138,7 +144,7 @@ class Costs:
                 hops = abs(cd - cs) + abs(rd - rs) + self._spread(acc, rd, cd, mcast)
         servers = {}
         for sid, b in acc.items():
-            if sid >= self.base_link:
+            if self.base_link <= sid < self.host:
                 b = nbytes     # a link carries the payload once, whatever the fan-out
             num, den = self.rate(sid)
             servers[sid] = ceil_div(b * den, num)

@@ -10,6 +10,7 @@ from simulator.isa import ENGINE_OF_OP, NUM_ENGINES, ChipProgram, Op, Space, for
 from simulator.spec import ChipSpec
 
 _ESIZE = np.array([4, 2, 2, 1, 4], np.int64)
+HOST_BYTES = 1 << 40        # the host's memory as the chip sees it
 
 
 def _fail(cls, prog: ChipProgram, mask: np.ndarray, why: str) -> None:
@@ -102,7 +103,7 @@ def validate(prog: ChipProgram, chip: ChipSpec) -> None:
     is_dma, is_send = op == Op.DMA, op == Op.RE_SEND
     if (bad := (np.ascontiguousarray(c["a"]) < 0).any(axis=1)).any():
         _fail(AddressOutOfRange, prog, bad, "negative address, size or stride")
-    if (bad := is_dma & ((c["src_space"] > 2) | (c["dst_space"] > 2) | (((c["flags"] >> 1) & 3) == 3))).any():
+    if (bad := is_dma & ((c["src_space"] > 3) | (c["dst_space"] > 3) | (((c["flags"] >> 1) & 3) == 3))).any():
         _fail(InvalidCommand, prog, bad, "unknown memory space or multicast mode")
     peer = c["peer"].astype(np.int64)
     if (bad := is_dma & ((peer < -1) | (peer >= prog.num_pes))).any():
@@ -123,8 +124,9 @@ def validate(prog: ChipProgram, chip: ChipSpec) -> None:
     if (bad := (c["wait_tok"] >= 0) & (c["wait_cnt"] < 0)).any():
         _fail(InvalidCommand, prog, bad, "negative wait count")
     sizes = {int(Space.DRAM): chip.dram.bytes, int(Space.SRAM): chip.sram.bytes,
-             int(Space.LOCAL): chip.local_mem.bytes}
-    names = {int(Space.DRAM): "DRAM", int(Space.SRAM): "SRAM", int(Space.LOCAL): "local memory"}
+             int(Space.LOCAL): chip.local_mem.bytes, int(Space.HOST): HOST_BYTES}
+    names = {int(Space.DRAM): "DRAM", int(Space.SRAM): "SRAM", int(Space.LOCAL): "local memory",
+             int(Space.HOST): "host memory"}
     for idx, space, lo, n, name in extents(c):
         for s, limit in sizes.items():
             over = (space == s) & (lo + n > limit)

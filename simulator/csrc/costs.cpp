@@ -27,6 +27,7 @@ Params Params::from_map(const std::map<std::string, int64_t>& m) {
     p.sram_num = g("sram_num"); p.sram_den = g("sram_den");
     p.local_num = g("local_num"); p.local_den = g("local_den");
     p.link_num = g("link_num"); p.link_den = g("link_den");
+    p.host_num = g("host_num"); p.host_den = g("host_den");
     return p;
 }
 
@@ -37,10 +38,12 @@ Costs::Costs(const Params& p, int num_pes) : p_(p) {
     base_link_ = base_local_ + P_;
     base_edge_in_ = base_link_ + 4 * P_;
     base_edge_out_ = base_edge_in_ + C_;
+    host_ = base_edge_out_ + C_;
 }
 
 void Costs::rate(int32_t sid, int64_t& num, int64_t& den) const {
-    if (sid < base_sram_) { num = p_.dram_num; den = p_.dram_den; }
+    if (sid == host_) { num = p_.host_num; den = p_.host_den; }
+    else if (sid < base_sram_) { num = p_.dram_num; den = p_.dram_den; }
     else if (sid < base_local_) { num = p_.sram_num; den = p_.sram_den; }
     else if (sid < base_link_) { num = p_.local_num; den = p_.local_den; }
     else { num = p_.link_num; den = p_.link_den; }
@@ -61,6 +64,7 @@ int64_t Costs::spread(Usage& u, int64_t r, int64_t c, int mcast) const {
 }
 
 void Costs::mem(Usage& u, int space, int64_t addr, int64_t nbytes) const {
+    if (space == HOST) { u.add(static_cast<int32_t>(host_), nbytes); return; }
     int64_t n, il, base;
     if (space == DRAM) { n = D_; il = p_.dram_interleave; base = 0; }
     else { n = S_; il = p_.sram_interleave; base = base_sram_; }
@@ -110,7 +114,8 @@ void Costs::dma(const Cmd& c, Usage& u) const {
     // Most servers of one transfer carry the same byte count at the same rate: convert once.
     int64_t last_b = -1, last_num = 0, last_den = 0, last_cycles = 0;
     for (int i = 0; i < u.n; ++i) {
-        const int64_t b = u.sid[i] >= base_link_ ? nbytes : u.amount[i];  // links carry it once
+        const bool is_link = u.sid[i] >= base_link_ && u.sid[i] < host_;
+        const int64_t b = is_link ? nbytes : u.amount[i];  // a link carries the payload once
         int64_t num, den;
         rate(u.sid[i], num, den);
         if (b != last_b || num != last_num || den != last_den) {

@@ -15,7 +15,7 @@ struct Params {
         sram_banks, sram_interleave, dpe_model, dpe_n_tile, dpe_rows, dpe_cols, dpe_overhead,
         simd_width, simd_lut, simd_latency, mlu_bpc, mlu_latency, re_width, re_latency,
         macs[4], dram_num, dram_den, sram_num, sram_den, local_num, local_den, link_num,
-        link_den;
+        link_den, host_num, host_den;
     static Params from_map(const std::map<std::string, int64_t>& m);
 };
 
@@ -44,7 +44,7 @@ struct Usage {
 class Costs {
   public:
     Costs(const Params& p, int num_pes);
-    int num_servers() const { return base_edge_out_ + C_; }
+    int num_servers() const { return static_cast<int>(host_) + 1; }
     void cost(const Cmd& c, Usage& u) const;
 
   private:
@@ -58,7 +58,7 @@ class Costs {
 
     Params p_;
     int64_t R_, C_, D_, S_, P_;
-    int64_t base_sram_, base_local_, base_link_, base_edge_in_, base_edge_out_;
+    int64_t base_sram_, base_local_, base_link_, base_edge_in_, base_edge_out_, host_;
 };
 
 // Operands are validated non-negative before timing, so plain rounding-up division is exact.

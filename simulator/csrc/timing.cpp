@@ -32,7 +32,7 @@ void check_command(const Cmd& c, int64_t i, const Params& p, int num_pes) {
         if (c.a[k] < 0) bad("negative operand");
     if (c.op == DMA) {
         if (c.peer < -1 || c.peer >= num_pes) bad("DMA destination PE out of range");
-        if (c.src_space > LOCAL || c.dst_space > LOCAL || ((c.flags >> 1) & 3) == 3)
+        if (c.src_space > HOST || c.dst_space > HOST || ((c.flags >> 1) & 3) == 3)
             bad("bad DMA space or multicast");
     }
     if (c.op == RE_SEND) {

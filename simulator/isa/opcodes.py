@@ -26,7 +26,7 @@ NUM_ENGINES = len(Engine)
 class Op(enum.IntEnum):
     """Opcodes. Operand meaning per opcode is documented on the PEStream builder methods."""
     NOP = 0               # sync only (signal / wait), zero duration, on any engine
-    DMA = 1               # strided 2D copy between DRAM, SRAM and local memory; multicast
+    DMA = 1               # strided 2D copy between host, DRAM, SRAM, local memory; multicast
     DPE_MATMUL = 2        # C (+)= A @ B; bf16/fp16/fp32 -> fp32, int8 -> int32
     RE_ACC = 3            # dst += src (fp32 or int32)
     RE_SEND = 4           # forward partial sums to a neighbour PE (optionally accumulating)
@@ -49,10 +49,11 @@ ENGINE_OF_OP = {
 
 
 class Space(enum.IntEnum):
-    """Memory levels."""
+    """Memory levels. HOST is the host's memory across the host link (PCIe)."""
     DRAM = 0
     SRAM = 1
     LOCAL = 2
+    HOST = 3
 
 
 class DType(enum.IntEnum):

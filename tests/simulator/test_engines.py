@@ -155,3 +155,16 @@ def test_simd_function_must_fit_the_opcode():
     from simulator import InvalidCommand
     with pytest.raises(InvalidCommand, match="exp is not valid"):
         _run_local(lambda pe: pe.simd_binary("exp", 0, 0, 0x100, 4), {0: np.ones(4, np.float32)})
+
+
+def test_host_memory_round_trip():
+    x = rng.standard_normal(512).astype(np.float32)
+    b = ProgramBuilder(TINY)
+    t = b.token()
+    b.pe(1).dma("host", 0x100, "local", 0, nbytes=2048, signal=t)
+    b.pe(1).dma("local", 0, "host", 0x10000, nbytes=2048, wait=(t, 1))
+    res = simulate(b.build(), TINY, memory_init={("host", 0x100): x})
+    np.testing.assert_array_equal(res.read("host", 0x10000, (512,), np.float32), x)
+    assert res.stats["bytes"]["host_read"] == res.stats["bytes"]["host_write"] == 2048
+    # 2 KiB over the 32 B/cycle host link = 64 cycles (> edge link 32) + 10 + 1 hop, twice
+    assert res.cycles == 2 * 75

@@ -133,6 +133,13 @@ def test_dma_bandwidth_reached_never_exceeded(capsys):
     bw = r.stats["bytes"]["sram_read"] / r.seconds
     rows.append(("SRAM, 1 PE x 8 MiB (NoC link)", bw, chip.noc.link_bytes_per_s))
     assert 0.99 * chip.noc.link_bytes_per_s <= bw <= chip.noc.link_bytes_per_s
+    # host -> DRAM upload over PCIe (one server, 32 GB/s)
+    b = ProgramBuilder(chip)
+    b.pe(0).dma("host", 0, "dram", 0, rows=64, row_bytes=1 << 20)
+    r = simulate(b.build(), chip, timing_only=True)
+    bw = r.stats["bytes"]["host_read"] / r.seconds
+    rows.append(("host link, 64 MiB upload to DRAM", bw, chip.host_link.bytes_per_s))
+    assert 0.99 * chip.host_link.bytes_per_s <= bw <= chip.host_link.bytes_per_s
     # local -> local copy on one PE: read + write share the 1 TB/s port; the 64-cycle DMA
     # latency of each of the two back-to-back commands is not hidden (one DMA queue)
     b = ProgramBuilder(chip)

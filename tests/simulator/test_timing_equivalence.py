@@ -47,7 +47,7 @@ def random_program(seed: int, params) -> np.ndarray:
         a = rng.integers(0, 2000, 8)
         a[2:6] = rng.integers(1, 300, 4)
         if op is Op.DMA:
-            rec["src_space"], rec["dst_space"] = rng.integers(0, 3, 2)
+            rec["src_space"], rec["dst_space"] = rng.integers(0, 4, 2)
             rec["flags"] = int(rng.integers(0, 3)) << 1
             rec["peer"] = int(rng.integers(-1, num_pes))
             a[2] = rng.integers(0, 9)          # rows (0: an empty transfer)
