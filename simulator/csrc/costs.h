@@ -1,6 +1,7 @@
 // Durations and shared-server usage of commands (mirror of Costs in simulator/timing_ref.py).
 #pragma once
 #include <cstdint>
+#include <climits>
 #include <map>
 #include <stdexcept>
 #include <vector>
@@ -64,6 +65,7 @@ class Costs {
 // Operands are validated non-negative before timing, so plain rounding-up division is exact.
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t ceil_rate(int64_t bytes, int64_t num, int64_t den) {
+    if (bytes <= (INT64_MAX - num) / den) return (bytes * den + num - 1) / num;  // common case
     return static_cast<int64_t>((static_cast<__int128>(bytes) * den + num - 1) / num);
 }
 

@@ -111,6 +111,13 @@ TimingOut run_timing(const Cmd* cmds, int64_t n, const Params& p, int num_pes, i
             waiters[c.wait_tok].push_back(q);
             continue;
         }
+        // This queue's next command is read when this one completes: fetch it now (the
+        // program is far larger than the caches, and queues interleave in it).
+        if (head[q] + 1 < qcount[q + 1]) {
+            const char* nxt = reinterpret_cast<const char*>(&cmds[qcmds[head[q] + 1]]);
+            __builtin_prefetch(nxt);
+            __builtin_prefetch(nxt + 64);
+        }
         costs.cost(c, u);
         // Each server serves its share in request order; done when the last share is.
         int64_t fin = now;
