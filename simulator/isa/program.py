@@ -207,7 +207,8 @@ class PEStream:
             nbytes: int | None = None, *, rows: int = 1, row_bytes: int | None = None,
             src_stride: int | None = None, dst_stride: int | None = None, dst_pe: int = -1,
             mcast: Mcast | str = Mcast.NONE, wait=None, signal=None) -> int:
-        """Copy ``rows`` rows of ``row_bytes`` bytes (strided) from one memory to another.
+        """Copy ``rows`` rows of ``row_bytes`` bytes (strided) between "host", "dram", "sram"
+        and "local" memory.
 
         Local memory means this PE's, except the destination when ``dst_pe`` is given. With
         ``mcast="row"``/``"col"`` the data lands at ``dst_addr`` in every PE of the
