@@ -116,6 +116,38 @@ def t5_encoder():
     return T.T5EncoderModel(cfg), ("input_ids",), token_ids()
 
 
+def roberta():   # position ids from a cumsum over the non-padding mask of the input ids
+    return T.RobertaModel(T.RobertaConfig(**TEXT, pad_token_id=1), add_pooling_layer=False), ("input_ids",), token_ids()
+
+
+def bloom():   # ALiBi position biases
+    cfg = T.BloomConfig(hidden_size=32, n_layer=2, n_head=4, vocab_size=VOCAB, use_cache=False)
+    return T.BloomForCausalLM(cfg), ("input_ids",), token_ids()
+
+
+def gemma2():   # sliding-window and global layers, logit soft-capping
+    cfg = T.Gemma2Config(**TEXT, num_key_value_heads=2, head_dim=8, sliding_window=4, use_cache=False)
+    return T.Gemma2ForCausalLM(cfg), ("input_ids",), token_ids()
+
+
+def phi():   # partial rotary embedding, parallel attention and MLP
+    return T.PhiForCausalLM(T.PhiConfig(**TEXT, use_cache=False)), ("input_ids",), token_ids()
+
+
+def _mixtral(experts: str):
+    cfg = T.MixtralConfig(**TEXT, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, use_cache=False)
+    cfg._experts_implementation = experts
+    return T.MixtralForCausalLM(cfg), ("input_ids",), token_ids()
+
+
+def mixtral():   # mixture of experts: top-k routing, experts' weights gathered per token, bmm
+    return _mixtral("batched_mm")
+
+
+def mixtral_grouped_mm():   # transformers' default experts: histc and its own grouped-matmul custom op
+    return _mixtral("grouped_mm")
+
+
 # ----------------------------------------------------------------------------- vision
 
 VIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
@@ -144,6 +176,31 @@ def convnext():
     return T.ConvNextModel(cfg), ("pixel_values",), images()
 
 
+def dinov2():   # 40x40 images: position embeddings interpolated (bicubic) from the 32x32 grid
+    return T.Dinov2Model(T.Dinov2Config(**VIT)), ("pixel_values",), images(size=40)
+
+
+def swin():   # shifted windows: roll, window partition and relative position bias
+    cfg = T.SwinConfig(embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4, image_size=32, patch_size=4)
+    return T.SwinModel(cfg, add_pooling_layer=False), ("pixel_values",), images()
+
+
+def mobilenet_v2():   # depthwise convolutions, relu6
+    return T.MobileNetV2Model(T.MobileNetV2Config(image_size=32, depth_multiplier=0.25)), ("pixel_values",), images()
+
+
+def segformer():   # semantic segmentation: the decode head upsamples every stage bilinearly
+    cfg = T.SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+                            num_attention_heads=[1, 2], decoder_hidden_size=32, patch_sizes=[7, 3], strides=[4, 2],
+                            num_labels=3)
+    return T.SegformerForSemanticSegmentation(cfg), ("pixel_values",), images()
+
+
+def beit():   # relative position bias, resized to the image grid
+    cfg = T.BeitConfig(**VIT, use_relative_position_bias=True)
+    return T.BeitModel(cfg, add_pooling_layer=False), ("pixel_values",), images()
+
+
 # ----------------------------------------------------------------------------- audio
 
 def whisper_encoder():
@@ -166,6 +223,21 @@ def ast():
     cfg = T.ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                       num_mel_bins=16, max_length=32, patch_size=8, frequency_stride=8, time_stride=8)
     return T.ASTModel(cfg), ("input_values",), lambda: (torch.randn(2, 32, 16),)
+
+
+def hubert():
+    cfg = T.HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                         num_conv_pos_embedding_groups=4, vocab_size=32)
+    return T.HubertModel(cfg), ("input_values",), lambda: (torch.randn(2, 800),)
+
+
+def speech2text_encoder():   # (batch, frames, features) through a strided conv1d subsampler
+    cfg = T.Speech2TextConfig(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
+                              decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                              input_feat_per_channel=16, conv_channels=32, max_source_positions=64,
+                              vocab_size=VOCAB, pad_token_id=1)
+    return T.Speech2TextModel(cfg).get_encoder(), ("input_features",), lambda: (torch.randn(2, 32, 16),)
 
 
 # ----------------------------------------------------------------------------- vision-language
@@ -232,11 +304,15 @@ CASES = [
     Case("llama", "text", llama), Case("mistral", "text", mistral), Case("qwen2", "text", qwen2),
     Case("qwen3", "text", qwen3), Case("gemma", "text", gemma), Case("gpt2", "text", gpt2),
     Case("gpt2-sdpa", "text", gpt2_sdpa), Case("bert", "text", bert), Case("t5-encoder", "text", t5_encoder),
+    Case("roberta", "text", roberta), Case("bloom", "text", bloom), Case("gemma2", "text", gemma2),
+    Case("phi", "text", phi), Case("mixtral", "text", mixtral), Case("mixtral-grouped-mm", "text", mixtral_grouped_mm),
     Case("vit", "vision", vit), Case("clip-vision", "vision", clip_vision),
     Case("siglip-vision", "vision", siglip_vision), Case("resnet", "vision", resnet),
-    Case("convnext", "vision", convnext),
+    Case("convnext", "vision", convnext), Case("dinov2", "vision", dinov2), Case("swin", "vision", swin),
+    Case("mobilenet-v2", "vision", mobilenet_v2), Case("segformer", "vision", segformer), Case("beit", "vision", beit),
     Case("whisper-encoder", "audio", whisper_encoder), Case("wav2vec2", "audio", wav2vec2),
-    Case("ast", "audio", ast),
+    Case("ast", "audio", ast), Case("hubert", "audio", hubert),
+    Case("speech2text-encoder", "audio", speech2text_encoder),
     Case("llava", "vision-language", llava, NO_TORCH_CHECK),
     Case("llava-torch-check", "vision-language", llava),
     Case("paligemma", "vision-language", paligemma, NO_TORCH_CHECK),
