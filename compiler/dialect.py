@@ -157,7 +157,12 @@ def _define_op_class(opdef: OpDef) -> type:
     if opdef.num_results == 1:
         annotations["result"] = Result[Any]
         namespace["result"] = result(kw_only=True)
-    elif opdef.num_results != 0:
+    elif opdef.num_results > 1:
+        # One field per result, so each gets its own IRDL constraint (results may differ in type).
+        for i in range(opdef.num_results):
+            annotations[f"result_{i}"] = Result[Any]
+            namespace[f"result_{i}"] = result(kw_only=True)
+    elif opdef.num_results == -1:
         annotations["results_"] = Sequence[Result[Any]]
         namespace["results_"] = result(kw_only=True)
     namespace["__annotations__"] = annotations
@@ -203,7 +208,7 @@ def build_op(opdef: OpDef, operands: Sequence[Any], attrs: dict[str, Any],
         segments.append(len(group))
     if any(d.endswith(("?", "*")) for d in opdef.operands):
         attributes["operandSegmentSizes"] = ir.DenseI32ArrayAttr.get(segments)
-    if opdef.num_results not in (0, 1):
+    if opdef.num_results == -1:
         attributes["resultSegmentSizes"] = ir.DenseI32ArrayAttr.get([len(result_specs)])
     return ir.Operation.create(f"ember.{opdef.name}", results=[tensor_type(s) for s in result_specs],
                                operands=flat, attributes=attributes, loc=loc)

@@ -192,7 +192,7 @@ class Importer:
                         if spec.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
         if len(user_outputs) != len(output_node.args[0]):
             kinds = sorted({s.kind.name for s in sig.output_specs} - {"USER_OUTPUT"})
-            raise UnsupportedOpsError([UnsupportedOp("in-place state update", 1, "<model>",
+            raise UnsupportedOpsError([UnsupportedOp("in-place state update", 1, (("<model>", 1),),
                                                      f"the model mutates {', '.join(kinds)}")])
         with self.context, ir.Location.unknown():
             self.module = ir.Module.create()

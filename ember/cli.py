@@ -6,14 +6,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-
 from ember.cli_chips import chips_app
+from ember.console import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Compile PyTorch models for an MTIA-style accelerator and simulate them.")
 app.add_typer(chips_app, name="chips")
-console = Console()
 
 
 def _fail(message: str) -> None:

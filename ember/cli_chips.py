@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
+from ember.console import console
 from rich.table import Table
 from rich.tree import Tree
 
@@ -27,18 +27,20 @@ def chips(ctx: typer.Context) -> None:
     """List the chips under simulator/chips/ as a table."""
     if ctx.invoked_subcommand is not None:
         return
+    names = list_chips()
     table = Table(title="Ember chip specs")
     for col in ("name", "PEs", "clock", "DPE", "bf16 peak", "int8 peak", "local mem", "SRAM",
                 "DRAM", "DRAM BW"):
-        table.add_column(col)
-    for name in list_chips():
+        # Names are what users type next: never wrap or crop them, even in a narrow pipe.
+        table.add_column(col, no_wrap=col == "name", min_width=max(map(len, names)) if col == "name" else None)
+    for name in names:
         c = load_chip(name)
         table.add_row(name, f"{c.pe_grid.rows}x{c.pe_grid.cols}", f"{c.clock_hz / 1e9:g} GHz",
                       c.dpe.model.value, f"{c.peak_ops_per_s('bf16') / 1e12:.1f} TFLOPS",
                       f"{c.peak_ops_per_s('int8') / 1e12:.1f} TOPS", _size(c.local_mem.bytes),
                       _size(c.sram.bytes), f"{_size(c.dram.bytes)} {c.dram.kind}",
                       _rate(c.dram.bytes_per_s))
-    Console().print(table)
+    console.print(table)
 
 
 @chips_app.command()
@@ -63,4 +65,4 @@ def show(name: str = typer.Argument(..., help="chip name or path to a YAML file"
     for d in ("fp32", "bf16", "fp16", "int8"):
         derived.add(f"peak {d}: {c.peak_ops_per_s(d) / 1e12:.2f} T ops/s")
     derived.add(f"fingerprint: {c.fingerprint()[:16]}")
-    Console().print(tree)
+    console.print(tree)

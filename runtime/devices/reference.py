@@ -13,7 +13,7 @@ from torch_mlir import ir
 
 from compiler.dialect import op_attrs, operand_segments, spec_of
 from compiler.importer import host_call_index, main_function
-from ops.registry import DTYPE_TO_TORCH, as_dtype, numpy_dtype, op as lookup_op
+from ops.registry import DTYPE_TO_TORCH, as_dtype, dtype_of_numpy, numpy_dtype, op as lookup_op
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -25,8 +25,8 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 def to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
     if dtype == "bf16":
-        return torch.from_numpy(np.ascontiguousarray(a.astype(np.float32))).to(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(a)).to(DTYPE_TO_TORCH[dtype])
+        return torch.from_numpy(np.array(a, dtype=np.float32, order="C")).to(torch.bfloat16)
+    return torch.from_numpy(np.array(a, order="C")).to(DTYPE_TO_TORCH[dtype])   # keeps 0-d shapes
 
 
 def interpret(module: ir.Module, weights: dict[str, Any], inputs: Sequence[np.ndarray],
@@ -68,7 +68,7 @@ def _host_call(call: Any, operands: list[np.ndarray]) -> list[np.ndarray]:
 
     def fill(x: Any) -> Any:
         if isinstance(x, _HostArg):
-            return torch.from_numpy(np.ascontiguousarray(operands[x.index]))
+            return to_torch(operands[x.index], dtype_of_numpy(operands[x.index].dtype))
         if isinstance(x, (list, tuple)):
             return type(x)(fill(a) for a in x)
         return x
