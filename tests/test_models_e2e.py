@@ -49,6 +49,8 @@ def test_tiny_model_end_to_end(name):
         "load_model should draw fresh inputs"
     with torch.no_grad():
         ref = model2(*fresh)
+    flat_ref, _ = torch.utils._pytree.tree_flatten(ref)
+    assert all(r.abs().sum() > 0 for r in flat_ref if r.is_floating_point()), "an output is all zeros"
     out = cm.run(*fresh, device="reference")
     err = rel_err(out, ref)
     print(f"\n{name}: compile {seconds:.2f}s, {sum(cm.op_counts().values())} ops, rel err {err:.2e}, "
