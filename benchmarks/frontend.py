@@ -11,7 +11,7 @@ import sys
 import time
 
 import torch
-from rich.console import Console
+from ember.console import console
 from rich.table import Table
 
 import ember
@@ -37,7 +37,7 @@ def main(specs: list[str]) -> None:
         table.add_row(spec.split(":", 1)[1], f"{params / 1e6:,.1f}M", device, str(n_ops),
                       f"{cm.timings['capture']:.2f}", f"{cm.timings['import']:.2f}", f"{total:.2f}", f"{rss:,.0f}")
         del cm, model, args
-    Console().print(table)
+    console.print(table)
     print(f"torch {torch.__version__}; peak RSS is the process high-water mark so far")
 
 
