@@ -1,0 +1,114 @@
+"""Kernel templates: how one graph-level `ember` op becomes per-PE commands on a chip.
+
+A template is registered for one or more `ember` op names. For a `KernelCall` (the op, where
+its operands and result live, its attributes and compute dtype) it proposes tilings (`plans`),
+predicts the cycles of each on a chip spec (`predict`, the cost model), and emits the chosen
+plan's commands into a `simulator.isa.ProgramBuilder` (`emit`). The compiler picks the plan with
+the fewest predicted cycles among those that fit local memory.
+
+Templates live in `ops/kernels/<name>.py` and are found automatically.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+#: `ember` element types -> the ISA's dtype names.
+ISA_DTYPE = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "i32": "int32"}
+ISA_ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int32": 4}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a tensor lives while a kernel runs: a contiguous row-major buffer."""
+    space: str                  # "dram" | "sram"
+    addr: int                   # byte address in that space
+    shape: tuple[int, ...]
+    dtype: str                  # ISA dtype name: "fp32" | "bf16" | "fp16" | "int8" | "int32"
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * ISA_ITEMSIZE[self.dtype]
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """One graph-level op to run as a kernel."""
+    op: str                                  # `ember` op name ("matmul", "linear", ...)
+    inputs: tuple[Placement | None, ...]     # one per declared operand (None: absent optional)
+    output: Placement
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def compute_dtype(self) -> str:
+        return next(p.dtype for p in self.inputs if p is not None)
+
+
+class KernelTemplate(ABC):
+    """The tiling template and cost model of some `ember` ops."""
+    ops: tuple[str, ...] = ()
+
+    @abstractmethod
+    def plans(self, call: KernelCall, chip: Any) -> Iterable[Any]:
+        """Candidate plans (tile shapes, PE grid partitions) that fit the chip's local memory."""
+
+    @abstractmethod
+    def predict(self, call: KernelCall, plan: Any, chip: Any) -> int:
+        """Predicted cycles of `plan` on `chip` (the cost model)."""
+
+    @abstractmethod
+    def emit(self, call: KernelCall, plan: Any, chip: Any, builder: Any) -> None:
+        """Append the plan's commands to `builder` (a simulator.isa.ProgramBuilder)."""
+
+    def flops(self, call: KernelCall) -> int:
+        """Arithmetic operations the op performs (for the roofline bound)."""
+        return 0
+
+    def choose(self, call: KernelCall, chip: Any) -> Any:
+        """The plan with the fewest predicted cycles."""
+        best = min(self.plans(call, chip), key=lambda p: self.predict(call, p, chip), default=None)
+        if best is None:
+            raise ValueError(f"ember.{call.op}: no tiling of {[p.shape if p else None for p in call.inputs]} "
+                             f"fits local memory of {chip.local_mem.bytes} bytes")
+        return best
+
+
+_KERNELS: dict[str, KernelTemplate] = {}
+
+
+def register_kernel(template: KernelTemplate) -> KernelTemplate:
+    for op in template.ops:
+        if op in _KERNELS:
+            raise ValueError(f"ember.{op} has two kernel templates: {type(_KERNELS[op]).__name__} "
+                             f"and {type(template).__name__}")
+        _KERNELS[op] = template
+    return template
+
+
+def kernel_for(op: str) -> KernelTemplate | None:
+    """The kernel template of `ember.<op>`, or None when it has none."""
+    _load_kernels()
+    return _KERNELS.get(op)
+
+
+def _load_kernels() -> None:
+    import ops.kernels as pkg
+    for m in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"ops.kernels.{m.name}")
+
+
+def roofline_cycles(call: KernelCall, template: KernelTemplate, chip: Any) -> float:
+    """max(ops / peak, bytes / bandwidth) in cycles: no schedule can beat it.
+
+    Bytes are each operand and the result moved once at the bandwidth of the memory it lives in.
+    """
+    peak_per_cycle = chip.peak_ops_per_s(call.compute_dtype) / chip.clock_hz
+    compute = template.flops(call) / peak_per_cycle
+    bandwidth = {"dram": chip.dram_bytes_per_s, "sram": chip.sram.bytes_per_s}
+    memory = sum(p.nbytes / bandwidth[p.space] for p in (*call.inputs, call.output) if p is not None) * chip.clock_hz
+    return max(compute, memory)

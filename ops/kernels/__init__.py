@@ -1,0 +1,1 @@
+"""Kernel templates, one file per op family (see ops/kernel.py)."""
