@@ -1,4 +1,5 @@
-"""Third-party models from Hugging Face `transformers`, built from config objects with random weights.
+"""Third-party models from Hugging Face `transformers` (text, vision, audio, time series and
+vision-language), built from config objects with random weights.
 
 Nothing is downloaded: every model is a tiny config (hidden 32, 2 layers, small images) built in
 code. Each is compiled to the graph level (fp32, chip "tiny"), its IR re-parses and verifies in a
@@ -160,6 +161,11 @@ def mamba():   # selective state-space model (the sequential scan of transformer
     return T.MambaForCausalLM(cfg), ("input_ids",), token_ids()
 
 
+def xlnet():   # two-stream relative attention written with torch.einsum
+    cfg = T.XLNetConfig(d_model=32, n_layer=2, n_head=4, d_inner=64, vocab_size=VOCAB, use_mems_eval=False)
+    return T.XLNetModel(cfg), ("input_ids",), token_ids()
+
+
 def _seq2seq_inputs(source: Inputs, target_length: int = 6) -> Inputs:
     return lambda: (*source(), torch.randint(3, VOCAB, (2, target_length)))
 
@@ -237,6 +243,22 @@ def levit():   # convolutional stem, attention with learned biases indexed by re
     return T.LevitModel(cfg), ("pixel_values",), images()
 
 
+def dpt():   # dense prediction (depth): ViT features reassembled and fused with bilinear upsampling
+    cfg = T.DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=32,
+                      patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 16, 32],
+                      fusion_hidden_size=16, head_hidden_size=8)
+    return T.DPTForDepthEstimation(cfg), ("pixel_values",), images(batch=1)
+
+
+def detr():   # object detection: ResNet backbone, sine position embedding of the pixel mask, transformer
+    backbone = T.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic",
+                              out_features=["stage2"])
+    cfg = T.DetrConfig(use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False, d_model=32,
+                       encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+                       encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=8)
+    return T.DetrModel(cfg), ("pixel_values",), images(batch=1, size=64)
+
+
 # ----------------------------------------------------------------------------- audio
 
 def whisper_encoder():
@@ -283,6 +305,14 @@ def whisper():   # encoder-decoder: log-mel features in, decoder logits out
                           bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, use_cache=False)
     return (T.WhisperForConditionalGeneration(cfg), ("input_features", "decoder_input_ids"),
             _seq2seq_inputs(lambda: (torch.randn(2, 16, 32),)))
+
+
+# ----------------------------------------------------------------------------- time series
+
+def patchtst():   # patching with Tensor.unfold, per-channel instance scaling
+    cfg = T.PatchTSTConfig(num_input_channels=3, context_length=32, patch_length=8, patch_stride=8, d_model=32,
+                           num_attention_heads=4, num_hidden_layers=2, ffn_dim=64)
+    return T.PatchTSTModel(cfg), ("past_values",), lambda: (torch.randn(2, 32, 3),)
 
 
 # ----------------------------------------------------------------------------- vision-language
@@ -369,15 +399,16 @@ CASES = [
     Case("roberta", "text", roberta), Case("bloom", "text", bloom), Case("gemma2", "text", gemma2),
     Case("phi", "text", phi), Case("mixtral", "text", mixtral), Case("mixtral-grouped-mm", "text", mixtral_grouped_mm),
     Case("deberta-v2", "text", deberta_v2), Case("mamba", "text", mamba), Case("bart", "text", bart),
-    Case("t5", "text", t5),
+    Case("t5", "text", t5), Case("xlnet", "text", xlnet),
     Case("vit", "vision", vit), Case("clip-vision", "vision", clip_vision),
     Case("siglip-vision", "vision", siglip_vision), Case("resnet", "vision", resnet),
     Case("convnext", "vision", convnext), Case("dinov2", "vision", dinov2), Case("swin", "vision", swin),
     Case("mobilenet-v2", "vision", mobilenet_v2), Case("segformer", "vision", segformer), Case("beit", "vision", beit),
-    Case("levit", "vision", levit),
+    Case("levit", "vision", levit), Case("dpt", "vision", dpt), Case("detr", "vision", detr),
     Case("whisper-encoder", "audio", whisper_encoder), Case("wav2vec2", "audio", wav2vec2),
     Case("ast", "audio", ast), Case("hubert", "audio", hubert),
     Case("speech2text-encoder", "audio", speech2text_encoder), Case("whisper", "audio", whisper),
+    Case("patchtst", "time-series", patchtst),
     Case("clip", "vision-language", clip),
     Case("llava", "vision-language", llava, NO_TORCH_CHECK),
     Case("llava-torch-check", "vision-language", llava),
