@@ -135,6 +135,8 @@ def _rule(mode):
         a = _arguments(b, (x, *args), kwargs)
         out = b.result_spec()
         spatial = x.rank - 2
+        if mode in ("linear", "cubic") and not out.is_float:
+            raise Unsupported(f"{mode} resize of {out.dtype} (integer images)")
         if "scale_factors" in a:
             scales = a["scale_factors"] or [None] * spatial
         else:
