@@ -45,8 +45,7 @@ def test_tiny_model_end_to_end(name):
         assert module.operation.verify()
 
     model2, fresh = ember.load_model(f"models:{name}")   # same seeded weights, fresh inputs
-    assert not all(torch.equal(a, b) for a, b in zip(example, fresh) if a.is_floating_point()), \
-        "load_model should draw fresh inputs"
+    assert any(not torch.equal(a, b) for a, b in zip(example, fresh)), "load_model should draw fresh inputs"
     with torch.no_grad():
         ref = model2(*fresh)
     flat_ref, _ = torch.utils._pytree.tree_flatten(ref)
