@@ -101,7 +101,9 @@ def validate(prog: ChipProgram, chip: ChipSpec) -> None:
     if (bad := (c["dtype"] > 4) | (c["dtype2"] > 4)).any():
         _fail(InvalidCommand, prog, bad, "unknown dtype code")
     is_dma, is_send = op == Op.DMA, op == Op.RE_SEND
-    if (bad := (np.ascontiguousarray(c["a"]) < 0).any(axis=1)).any():
+    args = np.array(c["a"])
+    args[op == Op.SIMD_SCALAR, 3] = 0     # the fp64 bits of the immediate: any sign
+    if (bad := (args < 0).any(axis=1)).any():
         _fail(AddressOutOfRange, prog, bad, "negative address, size or stride")
     if (bad := is_dma & ((c["src_space"] > 3) | (c["dst_space"] > 3) | (((c["flags"] >> 1) & 3) == 3))).any():
         _fail(InvalidCommand, prog, bad, "unknown memory space or multicast mode")

@@ -29,7 +29,7 @@ void check_command(const Cmd& c, int64_t i, const Params& p, int num_pes) {
     if (c.wait_tok < -1 || c.sig_tok < -1) bad("bad token");
     if (c.dtype > 4 || (c.op == DPE && c.dtype > 3)) bad("bad dtype");
     for (int k = 0; k < 8; ++k)
-        if (c.a[k] < 0) bad("negative operand");
+        if (c.a[k] < 0 && !(c.op == S_SCA && k == 3)) bad("negative operand");  // a[3]: fp64 bits of the immediate
     if (c.op == DMA) {
         if (c.peer < -1 || c.peer >= num_pes) bad("DMA destination PE out of range");
         if (c.src_space > HOST || c.dst_space > HOST || ((c.flags >> 1) & 3) == 3)
