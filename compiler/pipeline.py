@@ -1,8 +1,9 @@
 """The compile pipeline: named phases in order, each one's IR kept for `cm.ir(phase)`.
 
     graph    capture (torch.export + decompositions) and import: graph-level `ember` ops
-    tiled    partition, fuse, dtype and layout, tile and map onto the PE grid (not built yet)
-    program  per-PE schedules serialized into a Program (not built yet)
+    tiled    partition (accelerator / host), memory plan, tile and map each kernel (cost model);
+             the IR is the graph with each op's target and plan attached
+    program  every kernel's per-PE commands, serialized into a Program
 
 `compile_model(..., to=PHASE)` stops after PHASE.
 """
@@ -16,10 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from torch_mlir import ir
 
 from compiler.capture import capture, check_inputs
 from compiler.errors import EmberError
+from compiler.codegen import build_program
+from compiler.graph_ops import graph_ops
 from compiler.importer import ImportResult, import_program
+from compiler.passes.memory_plan import MemoryPlan
+from compiler.passes.partition import Partition
+from compiler.passes.tile import TileAndMap
+from ops.registry import to_numpy
 
 PHASES = ("graph", "tiled", "program")
 DTYPES = ("fp32", "bf16", "int8")
@@ -54,6 +62,7 @@ class CompileResult:
     out_spec: Any                       # pytree spec of the model's outputs
     ir: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    program: Any = None                 # simulator.isa.artifact.Program, after phase "program"
 
 
 def _phase_graph(model: torch.nn.Module, example_inputs: tuple, options: CompileOptions,
@@ -67,23 +76,49 @@ def _phase_graph(model: torch.nn.Module, example_inputs: tuple, options: Compile
                   timings={"capture": t1 - t0, "import": t2 - t1})
 
 
-def _not_built(phase: str) -> Callable[..., None]:
-    def run(*_: Any) -> None:
-        raise NotImplementedError(f"the '{phase}' phase is not built yet; compile with to='graph'")
-    return run
+def _phase_tiled(model: torch.nn.Module, example_inputs: tuple, options: CompileOptions,
+                 result: dict[str, Any]) -> None:
+    t0 = time.perf_counter()
+    chip, graph_result = result["chip"], result["graph"]
+    with graph_result.context:
+        graph = graph_ops(graph_result.module)
+        Partition().run(graph, chip, options.dtype)
+        placements = MemoryPlan().run(graph, chip, options.dtype)
+        TileAndMap().run(graph, placements, chip)
+        for op in graph.ops:
+            op.operation.attributes["ember.target"] = ir.StringAttr.get(op.target)
+            if op.plan is not None:
+                op.operation.attributes["ember.plan"] = ir.StringAttr.get(repr(op.plan))
+    result.update(ops=graph, placements=placements)
+    result["timings"]["tile"] = time.perf_counter() - t0
+
+
+def _phase_program(model: torch.nn.Module, example_inputs: tuple, options: CompileOptions,
+                   result: dict[str, Any]) -> None:
+    t0 = time.perf_counter()
+    graph, graph_result = result["ops"], result["graph"]
+    constants = {}
+    for v, name in graph.weights.items():
+        tensor = graph_result.weights[name]
+        if not tensor.is_meta:
+            constants[v] = to_numpy(tensor)
+    constants.update(graph.literals)
+    result["program"] = build_program(graph, result["placements"], result["chip"], options.dtype, constants,
+                                      graph_result.host_calls)
+    result["timings"]["codegen"] = time.perf_counter() - t0
 
 
 PIPELINE: tuple[tuple[str, Callable[..., None]], ...] = (
     ("graph", _phase_graph),
-    ("tiled", _not_built("tiled")),
-    ("program", _not_built("program")),
+    ("tiled", _phase_tiled),
+    ("program", _phase_program),
 )
 
 
-def compile_model(model: torch.nn.Module, example_inputs: Any, options: CompileOptions) -> CompileResult:
-    """Run the pipeline's phases up to `options.to`."""
+def compile_model(model: torch.nn.Module, example_inputs: Any, options: CompileOptions, chip: Any) -> CompileResult:
+    """Run the pipeline's phases up to `options.to` for `chip` (a ChipSpec)."""
     example_inputs = check_inputs(model, example_inputs)
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"chip": chip}
     ir_after: dict[str, str] = {}
     for phase, run in PIPELINE:
         run(model, example_inputs, options, state)
@@ -93,7 +128,8 @@ def compile_model(model: torch.nn.Module, example_inputs: Any, options: CompileO
             print(f"// ----- IR after phase '{phase}' -----\n{ir_after[phase]}", file=sys.stderr)
         if phase == options.to:
             break
-    return CompileResult(options, state["graph"], state["out_spec"], ir_after, state.get("timings", {}))
+    return CompileResult(options, state["graph"], state["out_spec"], ir_after, state.get("timings", {}),
+                         state.get("program"))
 
 
 __all__ = ["PHASES", "DTYPES", "CompileOptions", "CompileResult", "compile_model", "EmberError"]

@@ -16,7 +16,7 @@ from compiler.errors import EmberError, UnsupportedOpsError
 from compiler.pipeline import CompileOptions, compile_model
 from ember.compiled import CompiledModel
 
-__all__ = ["compile", "load_chip", "load_model", "mlir_context", "CompiledModel", "EmberError",
+__all__ = ["compile", "load", "load_chip", "load_model", "mlir_context", "CompiledModel", "EmberError",
            "UnsupportedOpsError"]
 
 
@@ -47,4 +47,10 @@ def compile(model: torch.nn.Module, example_inputs: Any, *, chip: Any = "mtia2i"
         else spec.fingerprint()
     options = CompileOptions(chip=chip_key, dtype=dtype, to=to, allow_unsupported=allow_unsupported,
                              print_ir_after_all=print_ir_after_all)
-    return CompiledModel(compile_model(model, example_inputs, options), chip=spec)
+    return CompiledModel(compile_model(model, example_inputs, options, spec), chip=spec)
+
+
+def load(path: str) -> CompiledModel:
+    """A compiled model from a Program file written by `cm.save` (refused if its format version
+    or checksum does not match)."""
+    return CompiledModel.load(path)

@@ -1,6 +1,7 @@
 """CompiledModel: what `ember.compile` returns. Runs on a device, shows its IR and what it lacks."""
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from typing import Any
 
@@ -9,8 +10,8 @@ import torch
 
 from compiler.errors import EmberError
 from compiler.importer import HOST_TARGET_ATTR, main_function
-from compiler.pipeline import PHASES, CompileResult
-from ops.registry import TensorSpec
+from compiler.pipeline import PHASES, CompileOptions, CompileResult
+from ops.registry import TensorSpec, to_numpy
 from runtime.devices import get_device
 
 
@@ -22,8 +23,37 @@ class CompiledModel:
         self.options = result.options
         self.chip = chip
         self.graph = result.graph
+        self.program = result.program
         self.last_run = None
         self._numpy_weights: dict[str, np.ndarray] | None = None
+
+    @property
+    def host_calls(self):
+        """The aten ops kept on the host, by call index (None for a model loaded from a file)."""
+        return None if self.graph is None else self.graph.host_calls
+
+    # ------------------------------------------------------------------ Program files
+    def save(self, path: str) -> None:
+        """Write the Program (compile with to='program') to `path`, atomically."""
+        if self.program is None:
+            raise EmberError(f"only a Program can be saved: compile with to='program' (this model was "
+                             f"compiled with to='{self.options.to}')")
+        if self.program.meta.get("host_calls"):
+            raise EmberError("this Program calls aten ops on the host, which a Program file cannot hold yet; "
+                             "run it in this process instead")
+        self.program.meta["out_spec"] = torch.utils._pytree.treespec_dumps(self._result.out_spec)
+        self.program.meta["options"] = dataclasses.asdict(self.options)
+        self.program.save(path)
+
+    @classmethod
+    def load(cls, path: str) -> "CompiledModel":
+        from simulator.isa.artifact import Program
+        from simulator.spec import ChipSpec
+        program = Program.load(path)
+        options = CompileOptions(**program.meta["options"])
+        out_spec = torch.utils._pytree.treespec_loads(program.meta["out_spec"])
+        result = CompileResult(options, None, out_spec, {}, {}, program)
+        return cls(result, chip=ChipSpec.model_validate(program.chip))
 
     # ------------------------------------------------------------------ inspection
     @property
@@ -33,6 +63,9 @@ class CompiledModel:
 
     @property
     def input_specs(self) -> list[TensorSpec]:
+        if self.graph is None:
+            return [TensorSpec(tuple(self.program.tensors[t]["shape"]), self.program.tensors[t]["dtype"])
+                    for t in self.program.inputs]
         return list(self.graph.input_specs)
 
     @property
@@ -69,21 +102,20 @@ class CompiledModel:
 
     def numpy_weights(self) -> dict[str, np.ndarray]:
         if self._numpy_weights is None:
-            from runtime.devices.reference import to_numpy
             self._numpy_weights = {k: to_numpy(v) for k, v in self.graph.weights.items()}
         return self._numpy_weights
 
     # ------------------------------------------------------------------ running
     def check_inputs(self, inputs: tuple[Any, ...]) -> None:
         """Refuse inputs that do not match the compiled signature, naming the input at fault."""
-        specs = self.graph.input_specs
+        specs = self.input_specs
         if len(inputs) != len(specs):
             raise TypeError(f"the compiled model takes {len(specs)} input(s), got {len(inputs)}")
         for i, (x, spec) in enumerate(zip(inputs, specs)):
             if not isinstance(x, torch.Tensor):
                 raise TypeError(f"input {i} must be a tensor {spec}, got {type(x).__name__}")
             got = TensorSpec.of(x)
-            if got != spec:
+            if got != spec:   # meta tensors pass when shape and dtype match (timing-only runs)
                 raise ValueError(f"input {i} is {got}, but the model was compiled for {spec}")
 
     def run(self, *inputs: torch.Tensor, device: str = "reference", **options: Any) -> Any:

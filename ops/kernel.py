@@ -53,6 +53,11 @@ class KernelTemplate(ABC):
     """The tiling template and cost model of some `ember` ops."""
     ops: tuple[str, ...] = ()
 
+    def accepts(self, op: str, operands: list[Any], result: Any, attrs: Mapping[str, Any]) -> bool:
+        """Whether this template runs this instance (operand/result TensorSpecs, attributes);
+        instances it refuses stay on the host."""
+        return True
+
     @abstractmethod
     def plans(self, call: KernelCall, chip: Any) -> Iterable[Any]:
         """Candidate plans (tile shapes, PE grid partitions) that fit the chip's local memory."""

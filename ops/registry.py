@@ -301,6 +301,21 @@ def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
         raise ValueError(f"shapes {', '.join(str(tuple(s)) for s in shapes)} do not broadcast") from e
 
 
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor's values as numpy (bf16 through ml_dtypes)."""
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.float().numpy().astype(numpy_dtype("bf16"))
+    return t.numpy()
+
+
+def to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
+    """A numpy array as a torch tensor of `ember` element type `dtype`."""
+    if dtype == "bf16":
+        return torch.from_numpy(np.array(a, dtype=np.float32, order="C")).to(torch.bfloat16)
+    return torch.from_numpy(np.array(a, order="C")).to(DTYPE_TO_TORCH[dtype])   # keeps 0-d shapes
+
+
 def as_dtype(array: np.ndarray, dtype: str) -> np.ndarray:
     """Cast a reference result to `dtype`, as the op's declared result type says."""
     return np.asarray(array).astype(numpy_dtype(dtype), copy=False)

@@ -13,20 +13,7 @@ from torch_mlir import ir
 
 from compiler.dialect import op_attrs, operand_segments, spec_of
 from compiler.importer import host_call_index, main_function
-from ops.registry import DTYPE_TO_TORCH, as_dtype, dtype_of_numpy, numpy_dtype, op as lookup_op
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        return t.float().numpy().astype(numpy_dtype("bf16"))
-    return t.numpy()
-
-
-def to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
-    if dtype == "bf16":
-        return torch.from_numpy(np.array(a, dtype=np.float32, order="C")).to(torch.bfloat16)
-    return torch.from_numpy(np.array(a, order="C")).to(DTYPE_TO_TORCH[dtype])   # keeps 0-d shapes
+from ops.registry import as_dtype, dtype_of_numpy, op as lookup_op, to_numpy, to_torch
 
 
 def interpret(module: ir.Module, weights: dict[str, Any], inputs: Sequence[np.ndarray],

@@ -1,0 +1,80 @@
+"""A graph-level module as a flat list of ops on numbered values (what the backend passes read)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch_mlir import ir
+
+from compiler.dialect import op_attrs, operand_segments, spec_of
+from compiler.importer import HOST_TARGET_ATTR, host_call_index, main_function
+from ops.registry import OpDef, TensorSpec, op as lookup_op
+
+
+@dataclass
+class GraphOp:
+    """One op of `@main`: an `ember` op, or a host call (`opdef` None)."""
+    index: int
+    name: str                         # "linear", "unary", ... or "host:<aten target>"
+    opdef: OpDef | None
+    attrs: dict[str, Any]
+    operands: list[int | None]        # value ids, one per declared operand (None: absent)
+    results: list[int]
+    location: str = ""
+    host_call: int | None = None      # index into the host-call table
+    target: str = "accelerator"       # set by the partition pass: "accelerator" | "host" | "view"
+    plan: Any = None                  # set by the tiling pass for accelerator ops
+    operation: Any = None             # the MLIR operation, for annotating the IR
+
+
+@dataclass
+class GraphOps:
+    ops: list[GraphOp]
+    specs: dict[int, TensorSpec]      # value id -> shape and element type
+    inputs: list[int]
+    outputs: list[int]
+    weights: dict[int, str] = field(default_factory=dict)      # value id -> weight table name
+    literals: dict[int, Any] = field(default_factory=dict)     # value id -> numpy array
+
+
+def graph_ops(module: ir.Module) -> GraphOps:
+    """Number every value of `@main` and list its ops in order (weights and literals aside)."""
+    main = main_function(module)
+    block = main.regions[0].blocks[0]
+    ids: dict[ir.Value, int] = {}
+    specs: dict[int, TensorSpec] = {}
+
+    def vid(v: ir.Value) -> int:
+        if v not in ids:
+            ids[v] = len(ids)
+            specs[ids[v]] = spec_of(v.type)
+        return ids[v]
+
+    targets = {op.attributes["sym_name"].value: op.attributes[HOST_TARGET_ATTR].value
+               for op in module.body.operations if HOST_TARGET_ATTR in op.attributes}
+    out = GraphOps([], specs, [vid(a) for a in block.arguments], [])
+    for operation in block.operations:
+        name = operation.name
+        if name == "func.return":
+            out.outputs = [vid(v) for v in operation.operands]
+            continue
+        results = [vid(r) for r in operation.results]
+        if name == "func.call":
+            callee = operation.attributes["callee"].value
+            out.ops.append(GraphOp(len(out.ops), "host:" + targets[callee], None, {},
+                                   [vid(v) for v in operation.operands], results, str(operation.location),
+                                   host_call=host_call_index(callee), target="host", operation=operation))
+            continue
+        opdef = lookup_op(name[len("ember."):])
+        attrs = op_attrs(operation, opdef)
+        if opdef.name == "weight":
+            out.weights[results[0]] = attrs["symbol"]
+            continue
+        if opdef.name == "constant":
+            out.literals[results[0]] = attrs["value"]
+            continue
+        flat = [vid(v) for v in operation.operands]
+        operands = opdef.group_operands(flat, operand_segments(operation))
+        out.ops.append(GraphOp(len(out.ops), opdef.name, opdef, attrs, operands, results, str(operation.location),
+                               operation=operation))
+    return out

@@ -1,0 +1,106 @@
+"""memory-plan: give every tensor an accelerator op touches a place in SRAM or DRAM.
+
+Weights go to SRAM while they fit (the chip keeps weights on die when it can), else DRAM.
+Activations are allocated in SRAM by a first-fit allocator that reuses a buffer once its last
+reader has run (liveness), and spill to DRAM when SRAM is full. A reshape aliases its input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compiler.graph_ops import GraphOps
+from ops.kernel import ISA_DTYPE, ISA_ITEMSIZE, Placement
+
+ALIGN = 256   # bytes: one DRAM/SRAM interleave unit, so tiles start on a channel boundary
+
+
+def device_dtype(dtype: str, compute: str) -> str:
+    """The ISA dtype a tensor of element type `dtype` is held in when computing in `compute`."""
+    if dtype in ("f32", "f64", "f16", "bf16"):
+        return {"fp32": "fp32", "bf16": "bf16", "int8": "bf16"}[compute]
+    return ISA_DTYPE.get(dtype, "int32")
+
+
+class _Arena:
+    """First-fit allocator over one memory space."""
+
+    def __init__(self, size: int, base: int = 0):
+        self.size, self.base = size, base
+        self.free = [(base, size)]
+        self.high = base
+
+    def alloc(self, nbytes: int) -> int | None:
+        nbytes = -(-nbytes // ALIGN) * ALIGN
+        for i, (start, length) in enumerate(self.free):
+            if length >= nbytes:
+                self.free[i] = (start + nbytes, length - nbytes)
+                self.high = max(self.high, start + nbytes)
+                return start
+        return None
+
+    def release(self, addr: int, nbytes: int) -> None:
+        nbytes = -(-nbytes // ALIGN) * ALIGN
+        self.free.append((addr, nbytes))
+        self.free.sort()
+        merged = []
+        for start, length in self.free:
+            if merged and merged[-1][0] + merged[-1][1] == start:
+                merged[-1] = (merged[-1][0], merged[-1][1] + length)
+            else:
+                merged.append((start, length))
+        self.free = merged
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Placements for every value an accelerator op reads or writes."""
+    name: str = "memory-plan"
+
+    def run(self, graph: GraphOps, chip, dtype: str) -> dict[int, Placement]:
+        arenas = {"sram": _Arena(chip.sram_bytes), "dram": _Arena(chip.dram.bytes)}
+        on_chip = [op for op in graph.ops if op.target in ("accelerator", "view")]
+        touched = {v for op in on_chip for v in (*op.operands, *op.results) if v is not None}
+        # A view shares its input's buffer: liveness is tracked per buffer (its root value).
+        root: dict[int, int] = {}
+        for op in graph.ops:
+            if op.target == "view":
+                root[op.results[0]] = root.get(op.operands[0], op.operands[0])
+        last_use: dict[int, int] = {}
+        for op in graph.ops:
+            for v in op.operands:
+                if v is not None:
+                    last_use[root.get(v, v)] = op.index
+        for v in graph.outputs:
+            last_use[root.get(v, v)] = len(graph.ops)
+        placements: dict[int, Placement] = {}
+
+        def place(v: int) -> Placement:
+            spec = graph.specs[v]
+            isa = device_dtype(spec.dtype, dtype)
+            nbytes = max(1, spec.numel) * ISA_ITEMSIZE[isa]
+            for space in ("sram", "dram"):
+                addr = arenas[space].alloc(nbytes)
+                if addr is not None:
+                    return Placement(space, addr, spec.shape, isa)
+            raise MemoryError(f"value {v} ({spec}) does not fit in SRAM or DRAM")
+
+        constants = set(graph.weights) | set(graph.literals)
+        for v in sorted(touched & constants):          # weights first: they live for the whole run
+            placements[v] = place(v)
+        for op in graph.ops:
+            if op.target not in ("accelerator", "view"):
+                continue
+            for v in op.operands:
+                if v is not None and v not in placements and v in touched:
+                    placements[v] = place(v)           # uploaded from the host before this op
+            for r in op.results:
+                if op.target == "view":
+                    src = placements[op.operands[0]]
+                    placements[r] = Placement(src.space, src.addr, graph.specs[r].shape, src.dtype)
+                else:
+                    placements[r] = place(r)
+            for v in {root.get(v, v) for v in op.operands if v is not None}:
+                if v not in constants and last_use.get(v) == op.index and v in placements:
+                    p = placements[v]
+                    arenas[p.space].release(p.addr, p.nbytes)
+        return placements

@@ -1,0 +1,33 @@
+"""partition: decide, op by op, what runs on the accelerator and what stays on the host."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compiler.graph_ops import GraphOps
+from ops.kernel import kernel_for
+
+#: Ops that only re-label a buffer: they run wherever their input is, at no cost.
+VIEW_OPS = frozenset({"reshape"})
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Ops with a kernel template run on the accelerator; host calls, and ops whose kernels
+    are not written yet, run on the host (their tensors cross the host link)."""
+    name: str = "partition"
+
+    def run(self, graph: GraphOps, chip, dtype: str) -> GraphOps:
+        for op in graph.ops:
+            if op.opdef is None:
+                op.target = "host"
+            elif op.name in VIEW_OPS:
+                op.target = "view"
+            else:
+                # kernels compute in float; integer tensors (indices, masks) stay on the host
+                floats = all(graph.specs[v].is_float for v in (*op.operands, *op.results) if v is not None)
+                template = kernel_for(op.name)
+                runs = floats and template is not None and template.accepts(
+                    op.name, [None if v is None else graph.specs[v] for v in op.operands],
+                    graph.specs[op.results[0]], op.attrs)
+                op.target = "accelerator" if runs else "host"
+        return graph

@@ -1,0 +1,25 @@
+"""tile-and-map: choose, per accelerator op, the tiling and PE mapping its cost model ranks best."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compiler.graph_ops import GraphOp, GraphOps
+from ops.kernel import KernelCall, Placement, kernel_for
+
+
+def kernel_call(op: GraphOp, placements: dict[int, Placement]) -> KernelCall:
+    return KernelCall(op.name, tuple(None if v is None else placements[v] for v in op.operands),
+                      placements[op.results[0]], dict(op.attrs))
+
+
+@dataclass(frozen=True)
+class TileAndMap:
+    """Search each op's candidate plans (tile shapes, grid partitions, buffering) with its
+    template's cost model; plans that overflow local memory are never proposed."""
+    name: str = "tile-and-map"
+
+    def run(self, graph: GraphOps, placements: dict[int, Placement], chip) -> GraphOps:
+        for op in graph.ops:
+            if op.target == "accelerator":
+                op.plan = kernel_for(op.name).choose(kernel_call(op, placements), chip)
+        return graph

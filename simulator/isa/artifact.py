@@ -1,0 +1,131 @@
+"""The Program file: the versioned, checksummed artifact a compiler writes and a runtime loads.
+
+It is the only contract between compiler and runtime (as a vmfb is in IREE), so it lives with the
+ISA, the hardware contract both sides already share; loading one needs neither the compiler nor
+torch. A Program holds:
+
+- the chip spec it was compiled for, and the compute dtype;
+- a tensor table: every value by id, with its shape, element type and, for values that live on
+  the chip, where (space, address);
+- the model's inputs and outputs (tensor ids), and its constants (weights), as arrays;
+- steps in order: `kernel` steps (an `ember` op run on the chip: its per-PE `ChipProgram`) and
+  `host` steps (an op run on the host: the op name and attributes);
+- a SHA-256 checksum over everything else.
+
+A file from another format version, or whose checksum does not match, is refused before
+anything is read from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from simulator.isa.program import ChipProgram
+
+FORMAT = "ember-program"
+VERSION = 1
+
+
+class ProgramFileError(ValueError):
+    """A Program file that cannot be loaded: wrong format, version or checksum."""
+
+
+@dataclass
+class Program:
+    """A compiled model, ready to run (see the module docstring)."""
+    chip: dict[str, Any]                      # the ChipSpec as plain data
+    dtype: str
+    tensors: dict[int, dict[str, Any]]        # id -> {"shape", "dtype", "space"?, "addr"?, "isa_dtype"?}
+    inputs: list[int]
+    outputs: list[int]
+    steps: list[dict[str, Any]]               # JSON-able step records
+    kernels: list[ChipProgram] = field(default_factory=list)     # kernel steps refer by index
+    constants: dict[int, np.ndarray] = field(default_factory=dict)  # tensor id -> value
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ file format
+    def save(self, path: str) -> None:
+        """Write atomically (a temporary file renamed into place)."""
+        import os
+        import tempfile
+        members = self._members()
+        digest = _digest(members)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".ember")
+        try:
+            with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+                for name, data in members.items():
+                    z.writestr(name, data)
+                z.writestr("checksum", digest)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str) -> "Program":
+        try:
+            with zipfile.ZipFile(path) as z:
+                members = {name: z.read(name) for name in z.namelist()}
+        except (OSError, zipfile.BadZipFile) as e:
+            raise ProgramFileError(f"{path}: not an Ember Program file ({e})") from e
+        if "header.json" not in members or "checksum" not in members:
+            raise ProgramFileError(f"{path}: not an Ember Program file (no header or checksum)")
+        header = json.loads(members["header.json"])
+        if header.get("format") != FORMAT:
+            raise ProgramFileError(f"{path}: not an Ember Program file (format {header.get('format')!r})")
+        if header.get("version") != VERSION:
+            raise ProgramFileError(f"{path}: Program format version {header.get('version')} is not "
+                                   f"supported by this runtime (it reads version {VERSION}); recompile the model")
+        stored = members.pop("checksum").decode()
+        if _digest(members) != stored:
+            raise ProgramFileError(f"{path}: checksum mismatch: the file is corrupted or was modified")
+        arrays = {name[len("arrays/"):-len(".npy")]: np.load(io.BytesIO(data), allow_pickle=False)
+                  for name, data in members.items() if name.startswith("arrays/")}
+        kernels = [ChipProgram(arrays[f"kernel{i}.commands"], int(k["num_pes"]), k["name"],
+                               arrays[f"kernel{i}.loops"], arrays[f"kernel{i}.strides"])
+                   for i, k in enumerate(header["kernels"])]
+        constants = {int(name[len("const"):]): arr for name, arr in arrays.items() if name.startswith("const")}
+        for tid, arr in constants.items():
+            if header["tensors"][str(tid)]["dtype"] == "bf16":
+                import ml_dtypes
+                constants[tid] = arr.view(ml_dtypes.bfloat16)
+        return cls(header["chip"], header["dtype"], {int(k): v for k, v in header["tensors"].items()},
+                   header["inputs"], header["outputs"], header["steps"], kernels, constants, header["meta"])
+
+    def _members(self) -> dict[str, bytes]:
+        header = {"format": FORMAT, "version": VERSION, "chip": self.chip, "dtype": self.dtype,
+                  "tensors": {str(k): v for k, v in self.tensors.items()}, "inputs": self.inputs,
+                  "outputs": self.outputs, "steps": self.steps, "meta": self.meta,
+                  "kernels": [{"name": k.name, "num_pes": k.num_pes} for k in self.kernels]}
+        members = {"header.json": json.dumps(header, sort_keys=True).encode()}
+        for i, k in enumerate(self.kernels):
+            members[f"arrays/kernel{i}.commands.npy"] = _npy(k.commands)
+            members[f"arrays/kernel{i}.loops.npy"] = _npy(k.loops)
+            members[f"arrays/kernel{i}.strides.npy"] = _npy(k.strides)
+        for tid, arr in self.constants.items():
+            # numpy files have no bf16: store its bits, the tensor table says what they are
+            members[f"arrays/const{tid}.npy"] = _npy(arr.view(np.uint16) if arr.dtype.name == "bfloat16" else arr)
+        return members
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr) if arr.ndim else np.array(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _digest(members: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(members):
+        h.update(name.encode())
+        h.update(len(members[name]).to_bytes(8, "little"))
+        h.update(members[name])
+    return h.hexdigest()
