@@ -52,8 +52,46 @@ def compile(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py
     console.print(f"compiled to '{to}' in {seconds:.2f} s "
                   f"(capture {cm.timings.get('capture', 0):.2f} s, import {cm.timings.get('import', 0):.2f} s)")
     if output is not None:
-        output.write_text(cm.ir(to))
+        if to == "program":
+            cm.save(str(output))
+        else:
+            output.write_text(cm.ir(to))
         console.print(f"wrote {output}")
+
+
+@app.command()
+def simulate(program: Path = typer.Argument(..., help="a Program file written by `ember compile --to program -o`"),
+             timing_only: bool = typer.Option(False, "--timing-only", help="time the run, compute no numbers"),
+             trace: Optional[Path] = typer.Option(None, "--trace", help="write a Chrome/Perfetto trace here")) -> None:
+    """Run a Program on the simulator (random inputs) and show where the time goes."""
+    import torch
+
+    import ember
+    from ember.report import run_summary_tables
+    from ops.registry import DTYPE_TO_TORCH
+    try:
+        cm = ember.load(str(program))
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    gen = torch.Generator().manual_seed(0)
+    inputs = []
+    for spec in cm.input_specs:
+        dtype = DTYPE_TO_TORCH[spec.dtype]
+        if timing_only:
+            inputs.append(torch.empty(spec.shape, dtype=dtype, device="meta"))
+        elif dtype.is_floating_point:
+            inputs.append(torch.randn(spec.shape, generator=gen).to(dtype))
+        else:
+            inputs.append(torch.randint(0, 2, spec.shape, generator=gen).to(dtype))
+    t0 = time.perf_counter()
+    cm.run(*inputs, device="sim", timing_only=timing_only)
+    wall = time.perf_counter() - t0
+    for table in run_summary_tables(cm.last_run):
+        console.print(table)
+    console.print(f"simulated in {wall:.2f} s of wall time")
+    if trace is not None:
+        cm.last_run.write_trace(str(trace))
+        console.print(f"trace: {trace}")
 
 
 @app.command()

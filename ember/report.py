@@ -25,3 +25,32 @@ def unsupported_table(unsupported) -> Table:
         where = ", ".join(src if n == 1 else f"{src} (x{n})" for src, n in u.sources)
         table.add_row(u.target, str(u.count), where, u.reason)
     return table
+
+
+def run_summary_tables(run, top: int = 10) -> list[Table]:
+    """Where the time of a simulated run goes: by op, by engine."""
+    by_op: dict[str, list] = {}
+    for s in run.steps:
+        if s.kind in ("kernel", "transfer"):
+            key = s.op if s.kind == "kernel" else f"transfer {s.op}"
+            row = by_op.setdefault(key, [0, 0, 0, 0.0])
+            row[0] += 1
+            row[1] += s.cycles
+            row[2] += s.predicted_cycles or 0
+            row[3] += s.roofline_cycles or 0.0
+    ops = Table(title=f"Top ops by simulated time ({run.cycles:,} cycles, {run.seconds * 1e3:.3f} ms "
+                      f"at {run.chip.clock_hz / 1e9:g} GHz)")
+    for col in ("op", "count", "cycles", "% of run", "predicted", "roofline"):
+        ops.add_column(col, justify="left" if col == "op" else "right")
+    for name, (n, cycles, predicted, roof) in sorted(by_op.items(), key=lambda kv: -kv[1][1])[:top]:
+        ops.add_row(name, str(n), f"{cycles:,}", f"{100 * cycles / max(run.cycles, 1):.1f}",
+                    f"{predicted:,}" if predicted else "", f"{roof:,.0f}" if roof else "")
+    host = sum(s.kind == "host" for s in run.steps)
+    if host:
+        ops.caption = f"{host} op(s) ran on the host (not timed); their tensors cross the host link (transfer rows)"
+    engines = Table(title="Engine utilization (busy cycles / (PEs x run cycles))")
+    engines.add_column("engine")
+    engines.add_column("utilization", justify="right")
+    for engine, u in run.stats["engine_utilization"].items():
+        engines.add_row(engine, f"{100 * u:.1f}%")
+    return [ops, engines]
