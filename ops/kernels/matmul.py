@@ -1,0 +1,755 @@
+"""GEMM kernel template for `ember.matmul` and `ember.linear` on the dot-product engine.
+
+Shape of the schedule (one plan):
+
+* The output of each batch element is cut into ``mt x nt`` tiles. Every PE gets the same
+  number of jobs (tiles); PE (r, c) owns M-tile positions ``mpos, mpos + pm, ...`` and N-tile
+  positions ``npos, npos + pn, ...``. Two layouts: ``rows`` (PE rows split into ``pm`` groups
+  along M; the PEs of one row share their M tiles) and ``cols`` (PE columns split into ``pn``
+  groups along N; the PEs of one column share their N tiles). ``rows`` with ``pm`` = PE rows
+  is the 2D grid: A multicast along PE rows, B down PE columns.
+* An operand tile that a whole PE row (A) or column (B) needs is fetched once by one PE of
+  that row/column with a multicast DMA; otherwise each PE fetches its own tiles.
+* Inside a job, K is walked in ``kt`` steps through ``nbuf`` alternating local buffers: the
+  DMA for step s + nbuf overlaps the DPE on step s. Sync tokens: "full" (DMA -> consumers),
+  "free" (every consumer -> the fetching PE, per buffer slot).
+* linear's weight W[N, K] arrives as W-tiles [nt, kt] and the MLU transposes each into the
+  DPE's [kt, nt] operand layout.
+* Epilogue in place on the fp32/int32 accumulator: bias add (SIMD, or the reduction engine for
+  int32), rounding to the output dtype, then a strided DMA of the tile to the output.
+  ``cbufs`` accumulators let the next job's DPE run while the epilogue and store drain.
+* K loops are emitted as `PEStream.repeat` blocks (``nbuf`` steps per iteration), so a
+  program grows with the number of jobs, not with K.
+
+`predict` is a pipeline model: max(DPE path of the busiest PE, DRAM / SRAM / NoC-edge /
+DMA-queue time) plus fill and drain; see `_Model`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, register_kernel
+from simulator.isa import Engine
+from simulator.isa.program import Strided
+
+ACC_DTYPE = {"fp32": "fp32", "bf16": "fp32", "fp16": "fp32", "int8": "int32"}
+ALIGN = 64
+BIAS_ROWS = 32          # rows of the replicated bias tile the epilogue adds per command
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _align(x: int) -> int:
+    return _cdiv(x, ALIGN) * ALIGN
+
+
+@dataclass(frozen=True)
+class MatmulPlan:
+    """One tiling: layout of jobs over the PE grid, tile sizes, buffering."""
+    layout: str          # "rows" | "cols"
+    groups: int          # pm (rows layout) or pn (cols layout)
+    mt: int
+    nt: int
+    kt: int
+    nbuf: int = 2
+    cbufs: int = 1
+
+    def __str__(self) -> str:
+        return (f"{self.layout}/{self.groups} {self.mt}x{self.nt}x{self.kt} "
+                f"b{self.nbuf}c{self.cbufs}")
+
+
+@dataclass(frozen=True)
+class _Gemm:
+    """The call seen as a batch of GEMMs C[b] = A[b] @ B[b] (B given as [K, N] or W[N, K])."""
+    batch: int
+    M: int
+    K: int
+    N: int
+    a_offsets: tuple[int, ...]     # byte offset of A[b] from the lhs base, per batch element
+    b_offsets: tuple[int, ...]
+    transposed_b: bool             # linear: B is W[N, K]
+    dtype: str
+    out_dtype: str
+    acc_dtype: str
+    has_bias: bool
+    scalar_bias: bool
+
+    @property
+    def es(self) -> int:
+        return ISA_ITEMSIZE[self.dtype]
+
+
+def _gemm(call: KernelCall) -> _Gemm:
+    dt = call.compute_dtype
+    es = ISA_ITEMSIZE[dt]
+    if call.op == "linear":
+        x, w = call.inputs[0], call.inputs[1]
+        bias = call.inputs[2] if len(call.inputs) > 2 else None
+        K = x.shape[-1]
+        N = w.shape[0]
+        M = int(np.prod(x.shape[:-1], dtype=np.int64))
+        return _Gemm(1, M, K, N, (0,), (0,), True, dt, call.output.dtype, ACC_DTYPE[dt],
+                     bias is not None, bias is not None and len(bias.shape) == 0)
+    lhs, rhs = call.inputs[0], call.inputs[1]
+    M, K = lhs.shape[-2:]
+    N = rhs.shape[-1]
+    out_batch = tuple(call.output.shape[:-2])
+    batch = int(np.prod(out_batch, dtype=np.int64))
+
+    def offsets(shape, tile_bytes):
+        bshape = tuple(shape[:-2])
+        bshape = (1,) * (len(out_batch) - len(bshape)) + bshape
+        strides = np.zeros(len(bshape), np.int64)
+        acc = tile_bytes
+        for i in range(len(bshape) - 1, -1, -1):
+            strides[i] = 0 if bshape[i] == 1 else acc
+            acc *= bshape[i]
+        return tuple(int(sum(int(i) * int(s) for i, s in zip(idx, strides)))
+                     for idx in np.ndindex(*out_batch)) if out_batch else (0,)
+
+    return _Gemm(max(batch, 1), M, K, N, offsets(lhs.shape, M * K * es), offsets(rhs.shape, K * N * es),
+                 False, dt, call.output.dtype, ACC_DTYPE[dt], False, False)
+
+
+class _Layout:
+    """Where the jobs of a plan go on the PE grid, and who fetches what."""
+
+    def __init__(self, g: _Gemm, plan: MatmulPlan, R: int, C: int):
+        self.R, self.C = R, C
+        self.Tm, self.Tn = _cdiv(g.M, plan.mt), _cdiv(g.N, plan.nt)
+        if plan.layout == "rows":
+            self.pm = plan.groups
+            self.pn = (R // plan.groups) * C
+            self.a_shared, self.b_shared = True, plan.groups == R
+        else:
+            self.pn = plan.groups
+            self.pm = (C // plan.groups) * R
+            self.a_shared, self.b_shared = plan.groups == C, True
+        self.plan = plan
+        self.QM, self.QN = _cdiv(self.Tm, self.pm), _cdiv(self.Tn, self.pn)
+
+    def pos(self, r: int, c: int) -> tuple[int, int]:
+        """(mpos, npos) of PE (r, c)."""
+        R, C, p = self.R, self.C, self.plan
+        if p.layout == "rows":
+            k = R // p.groups
+            return r // k, (r % k) * C + c
+        k = C // p.groups
+        return (c % k) * R + r, c // k
+
+    def a_issuer(self, r: int) -> tuple[int, int]:
+        """The PE that multicasts row r's A tiles (spread over columns: one NoC edge each)."""
+        return r, r % self.C
+
+    def b_issuer(self, c: int) -> tuple[int, int]:
+        return c % self.R, c
+
+
+def _tile(i: int, t: int, total: int) -> tuple[int, int]:
+    """(start, size) of tile i of size t over `total` (size 0: no such tile)."""
+    start = i * t
+    return start, max(0, min(t, total - start))
+
+
+class _Buffers:
+    """Local-memory map of one plan (the same on every PE, so multicasts land in place)."""
+
+    def __init__(self, g: _Gemm, p: MatmulPlan):
+        es = g.es
+        a = _align(p.mt * p.kt * es)
+        b = _align(p.kt * p.nt * es)
+        c = _align(p.mt * p.nt * 4)
+        self.a = [i * a for i in range(p.nbuf)]
+        base = p.nbuf * a
+        self.b = [base + i * b for i in range(p.nbuf)]
+        base += p.nbuf * b
+        self.w = []
+        if g.transposed_b:          # W tiles [nt, kt] before the MLU transposes them
+            self.w = [base + i * b for i in range(p.nbuf)]
+            base += p.nbuf * b
+        self.c = [base + i * c for i in range(p.cbufs)]
+        base += p.cbufs * c
+        self.bias_raw = self.bias32 = base
+        if g.has_bias:
+            self.bias32 = base + _align(BIAS_ROWS * p.nt * es)
+            base = self.bias32 + _align(BIAS_ROWS * p.nt * 4)
+        self.total = base
+
+
+# --- the cost model ---------------------------------------------------------------------------
+
+class _Rates:
+    """Bytes per cycle of the chip's servers, and fixed latencies."""
+
+    def __init__(self, chip):
+        clk = chip.clock_hz
+        self.dram = chip.dram.bytes_per_s / clk
+        self.sram = chip.sram.bytes_per_s / clk
+        self.link = chip.noc.link_bytes_per_s / clk
+        self.local = chip.local_mem.bytes_per_s / clk
+        self.lat = chip.dma.latency_cycles
+        self.hop = chip.noc.hop_latency_cycles
+        self.mem = {"dram": self.dram, "sram": self.sram}
+        self.channels = {"dram": chip.dram.channels, "sram": chip.sram.banks}
+        self.interleave = {"dram": chip.dram.interleave_bytes, "sram": chip.sram.interleave_bytes}
+        self.ntile = chip.dpe.n_tile
+        self.ovh = chip.dpe.pass_overhead_cycles
+        self.macs = chip.dpe.macs_per_cycle
+        self.simd = chip.simd.elems_per_cycle
+        self.simd_lat = chip.simd.latency_cycles
+        self.re = chip.reduce.elems_per_cycle
+        self.re_lat = chip.reduce.latency_cycles
+        self.mlu = chip.mlu.bytes_per_cycle
+        self.mlu_lat = chip.mlu.latency_cycles
+
+    def dpe(self, m: int, k: int, n: int, dtype: str) -> int:
+        kt = int(self.macs[dtype]) // self.ntile
+        return _cdiv(k, kt) * _cdiv(n, self.ntile) * (m + self.ovh)
+
+    def dma_alone(self, nbytes: int, space: str, rows: int) -> float:
+        """A DMA between `space` and a PE in row `rows` with nothing else running: the memory
+        channels it spans (interleaved) or the NoC link, whichever is slower."""
+        ch = self.channels[space]
+        mem = self.mem[space] * min(ch, _cdiv(nbytes, self.interleave[space])) / ch
+        return nbytes / min(mem, self.link) + self.lat + self.hop * (rows + 1)
+
+
+def _k_steps(K: int, kt: int) -> list[int]:
+    return [min(kt, K - s) for s in range(0, K, kt)]
+
+
+def _epilogue_cycles(g: _Gemm, rt: _Rates, m: int, n: int) -> int:
+    """SIMD / reduction-engine cycles of one job's epilogue (bias add and rounding)."""
+    cyc = 0
+    chunks = _cdiv(m, BIAS_ROWS)
+    if g.has_bias:
+        cyc += _cdiv(min(m, BIAS_ROWS) * n, rt.simd) + rt.simd_lat        # bias -> fp32/int32
+        if g.acc_dtype == "int32":
+            cyc += _cdiv(m * n, rt.re) + chunks * rt.re_lat
+        else:
+            cyc += _cdiv(m * n, rt.simd) + chunks * rt.simd_lat
+            return cyc
+    if g.out_dtype != g.acc_dtype:
+        cyc += _cdiv(m * n, rt.simd) + rt.simd_lat
+    return cyc
+
+
+def _issuers(L: _Layout, g: _Gemm) -> tuple[set, set]:
+    """PEs whose DMA queues fetch A and B tiles."""
+    fa, fb = set(), set()
+    for r in range(L.R):
+        for c in range(L.C):
+            mpos, npos = L.pos(r, c)
+            if mpos >= L.Tm or (npos >= L.Tn and not (L.a_shared and L.b_shared)):
+                if not (L.a_shared and mpos < L.Tm):
+                    continue
+            if mpos < L.Tm and (L.a_shared or npos < L.Tn):
+                fa.add(L.a_issuer(r) if L.a_shared else (r, c))
+            if npos < L.Tn and (L.b_shared or mpos < L.Tm):
+                fb.add(L.b_issuer(c) if L.b_shared else (r, c))
+    return fa, fb
+
+
+def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None = None) -> int:
+    """Cycles of a plan: the slowest of three pipelines (the busiest PE's DPE path, the memory
+    and NoC-edge servers, the busiest fetching DMA queue), plus fill and drain."""
+    rt = rt or _Rates(chip)
+    R, C = chip.pe_grid.rows, chip.pe_grid.cols
+    L = _Layout(g, p, R, C)
+    es, oes = g.es, ISA_ITEMSIZE[g.out_dtype]
+    steps = _k_steps(g.K, p.kt)
+    a_sp, b_sp, o_sp = call.inputs[0].space, call.inputs[1].space, call.output.space
+
+    # DPE path of the busiest PE (position 0 owns the first, full-size tiles)
+    ms = [_tile(u * L.pm, p.mt, g.M)[1] for u in range(L.QM)]
+    ns = [_tile(v * L.pn, p.nt, g.N)[1] for v in range(L.QN)]
+    jobs = [(m, n) for m in ms for n in ns if m and n] * g.batch
+    if not jobs:
+        return 1 << 62
+    dpe_job = {}
+    for m, n in set(jobs):
+        dpe_job[m, n] = sum(rt.dpe(m, k, n, g.dtype) for k in steps)
+    epi = {mn: _epilogue_cycles(g, rt, *mn) for mn in dpe_job}
+    store = {mn: rt.dma_alone(mn[0] * mn[1] * oes, o_sp, R // 2) for mn in dpe_job}
+    dpe_path = sum(dpe_job[j] for j in jobs)
+    for t in range(len(jobs) - 1):      # the next job's DPE waits for this accumulator to drain
+        drain_t = epi[jobs[t]] + store[jobs[t]]
+        dpe_path += drain_t if p.cbufs == 1 else max(0.0, drain_t - dpe_job[jobs[t + 1]])
+    if g.transposed_b:                  # MLU transposes of W tiles, overlapped with the DPE
+        mlu = sum(_cdiv(k * n * es, rt.mlu) + rt.mlu_lat for m, n in jobs for k in steps)
+        dpe_path = max(dpe_path, mlu)
+    # bytes fetched from memory (a multicast fetch counts once) and written
+    a_bytes = g.batch * g.M * g.K * es * ((R // L.pm) * L.QN if L.a_shared else L.Tn)
+    b_bytes = g.batch * g.N * g.K * es * ((C // L.pn) * L.QM if L.b_shared else L.Tm)
+    o_bytes = g.batch * g.M * g.N * oes
+    by = {"dram": 0, "sram": 0}
+    for x, s in ((a_bytes, a_sp), (b_bytes, b_sp), (o_bytes, o_sp)):
+        by[s] += x
+    mem_path = max(by["dram"] / rt.dram, by["sram"] / rt.sram, (a_bytes + b_bytes) / C / rt.link)
+    # the busiest fetching DMA queue (one that fetches both A and B tiles when any does): its
+    # commands one after another at the rate they get alone; when memory is the bottleneck,
+    # its transfers stretch over the memory time and about half of each command's fixed
+    # latency is not covered by other queues' transfers
+    fa, fb = _issuers(L, g)
+    mt_full, nt_full = min(p.mt, g.M), min(p.nt, g.N)
+    per_step = [(rt.dma_alone(mt_full * k * es, a_sp, R - 1) if fa else 0)
+                + (rt.dma_alone(k * nt_full * es, b_sp, R - 1) if fb else 0) for k in steps]
+    n_jobs_q = g.batch * L.QM * L.QN
+    n_dma = len(steps) * n_jobs_q * ((1 if fa else 0) + (1 if fb else 0))
+    queue_path = max(sum(per_step) * n_jobs_q,
+                     mem_path + 0.5 * n_dma * (rt.lat + rt.hop * R))
+    # fill: the first step's fetches, all at once
+    k0 = steps[0]
+    fa_b = mt_full * k0 * es * len(fa)
+    fb_b = k0 * nt_full * es * len(fb)
+    first = {"dram": 0.0, "sram": 0.0}
+    first[a_sp] += fa_b
+    first[b_sp] += fb_b
+    fill = max(first["dram"] / rt.dram, first["sram"] / rt.sram, (fa_b + fb_b) / C / rt.link,
+               per_step[0] - rt.lat - rt.hop * R) + rt.lat + rt.hop * R
+    if g.transposed_b:
+        fill += _cdiv(k0 * nt_full * es, rt.mlu) + rt.mlu_lat
+    last_step = rt.dpe(jobs[-1][0], steps[-1], jobs[-1][1], g.dtype)
+    drain = epi[jobs[-1]] + store[jobs[-1]]
+    return int(max(fill + dpe_path, mem_path + last_step, queue_path + last_step) + drain)
+
+
+# --- emission ---------------------------------------------------------------------------------
+
+class _Tok:
+    """Tokens and how often each has been signalled so far (per consumer count)."""
+
+    def __init__(self, b):
+        self.b = b
+
+    def new(self) -> int:
+        return self.b.token()
+
+
+def _lin(base: int, stride: int, looped: bool):
+    return Strided(base, stride) if looped and stride else base
+
+
+class _Emitter:
+    def __init__(self, call: KernelCall, g: _Gemm, p: MatmulPlan, chip, builder):
+        self.call, self.g, self.p, self.chip, self.b = call, g, p, chip, builder
+        self.R, self.C = chip.pe_grid.rows, chip.pe_grid.cols
+        self.L = _Layout(g, p, self.R, self.C)
+        self.buf = _Buffers(g, p)
+        self.steps = _k_steps(g.K, p.kt)
+        self.nk = len(self.steps)
+        self.pe_tok: dict[int, dict] = {}
+
+    # one job list, the same length on every PE
+    def jobs(self, r: int, c: int):
+        L, p, g = self.L, self.p, self.g
+        mpos, npos = L.pos(r, c)
+        out = []
+        for bi in range(g.batch):
+            for u in range(L.QM):
+                mi = mpos + u * L.pm
+                for v in range(L.QN):
+                    nj = npos + v * L.pn
+                    out.append((bi, mi, nj))
+        return out
+
+    def m_tile(self, mi):
+        return _tile(mi, self.p.mt, self.g.M)
+
+    def n_tile(self, nj):
+        return _tile(nj, self.p.nt, self.g.N)
+
+    def run(self) -> None:
+        g, p, L, b = self.g, self.p, self.L, self.b
+        R, C = self.R, self.C
+        # group tokens: A per PE row (shared) or per PE; B per PE column (shared) or per PE
+        a_full = {}; a_free = {}; b_full = {}; b_free = {}
+        for r in range(R):
+            for c in range(C):
+                ka = ("row", r) if L.a_shared else ("pe", r, c)
+                kb = ("col", c) if L.b_shared else ("pe", r, c)
+                for d_full, d_free, k in ((a_full, a_free, ka), (b_full, b_free, kb)):
+                    if k not in d_full:
+                        d_full[k] = [b.token() for _ in range(p.nbuf)]
+                        d_free[k] = [b.token() for _ in range(p.nbuf)]
+        self.a_full, self.a_free, self.b_full, self.b_free = a_full, a_free, b_full, b_free
+        for r in range(R):
+            for c in range(C):
+                self.emit_pe(r, c)
+
+    def emit_pe(self, r: int, c: int) -> None:
+        g, p, L, bld = self.g, self.p, self.L, self.b
+        pe = bld.pe(r, c)
+        jobs = self.jobs(r, c)
+        ka = ("row", r) if L.a_shared else ("pe", r, c)
+        kb = ("col", c) if L.b_shared else ("pe", r, c)
+        a_cons = self.C if L.a_shared else 1
+        b_cons = self.R if L.b_shared else 1
+        fetch_a = (not L.a_shared) or L.a_issuer(r) == (r, c)
+        fetch_b = (not L.b_shared) or L.b_issuer(c) == (r, c)
+        # which operands exist per job for this PE: A if its M tile exists (shared: whole row)
+        has_a = [self.m_tile(mi)[1] > 0 and (L.a_shared or self.n_tile(nj)[1] > 0) for _, mi, nj in jobs]
+        has_b = [self.n_tile(nj)[1] > 0 and (L.b_shared or self.m_tile(mi)[1] > 0) for _, mi, nj in jobs]
+        real = [self.m_tile(mi)[1] > 0 and self.n_tile(nj)[1] > 0 for _, mi, nj in jobs]
+        if not any(has_a) and not any(has_b):
+            return
+        # running load indices (q) of each operand at the start of each job
+        qa, qb = [], []
+        na = nb_ = 0
+        for t in range(len(jobs)):
+            qa.append(na); qb.append(nb_)
+            na += self.nk if has_a[t] else 0
+            nb_ += self.nk if has_b[t] else 0
+        self.emit_dma(pe, r, c, jobs, real, has_a, has_b, qa, qb, fetch_a, fetch_b, ka, kb, a_cons, b_cons)
+        if g.transposed_b:
+            self.emit_mlu(pe, jobs, real, has_a, has_b, qb, kb)
+        self.emit_dpe(pe, jobs, real, has_a, has_b, qa, qb, ka, kb)
+        if any(real):
+            self.emit_epilogue(pe, jobs, real)
+
+    # --- tokens private to this PE, created lazily -------------------------------------------
+    def _pe_tokens(self, pe):
+        if pe.pe not in self.pe_tok:
+            b = self.b
+            self.pe_tok[pe.pe] = dict(dp=b.token(), ep=b.token(), st=b.token(), bias=b.token(),
+                                      bconv=b.token(), radd=b.token(),
+                                      wt_full=[b.token() for _ in range(self.p.nbuf)],
+                                      wt_free=[b.token() for _ in range(self.p.nbuf)])
+        return self.pe_tok[pe.pe]
+
+    # --- DMA queue ------------------------------------------------------------------------------
+    def _load_a(self, pe, job, s, q, ka, a_cons, looped, nbuf_iter):
+        """Fetch A tile for step s (q: its load index); looped: operands advance per iteration."""
+        g, p, L = self.g, self.p, self.L
+        bi, mi, _ = job
+        m0, m = self.m_tile(mi)
+        k = self.steps[s]
+        es = g.es
+        x = self.call.inputs[0]
+        src = x.addr + g.a_offsets[bi] + (m0 * g.K + s * p.kt) * es
+        slot, use = q % p.nbuf, q // p.nbuf
+        wait = (self.a_free[ka][slot], _lin(a_cons * use, a_cons, looped)) if use else None
+        if looped and not use:
+            wait = (self.a_free[ka][slot], Strided(0, a_cons))
+        pe.dma(x.space, _lin(src, nbuf_iter * p.kt * es, looped), "local", self.buf.a[slot],
+               rows=m, row_bytes=k * es, src_stride=g.K * es,
+               dst_pe=pe.pe, mcast="row" if L.a_shared else "none",
+               wait=wait, signal=self.a_full[ka][slot])
+
+    def _load_b(self, pe, job, s, q, kb, b_cons, looped, nbuf_iter):
+        g, p, L = self.g, self.p, self.L
+        bi, _, nj = job
+        n0, n = self.n_tile(nj)
+        k = self.steps[s]
+        es = g.es
+        w = self.call.inputs[1]
+        slot, use = q % p.nbuf, q // p.nbuf
+        wait = (self.b_free[kb][slot], _lin(b_cons * use, b_cons, looped)) if use else None
+        if looped and not use:
+            wait = (self.b_free[kb][slot], Strided(0, b_cons))
+        if g.transposed_b:     # W[n0:n0+n, k0:k0+k] -> [n, k]
+            src = w.addr + (n0 * g.K + s * p.kt) * es
+            step = nbuf_iter * p.kt * es
+            dst = self.buf.w[slot]
+            rows, row_bytes, stride = n, k * es, g.K * es
+        else:                  # B[k0:k0+k, n0:n0+n] -> [k, n]
+            src = w.addr + g.b_offsets[bi] + (s * p.kt * g.N + n0) * es
+            step = nbuf_iter * p.kt * g.N * es
+            dst = self.buf.b[slot]
+            rows, row_bytes, stride = k, n * es, g.N * es
+        pe.dma(w.space, _lin(src, step, looped), "local", dst, rows=rows, row_bytes=row_bytes,
+               src_stride=stride, dst_pe=pe.pe,
+               mcast="col" if L.b_shared else "none", wait=wait, signal=self.b_full[kb][slot])
+
+    def emit_dma(self, pe, r, c, jobs, real, has_a, has_b, qa, qb, fetch_a, fetch_b, ka, kb, a_cons, b_cons):
+        g, p = self.g, self.p
+        tok = self._pe_tokens(pe)
+        events = []      # (sort key, kind, payload)
+        nk = self.nk
+        # a run of steps [s0, s1) of job t: loads of this PE, compressed into loops
+        for t, job in enumerate(jobs):
+            la = fetch_a and has_a[t]
+            lb = fetch_b and has_b[t]
+            if la or lb:
+                events.append(((t * nk, 1), "steps", (t, la, lb)))
+        # stores: before the loads that (transitively) wait for this accumulator to drain
+        real_idx = [t for t in range(len(jobs)) if real[t]]
+        prev_n = None
+        for i, t in enumerate(real_idx):
+            nxt = real_idx[i + p.cbufs] if i + p.cbufs < len(real_idx) else None
+            key = (nxt * nk + p.nbuf, 0) if nxt is not None else (len(jobs) * nk + 1, 0)
+            events.append((key, "store", (t, i)))
+            if g.has_bias and jobs[t][2] != prev_n:
+                # the bias tile of job i replaces that of job i-1 once i-1's epilogue is done,
+                # which its store (just before in this queue) waits for
+                bkey = (-1, 0) if i == 0 else prev_key + (1,)
+                events.append((bkey, "bias", (t, i)))
+            prev_n, prev_key = jobs[t][2], key
+        # split step runs at store positions
+        cut_points = sorted(k for k, kind, _ in events if kind == "store")
+        items = []
+        for key, kind, payload in events:
+            if kind != "steps":
+                items.append((key, kind, payload))
+                continue
+            t, la, lb = payload
+            bounds = [0, nk]
+            for cp in cut_points:
+                s = cp[0] - t * nk
+                if 0 < s < nk:
+                    bounds.append(s)
+            bounds = sorted(set(bounds))
+            for s0, s1 in zip(bounds, bounds[1:]):
+                items.append(((t * nk + s0, 1), "run", (t, s0, s1, la, lb)))
+        items.sort(key=lambda e: e[0])
+        self.bias_loads = 0
+        for key, kind, payload in items:
+            if kind == "run":
+                t, s0, s1, la, lb = payload
+                self._emit_run(pe, jobs[t], t, s0, s1, la, lb, qa[t], qb[t], ka, kb, a_cons, b_cons)
+            elif kind == "store":
+                t, i = payload
+                self._store(pe, jobs[t], t, i, tok)
+            else:
+                t, i = payload
+                self._bias_load(pe, jobs[t], tok)
+
+    def _emit_run(self, pe, job, t, s0, s1, la, lb, qa0, qb0, ka, kb, a_cons, b_cons):
+        """The loads of steps [s0, s1) of one job; whole groups of nbuf full steps as a loop."""
+        p = self.p
+        nfull = sum(1 for s in range(s0, s1) if self.steps[s] == p.kt)   # a prefix: only the last step is short
+        n_iter = nfull // p.nbuf
+        s = s0
+        if n_iter >= 2:
+            with pe.repeat(n_iter):
+                for j in range(p.nbuf):
+                    if la:
+                        self._load_a(pe, job, s0 + j, qa0 + s0 + j, ka, a_cons, True, p.nbuf)
+                    if lb:
+                        self._load_b(pe, job, s0 + j, qb0 + s0 + j, kb, b_cons, True, p.nbuf)
+            s = s0 + n_iter * p.nbuf
+        for s in range(s, s1):
+            if la:
+                self._load_a(pe, job, s, qa0 + s, ka, a_cons, False, 0)
+            if lb:
+                self._load_b(pe, job, s, qb0 + s, kb, b_cons, False, 0)
+
+    def _store(self, pe, job, t, i, tok):
+        g, p = self.g, self.p
+        bi, mi, nj = job
+        m0, m = self.m_tile(mi)
+        n0, n = self.n_tile(nj)
+        o = self.call.output
+        oes = ISA_ITEMSIZE[g.out_dtype]
+        wait_tok = tok["ep"] if self._has_epilogue() else tok["dp"]
+        pe.dma("local", self.buf.c[i % p.cbufs], o.space,
+               o.addr + (bi * g.M * g.N + m0 * g.N + n0) * oes, rows=m, row_bytes=n * oes,
+               dst_stride=g.N * oes, wait=(wait_tok, i + 1), signal=tok["st"])
+
+    def _bias_load(self, pe, job, tok):
+        g, p = self.g, self.p
+        n0, n = self.n_tile(job[2])
+        bias = self.call.inputs[2]
+        es = g.es
+        rows = min(BIAS_ROWS, p.mt, g.M)
+        if g.scalar_bias:
+            pe.dma(bias.space, bias.addr, "local", self.buf.bias_raw, rows=rows * n, row_bytes=es,
+                   src_stride=0, signal=tok["bias"])
+        else:
+            pe.dma(bias.space, bias.addr + n0 * es, "local", self.buf.bias_raw, rows=rows,
+                   row_bytes=n * es, src_stride=0, signal=tok["bias"])
+
+    # --- MLU queue (linear: transpose W tiles) --------------------------------------------------
+    def emit_mlu(self, pe, jobs, real, has_a, has_b, qb, kb):
+        p, g = self.p, self.g
+        tok = self._pe_tokens(pe)
+        nw = 0       # transposes done on this PE (its private W^T slots)
+        for t, job in enumerate(jobs):
+            if not has_b[t]:
+                continue
+            n = self.n_tile(job[2])[1]
+            for s in range(self.nk):
+                q = qb[t] + s
+                slot, use = q % p.nbuf, q // p.nbuf
+                if not real[t]:
+                    pe.nop(Engine.MLU, wait=(self.b_full[kb][slot], use + 1), signal=self.b_free[kb][slot])
+                    continue
+                ws, wu = nw % p.nbuf, nw // p.nbuf
+                if wu:
+                    pe.nop(Engine.MLU, wait=(tok["wt_free"][ws], wu))
+                pe.mlu_transpose(self.buf.w[slot], self.buf.b[ws], n, self.steps[s], dtype=g.dtype,
+                                 wait=(self.b_full[kb][slot], use + 1), signal=tok["wt_full"][ws])
+                pe.nop(Engine.MLU, signal=self.b_free[kb][slot])
+                nw += 1
+        # (MLU commands are few per step and cheap to emit; no loop compression here)
+
+    # --- DPE queue ------------------------------------------------------------------------------
+    def emit_dpe(self, pe, jobs, real, has_a, has_b, qa, qb, ka, kb):
+        g, p = self.g, self.p
+        tok = self._pe_tokens(pe)
+        i_real = 0
+        nw = 0
+        for t, job in enumerate(jobs):
+            if not real[t]:
+                for s in range(self.nk):
+                    if has_a[t]:
+                        q = qa[t] + s
+                        pe.nop(Engine.DPE, wait=(self.a_full[ka][q % p.nbuf], q // p.nbuf + 1),
+                               signal=self.a_free[ka][q % p.nbuf])
+                    if has_b[t] and not g.transposed_b:
+                        q = qb[t] + s
+                        pe.nop(Engine.DPE, wait=(self.b_full[kb][q % p.nbuf], q // p.nbuf + 1),
+                               signal=self.b_free[kb][q % p.nbuf])
+                continue
+            m = self.m_tile(job[1])[1]
+            n = self.n_tile(job[2])[1]
+            cb = self.buf.c[i_real % p.cbufs]
+            if i_real >= p.cbufs:
+                pe.nop(Engine.DPE, wait=(tok["st"], i_real - p.cbufs + 1))
+            # steps: 0 plain (no accumulate), full-size middle steps looped, the rest plain
+            s = 0
+            self._dpe_step(pe, job, s, qa[t], qb[t], nw, ka, kb, m, n, cb, False, False)
+            s = 1
+            mid = [x for x in range(1, self.nk) if self.steps[x] == p.kt]
+            n_iter = len(mid) // p.nbuf
+            if n_iter >= 2:
+                with pe.repeat(n_iter):
+                    for j in range(p.nbuf):
+                        self._dpe_step(pe, job, 1 + j, qa[t], qb[t], nw, ka, kb, m, n, cb, True, True)
+                s = 1 + n_iter * p.nbuf
+            for s in range(s, self.nk):
+                self._dpe_step(pe, job, s, qa[t], qb[t], nw, ka, kb, m, n, cb, True, False)
+            pe.nop(Engine.DPE, signal=tok["dp"])
+            nw += self.nk
+            i_real += 1
+
+    def _dpe_step(self, pe, job, s, qa0, qb0, nw0, ka, kb, m, n, cb, acc, looped):
+        g, p = self.g, self.p
+        tok = self._pe_tokens(pe)
+        qa, qb = qa0 + s, qb0 + s
+        sa, ua = qa % p.nbuf, qa // p.nbuf
+        pe.nop(Engine.DPE, wait=(self.a_full[ka][sa], _lin(ua + 1, 1, looped)))
+        if g.transposed_b:
+            q = nw0 + s
+            sb, ub = q % p.nbuf, q // p.nbuf
+            full, free = tok["wt_full"][sb], tok["wt_free"][sb]
+        else:
+            sb, ub = qb % p.nbuf, qb // p.nbuf
+            full, free = self.b_full[kb][sb], self.b_free[kb][sb]
+        pe.dpe_matmul(self.buf.a[sa], self.buf.b[sb], cb, m, self.steps[s], n, dtype=g.dtype,
+                      accumulate=acc, wait=(full, _lin(ub + 1, 1, looped)), signal=free)
+        pe.nop(Engine.DPE, signal=self.a_free[ka][sa])
+
+    # --- epilogue -------------------------------------------------------------------------------
+    def _has_epilogue(self) -> bool:
+        return self.g.has_bias or self.g.out_dtype != self.g.acc_dtype
+
+    def emit_epilogue(self, pe, jobs, real):
+        """Per job, in place on the accumulator: + bias, round to the output dtype."""
+        g, p = self.g, self.p
+        if not self._has_epilogue():
+            return
+        tok = self._pe_tokens(pe)
+        i_real = n_bias = 0
+        last_n = None
+        convert = g.out_dtype != g.acc_dtype
+        for t, job in enumerate(jobs):
+            if not real[t]:
+                continue
+            m = self.m_tile(job[1])[1]
+            n = self.n_tile(job[2])[1]
+            cb = self.buf.c[i_real % p.cbufs]
+            oes = ISA_ITEMSIZE[g.out_dtype]
+            dp = (tok["dp"], i_real + 1)
+            i_real += 1
+            if not g.has_bias:
+                pe.simd_unary("copy", cb, cb, m * n, dtype=g.acc_dtype, out_dtype=g.out_dtype,
+                              wait=dp, signal=tok["ep"])
+                continue
+            if job[2] != last_n:       # a new bias tile: widen it to the accumulator dtype
+                n_bias += 1
+                last_n = job[2]
+                rows = min(BIAS_ROWS, p.mt, g.M)
+                pe.simd_unary("copy", self.buf.bias_raw, self.buf.bias32, rows * n, dtype=g.dtype,
+                              out_dtype=g.acc_dtype, wait=(tok["bias"], n_bias), signal=tok["bconv"])
+            chunks = list(range(0, m, BIAS_ROWS))
+            if g.acc_dtype == "int32":     # exact integer add on the reduction engine
+                pe.nop(Engine.REDUCE, wait=(tok["bconv"], n_bias))
+                for ci, r0 in enumerate(chunks):
+                    last = ci == len(chunks) - 1
+                    pe.re_acc(cb + r0 * n * 4, self.buf.bias32, min(BIAS_ROWS, m - r0) * n,
+                              dtype="int32", wait=dp if ci == 0 else None,
+                              signal=(tok["radd"] if convert else tok["ep"]) if last else None)
+                if convert:
+                    pe.simd_unary("copy", cb, cb, m * n, dtype=g.acc_dtype, out_dtype=g.out_dtype,
+                                  wait=(tok["radd"], i_real), signal=tok["ep"])
+            else:
+                for ci, r0 in enumerate(chunks):
+                    pe.simd_binary("add", cb + r0 * n * 4, self.buf.bias32, cb + r0 * n * oes,
+                                   min(BIAS_ROWS, m - r0) * n, dtype="fp32", out_dtype=g.out_dtype,
+                                   wait=dp if ci == 0 else None,
+                                   signal=tok["ep"] if ci == len(chunks) - 1 else None)
+
+
+class MatmulTemplate(KernelTemplate):
+    """Tiled GEMM on the DPE: multicast operand sharing, double-buffered K loop, fused bias."""
+    ops = ("matmul", "linear")
+
+    def flops(self, call: KernelCall) -> int:
+        g = _gemm(call)
+        return 2 * g.batch * g.M * g.K * g.N
+
+    def plans(self, call: KernelCall, chip: Any) -> Iterator[MatmulPlan]:
+        g = _gemm(call)
+        R, C = chip.pe_grid.rows, chip.pe_grid.cols
+        ntile = chip.dpe.n_tile
+        ktile = int(chip.dpe.macs_per_cycle[g.dtype]) // ntile
+        cap = chip.local_mem.bytes
+        layouts = [("rows", d) for d in range(1, R + 1) if R % d == 0]
+        layouts += [("cols", d) for d in range(1, C) if C % d == 0]
+
+        def sizes(total, unit, mults, parts=(1, 2, 4, 8)):
+            out = {min(unit * x, total) for x in mults}
+            out |= {min(_cdiv(_cdiv(total, d), unit) * unit, total) for d in parts}
+            return sorted(x for x in out if 0 < x <= unit * max(mults))
+
+        mts = sizes(g.M, 8, (2, 4, 8, 16, 32, 64))
+        nts = sizes(g.N, ntile, (1, 2, 4, 8, 16))
+        kts = sizes(g.K, ktile, (1, 2, 4, 8, 16, 32), parts=())
+        for lay in layouts:
+            for mt in mts:
+                for nt in nts:
+                    for kt in kts:
+                        for cbufs in (1, 2):
+                            p = MatmulPlan(lay[0], lay[1], mt, nt, kt, 2, cbufs)
+                            if _Buffers(g, p).total <= cap:
+                                yield p
+
+    def predict(self, call: KernelCall, plan: MatmulPlan, chip: Any) -> int:
+        return _predict(call, _gemm(call), plan, chip)
+
+    def choose(self, call: KernelCall, chip: Any) -> MatmulPlan:
+        g = _gemm(call)
+        rt = _Rates(chip)
+        best, best_c = None, math.inf
+        for p in self.plans(call, chip):
+            c = _predict(call, g, p, chip, rt)
+            if c < best_c:
+                best, best_c = p, c
+        if best is None:
+            return super().choose(call, chip)
+        return best
+
+    def emit(self, call: KernelCall, plan: MatmulPlan, chip: Any, builder: Any) -> None:
+        g = _gemm(call)
+        _Emitter(call, g, plan, chip, builder).run()
+
+
+register_kernel(MatmulTemplate())
