@@ -1,7 +1,6 @@
 """Constants: weights held in the weight table by name, and small inline literals."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ops.registry import Attr, Sample, TensorSpec, define_op, dtype_of_numpy, lowers, samples

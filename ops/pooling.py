@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ops.registry import Attr, Sample, Unsupported, define_op, lowers, samples
+from ops.registry import Attr, Sample, define_op, lowers, samples
 
 aten = torch.ops.aten
 

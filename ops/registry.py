@@ -11,9 +11,8 @@ The importer and the reference interpreter only look things up here; they never 
 """
 from __future__ import annotations
 
-import dataclasses
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np

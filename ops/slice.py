@@ -7,7 +7,6 @@ select_scatter with step 1 (slices and a concat).
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ops.concat import emit_concat

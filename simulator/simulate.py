@@ -1,7 +1,7 @@
 """``simulate(program, chip)``: validate, time (C++ engine), execute (functional engine), report."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 

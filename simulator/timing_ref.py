@@ -233,10 +233,8 @@ def run_timing_ref(cmds: np.ndarray, params: dict[str, int], num_pes: int) -> Ti
     busy = [0] * nq
     heap = [(0, 1, q) for q in range(nq) if queues[q]]
     heapq.heapify(heap)
-    now = 0
     while heap:
         t, kind, q = heapq.heappop(heap)
-        now = t
         i = queues[q][head[q]]
         if kind == 0:        # completion
             s = stok[i]

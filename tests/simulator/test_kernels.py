@@ -11,7 +11,6 @@ A DMA lasts max(bytes / rate over the servers it uses) + latency + hops.
 """
 import ml_dtypes
 import numpy as np
-import pytest
 import torch
 
 from simulator import Engine, ProgramBuilder, load_chip, simulate

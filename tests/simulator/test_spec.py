@@ -2,7 +2,7 @@
 import pytest
 from typer.testing import CliRunner
 
-from simulator.spec import ChipSpec, ChipSpecError, list_chips, load_chip
+from simulator.spec import ChipSpecError, list_chips, load_chip
 
 
 def test_mtia2i_defaults():
