@@ -145,8 +145,10 @@ class _Layout:
         return (c % k) * R + r, c // k
 
     def a_issuer(self, r: int) -> tuple[int, int]:
-        """The PE that multicasts row r's A tiles (spread over columns: one NoC edge each)."""
-        return r, r % self.C
+        """The PE that multicasts row r's A tiles: one per column (one NoC edge each), and
+        not a PE that also multicasts B tiles when both are shared (its queue would carry both)."""
+        shift = self.C // 2 if (self.b_shared and self.C > 1) else 0
+        return r, (r + shift) % self.C
 
     def b_issuer(self, c: int) -> tuple[int, int]:
         return c % self.R, c
@@ -225,6 +227,12 @@ def _k_steps(K: int, kt: int) -> list[int]:
     return [min(kt, K - s) for s in range(0, K, kt)]
 
 
+def _k_groups(K: int, kt: int) -> list[tuple[int, int]]:
+    """K steps as (size, count) groups: the full steps, then the short last one."""
+    full, rem = divmod(K, kt)
+    return [(kt, full)] * (full > 0) + [(rem, 1)] * (rem > 0)
+
+
 def _epilogue_cycles(g: _Gemm, rt: _Rates, m: int, n: int) -> int:
     """SIMD / reduction-engine cycles of one job's epilogue (bias add and rounding)."""
     cyc = 0
@@ -241,84 +249,102 @@ def _epilogue_cycles(g: _Gemm, rt: _Rates, m: int, n: int) -> int:
     return cyc
 
 
-def _issuers(L: _Layout, g: _Gemm) -> tuple[set, set]:
+_ISSUERS: dict = {}
+
+
+def _issuers(L: _Layout) -> tuple[frozenset, frozenset]:
     """PEs whose DMA queues fetch A and B tiles."""
+    key = (L.R, L.C, L.plan.layout, L.plan.groups, L.Tm, L.Tn)
+    if key in _ISSUERS:
+        return _ISSUERS[key]
     fa, fb = set(), set()
     for r in range(L.R):
         for c in range(L.C):
             mpos, npos = L.pos(r, c)
-            if mpos >= L.Tm or (npos >= L.Tn and not (L.a_shared and L.b_shared)):
-                if not (L.a_shared and mpos < L.Tm):
-                    continue
             if mpos < L.Tm and (L.a_shared or npos < L.Tn):
                 fa.add(L.a_issuer(r) if L.a_shared else (r, c))
             if npos < L.Tn and (L.b_shared or mpos < L.Tm):
                 fb.add(L.b_issuer(c) if L.b_shared else (r, c))
-    return fa, fb
+    col_a = max([sum(1 for q in fa if q[1] == c) for c in range(L.C)] + [0])
+    col_b = max([sum(1 for q in fb if q[1] == c) for c in range(L.C)] + [0])
+    _ISSUERS[key] = frozenset(fa), frozenset(fb), col_a, col_b, bool(fa & fb)
+    return _ISSUERS[key]
 
 
 def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None = None) -> int:
-    """Cycles of a plan: the slowest of three pipelines (the busiest PE's DPE path, the memory
-    and NoC-edge servers, the busiest fetching DMA queue), plus fill and drain."""
+    """Cycles of a plan, as a software pipeline of K steps on the busiest PE.
+
+    Per step: the DPE time T, the throughput bound X = max(T, the busiest fetching DMA
+    queue, memory bytes of all fetches over its bandwidth, the busiest NoC edge), and the
+    latency of a fetch L (issued when its buffer frees, done when the contended transfer
+    and the DMA latency are). With ``nbuf`` buffers a step takes max(X, (L + T) / nbuf).
+    Jobs add the accumulator drain (epilogue + store) when it is not hidden; the run adds
+    the first fetch (fill) and the last drain. A memory-bound floor adds half the DMA latency
+    of each command of the busiest queue to the memory time.
+    """
     rt = rt or _Rates(chip)
     R, C = chip.pe_grid.rows, chip.pe_grid.cols
     L = _Layout(g, p, R, C)
     es, oes = g.es, ISA_ITEMSIZE[g.out_dtype]
-    steps = _k_steps(g.K, p.kt)
+    kg = _k_groups(g.K, p.kt)
+    nsteps = sum(c for _, c in kg)
     a_sp, b_sp, o_sp = call.inputs[0].space, call.inputs[1].space, call.output.space
 
-    # DPE path of the busiest PE (position 0 owns the first, full-size tiles)
     ms = [_tile(u * L.pm, p.mt, g.M)[1] for u in range(L.QM)]
     ns = [_tile(v * L.pn, p.nt, g.N)[1] for v in range(L.QN)]
     jobs = [(m, n) for m in ms for n in ns if m and n] * g.batch
     if not jobs:
         return 1 << 62
-    dpe_job = {}
+    fa, fb, col_a, col_b, both = _issuers(L)
+    mt_full, nt_full = min(p.mt, g.M), min(p.nt, g.N)
+    lat = rt.lat + rt.hop * R
+
+    def step(m, k, n):
+        t = rt.dpe(m, k, n, g.dtype)
+        if g.transposed_b:
+            t = max(t, _cdiv(k * n * es, rt.mlu) + rt.mlu_lat)
+        a_b, b_b = mt_full * k * es, k * nt_full * es
+        mem = {"dram": 0.0, "sram": 0.0}
+        mem[a_sp] += len(fa) * a_b
+        mem[b_sp] += len(fb) * b_b
+        mem_t = max(mem["dram"] / rt.dram, mem["sram"] / rt.sram,
+                    (col_a * a_b + col_b * b_b) / rt.link)
+        # a fetch every PE makes (unicast) competes with all the others for the step's memory time
+        qa = rt.dma_alone(a_b, a_sp, R - 1) if fa else 0.0
+        qb = rt.dma_alone(b_b, b_sp, R - 1) if fb else 0.0
+        if fa and not L.a_shared:
+            qa = max(qa, mem_t + lat)
+        if fb and not L.b_shared:
+            qb = max(qb, mem_t + lat)
+        queue = qa + qb if both else max(qa, qb)
+        x = max(t, queue, mem_t)
+        fetch = max(queue, mem_t + lat)
+        return max(x, (fetch + t) / p.nbuf), fetch
+
+    period = {}
     for m, n in set(jobs):
-        dpe_job[m, n] = sum(rt.dpe(m, k, n, g.dtype) for k in steps)
-    epi = {mn: _epilogue_cycles(g, rt, *mn) for mn in dpe_job}
-    store = {mn: rt.dma_alone(mn[0] * mn[1] * oes, o_sp, R // 2) for mn in dpe_job}
-    dpe_path = sum(dpe_job[j] for j in jobs)
+        period[m, n] = sum(c * step(m, k, n)[0] for k, c in kg)
+    epi = {mn: _epilogue_cycles(g, rt, *mn) for mn in period}
+    store = {mn: rt.dma_alone(mn[0] * mn[1] * oes, o_sp, R // 2) for mn in period}
+    path = sum(period[j] for j in jobs)
     for t in range(len(jobs) - 1):      # the next job's DPE waits for this accumulator to drain
         drain_t = epi[jobs[t]] + store[jobs[t]]
-        dpe_path += drain_t if p.cbufs == 1 else max(0.0, drain_t - dpe_job[jobs[t + 1]])
-    if g.transposed_b:                  # MLU transposes of W tiles, overlapped with the DPE
-        mlu = sum(_cdiv(k * n * es, rt.mlu) + rt.mlu_lat for m, n in jobs for k in steps)
-        dpe_path = max(dpe_path, mlu)
-    # bytes fetched from memory (a multicast fetch counts once) and written
+        path += drain_t if p.cbufs == 1 else max(0.0, drain_t - period[jobs[t + 1]])
+    fill = step(mt_full, kg[0][0], nt_full)[1]
+    if g.transposed_b:
+        fill += _cdiv(kg[0][0] * nt_full * es, rt.mlu) + rt.mlu_lat
+    drain = epi[jobs[-1]] + store[jobs[-1]]
+    # memory-bound floor: every byte over its memory once per fetch
     a_bytes = g.batch * g.M * g.K * es * ((R // L.pm) * L.QN if L.a_shared else L.Tn)
     b_bytes = g.batch * g.N * g.K * es * ((C // L.pn) * L.QM if L.b_shared else L.Tm)
     o_bytes = g.batch * g.M * g.N * oes
     by = {"dram": 0, "sram": 0}
     for x, s in ((a_bytes, a_sp), (b_bytes, b_sp), (o_bytes, o_sp)):
         by[s] += x
-    mem_path = max(by["dram"] / rt.dram, by["sram"] / rt.sram, (a_bytes + b_bytes) / C / rt.link)
-    # the busiest fetching DMA queue (one that fetches both A and B tiles when any does): its
-    # commands one after another at the rate they get alone; when memory is the bottleneck,
-    # its transfers stretch over the memory time and about half of each command's fixed
-    # latency is not covered by other queues' transfers
-    fa, fb = _issuers(L, g)
-    mt_full, nt_full = min(p.mt, g.M), min(p.nt, g.N)
-    per_step = [(rt.dma_alone(mt_full * k * es, a_sp, R - 1) if fa else 0)
-                + (rt.dma_alone(k * nt_full * es, b_sp, R - 1) if fb else 0) for k in steps]
-    n_jobs_q = g.batch * L.QM * L.QN
-    n_dma = len(steps) * n_jobs_q * ((1 if fa else 0) + (1 if fb else 0))
-    queue_path = max(sum(per_step) * n_jobs_q,
-                     mem_path + 0.5 * n_dma * (rt.lat + rt.hop * R))
-    # fill: the first step's fetches, all at once
-    k0 = steps[0]
-    fa_b = mt_full * k0 * es * len(fa)
-    fb_b = k0 * nt_full * es * len(fb)
-    first = {"dram": 0.0, "sram": 0.0}
-    first[a_sp] += fa_b
-    first[b_sp] += fb_b
-    fill = max(first["dram"] / rt.dram, first["sram"] / rt.sram, (fa_b + fb_b) / C / rt.link,
-               per_step[0] - rt.lat - rt.hop * R) + rt.lat + rt.hop * R
-    if g.transposed_b:
-        fill += _cdiv(k0 * nt_full * es, rt.mlu) + rt.mlu_lat
-    last_step = rt.dpe(jobs[-1][0], steps[-1], jobs[-1][1], g.dtype)
-    drain = epi[jobs[-1]] + store[jobs[-1]]
-    return int(max(fill + dpe_path, mem_path + last_step, queue_path + last_step) + drain)
+    mem_path = max(by["dram"] / rt.dram, by["sram"] / rt.sram)
+    n_dma = nsteps * g.batch * L.QM * L.QN * ((1 if fa else 0) + (1 if fb else 0) if both else 1)
+    floor = mem_path + 0.5 * n_dma * lat + rt.dpe(*jobs[-1][:1], kg[-1][0], jobs[-1][1], g.dtype)
+    return int(max(fill + path, floor) + drain)
 
 
 # --- emission ---------------------------------------------------------------------------------
@@ -727,8 +753,8 @@ class MatmulTemplate(KernelTemplate):
             for mt in mts:
                 for nt in nts:
                     for kt in kts:
-                        for cbufs in (1, 2):
-                            p = MatmulPlan(lay[0], lay[1], mt, nt, kt, 2, cbufs)
+                        for nbuf, cbufs in ((2, 1), (2, 2), (3, 1), (3, 2)):
+                            p = MatmulPlan(lay[0], lay[1], mt, nt, kt, nbuf, cbufs)
                             if _Buffers(g, p).total <= cap:
                                 yield p
 

@@ -1,0 +1,157 @@
+"""GEMM kernel template (ops/kernels/matmul.py) on a chip: a sweep of shapes and dtypes.
+
+For each case: the plan the search chooses, simulated time (timing-only by default), the
+roofline bound (ops at peak, or each operand moved once at its memory's bandwidth), the
+fraction of that bound achieved, of peak FLOPs and of DRAM bandwidth, and the cost model's
+prediction against the simulation.
+
+    .venv/bin/python benchmarks/gemm.py [--chip mtia2i] [--functional] [--quick]
+
+Targets: 2048^3 bf16 in SRAM >= 85% of peak; the small-M GEMM streaming weights from DRAM
+>= 85% of DRAM bandwidth; never faster than the roofline; predicted within 15% of simulated.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from ops.kernel import ISA_ITEMSIZE, KernelCall, Placement, kernel_for, roofline_cycles
+from simulator import ProgramBuilder, load_chip, simulate
+
+NP = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "int8": np.int8, "int32": np.int32}
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str                      # "matmul" | "linear"
+    M: int
+    K: int
+    N: int
+    dtype: str
+    space: str                   # where operands and result live: "sram" | "dram"
+    batch: tuple[int, ...] = ()
+    bias: bool = False
+    weights: str | None = None   # another space for the weight (rhs / W), e.g. "dram"
+
+    @property
+    def name(self) -> str:
+        b = "x".join(map(str, self.batch)) + "x" if self.batch else ""
+        return f"{self.op} {b}{self.M}x{self.K}x{self.N}" + (" +bias" if self.bias else "")
+
+
+CASES = [
+    Case("matmul", 2048, 2048, 2048, "bf16", "sram"),
+    Case("linear", 16, 8192, 8192, "bf16", "dram"),
+    Case("linear", 16, 16384, 16384, "bf16", "dram"),
+    Case("linear", 16, 8192, 8192, "int8", "dram"),
+    Case("linear", 2048, 4096, 4096, "bf16", "sram", weights="dram"),
+    Case("linear", 512, 4096, 11008, "bf16", "dram", bias=True),
+    Case("matmul", 1024, 1024, 1024, "fp32", "sram"),
+    Case("matmul", 2048, 2048, 2048, "int8", "sram"),
+    Case("matmul", 8192, 1024, 64, "bf16", "sram"),
+    Case("matmul", 64, 1024, 8192, "bf16", "sram"),
+    Case("matmul", 1000, 999, 1001, "bf16", "dram"),
+    Case("linear", 37, 1234, 555, "fp32", "sram", bias=True),
+    Case("matmul", 128, 64, 128, "bf16", "sram", batch=(16,)),
+    Case("linear", 4096, 256, 4096, "int8", "dram", bias=True),
+]
+QUICK = [0, 1, 6, 10]
+
+
+def build_call(case: Case) -> tuple[KernelCall, dict]:
+    """Placements packed one after another per space; random inputs (for functional runs)."""
+    out_dtype = "int32" if case.dtype == "int8" else case.dtype
+    a_shape = (*case.batch, case.M, case.K)
+    shapes = [a_shape, (*case.batch, case.K, case.N) if case.op == "matmul" else (case.N, case.K)]
+    if case.op == "linear":
+        shapes.append((case.N,) if case.bias else None)
+    spaces = [case.space, case.weights or case.space, case.space]
+    top = {"dram": 0, "sram": 0}
+    placements = []
+    for shape, space in zip(shapes, spaces):
+        if shape is None:
+            placements.append(None)
+            continue
+        placements.append(Placement(space, top[space], shape, case.dtype))
+        top[space] += -(-placements[-1].nbytes // 4096) * 4096
+    out = Placement(case.space, top[case.space], (*case.batch, case.M, case.N), out_dtype)
+    return KernelCall(case.op, tuple(placements), out), {}
+
+
+def random_inputs(call: KernelCall, rng) -> dict:
+    init = {}
+    for p in call.inputs:
+        if p is None:
+            continue
+        if p.dtype == "int8":
+            x = rng.integers(-128, 128, p.shape).astype(np.int8)
+        else:
+            x = rng.standard_normal(p.shape).astype(NP[p.dtype])
+        init[(p.space, p.addr)] = x
+    return init
+
+
+def run_case(case: Case, chip, functional: bool) -> dict:
+    call, _ = build_call(case)
+    tmpl = kernel_for(case.op)
+    t0 = time.perf_counter()
+    plan = tmpl.choose(call, chip)
+    t1 = time.perf_counter()
+    b = ProgramBuilder(chip)
+    tmpl.emit(call, plan, chip, b)
+    prog = b.build()
+    t2 = time.perf_counter()
+    init = random_inputs(call, np.random.default_rng(0)) if functional else None
+    res = simulate(prog, chip, memory_init=init, timing_only=not functional)
+    t3 = time.perf_counter()
+    pred = tmpl.predict(call, plan, chip)
+    roof = roofline_cycles(call, tmpl, chip)
+    flops = tmpl.flops(call)
+    peak = chip.peak_ops_per_s(call.compute_dtype)
+    dram_bytes = sum(p.nbytes for p in (*call.inputs, call.output) if p is not None and p.space == "dram")
+    return dict(case=case, plan=plan, cycles=res.cycles, us=res.seconds * 1e6,
+                roof_us=roof / chip.clock_hz * 1e6, of_bound=roof / res.cycles,
+                of_peak=flops / res.seconds / peak,
+                of_dram=dram_bytes / res.seconds / chip.dram_bytes_per_s if dram_bytes else None,
+                pred=pred, err=(pred - res.cycles) / res.cycles, records=len(prog),
+                commands=prog.num_commands, t_choose=t1 - t0, t_emit=t2 - t1, t_sim=t3 - t2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chip", default="mtia2i")
+    ap.add_argument("--functional", action="store_true", help="compute numbers too (slow for big cases)")
+    ap.add_argument("--quick", action="store_true", help="four cases only")
+    args = ap.parse_args()
+    chip = load_chip(args.chip)
+    cases = [CASES[i] for i in QUICK] if args.quick else CASES
+    console = Console(width=200)
+    table = Table(title=f"GEMM kernel on {chip.name} ({'functional' if args.functional else 'timing-only'})")
+    for col in ("shape", "dtype", "placement", "plan", "sim µs", "bound µs", "% bound",
+                "% peak", "% DRAM BW", "predicted", "simulated", "error", "records/commands", "choose/emit/sim s"):
+        table.add_column(col, justify="left" if col in ("shape", "plan", "placement") else "right")
+    worst = 0.0
+    for case in cases:
+        r = run_case(case, chip, args.functional)
+        worst = max(worst, abs(r["err"]))
+        place = case.space + (f", W in {case.weights}" if case.weights else "")
+        table.add_row(case.name, case.dtype, place, str(r["plan"]), f"{r['us']:.1f}",
+                      f"{r['roof_us']:.1f}", f"{100 * r['of_bound']:.1f}", f"{100 * r['of_peak']:.1f}",
+                      "-" if r["of_dram"] is None else f"{100 * r['of_dram']:.1f}",
+                      str(r["pred"]), str(r["cycles"]), f"{100 * r['err']:+.1f}%",
+                      f"{r['records']}/{r['commands']}",
+                      f"{r['t_choose']:.2f}/{r['t_emit']:.2f}/{r['t_sim']:.2f}")
+        if r["of_bound"] > 1.0:
+            console.print(f"[red]{case.name}: simulated faster than its roofline bound[/red]")
+    console.print(table)
+    console.print(f"worst cost-model error: {100 * worst:.1f}%")
+
+
+if __name__ == "__main__":
+    main()
