@@ -175,13 +175,16 @@ def _downsample_odd_scales(x):
     return a + b * 0.5 - c
 
 
+def _resizes_1d_3d(x, v):
+    y = F.interpolate(x, size=11, mode="linear", align_corners=True).sum(-1, keepdim=True)
+    y = y + F.interpolate(x, scale_factor=3, mode="nearest")[..., :1]
+    return y, F.interpolate(v, scale_factor=2, mode="trilinear")
+
+
 samples(
     Sample("resize-2d-modes", _resizes_2d, lambda: (torch.randn(2, 3, 5, 7),)),
     Sample("resize-scale-factors", _downsample_odd_scales, lambda: (torch.randn(1, 2, 9, 6),)),
-    Sample("resize-1d-3d", lambda x, v: (F.interpolate(x, size=11, mode="linear", align_corners=True).sum(-1, keepdim=True)
-                                         + F.interpolate(x, scale_factor=3, mode="nearest")[..., :1],
-                                         F.interpolate(v, scale_factor=2, mode="trilinear")),
-           lambda: (torch.randn(2, 4, 6), torch.randn(1, 2, 3, 4, 5))),
+    Sample("resize-1d-3d", _resizes_1d_3d, lambda: (torch.randn(2, 4, 6), torch.randn(1, 2, 3, 4, 5))),
     Sample("upsample-module-after-conv", torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1),
                                                              torch.nn.Upsample(scale_factor=2, mode="bilinear")),
            lambda: (torch.randn(1, 3, 6, 6),)),

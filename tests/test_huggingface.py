@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pytest
 import torch
@@ -352,9 +352,9 @@ def paligemma(attn: str = "eager"):
 
 
 def clip():   # contrastive text-image model: logits_per_image from both towers
-    cfg = T.CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                        vocab_size=VOCAB, max_position_embeddings=16),
-                       vision_config=VIT, projection_dim=16)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB,
+                max_position_embeddings=16)
+    cfg = T.CLIPConfig(text_config=text, vision_config=VIT, projection_dim=16)
     return (T.CLIPModel(cfg), ("input_ids", "pixel_values"),
             lambda: (torch.randint(0, VOCAB, (2, 8)), torch.randn(2, 3, 32, 32)))
 
@@ -459,7 +459,7 @@ def test_huggingface_model(case: Case):
         t0 = time.perf_counter()
         try:
             cm = ember.compile(model, example, chip="tiny", dtype="fp32", to="graph", allow_unsupported=True)
-        except CaptureError as e:
+        except CaptureError:
             why = _torch_export_error(model, example)
             if why is None:
                 raise   # torch alone captures it: the failure is Ember's
