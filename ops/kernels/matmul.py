@@ -124,7 +124,10 @@ class _Layout:
     def __init__(self, g: _Gemm, plan: MatmulPlan, R: int, C: int):
         self.R, self.C = R, C
         self.Tm, self.Tn = _cdiv(g.M, plan.mt), _cdiv(g.N, plan.nt)
-        if plan.layout == "rows":
+        if plan.layout == "tiles":      # every tile of every batch element, round robin
+            self.pm = self.pn = 1
+            self.a_shared = self.b_shared = False
+        elif plan.layout == "rows":
             self.pm = plan.groups
             self.pn = (R // plan.groups) * C
             self.a_shared, self.b_shared = True, plan.groups == R
@@ -134,6 +137,13 @@ class _Layout:
             self.a_shared, self.b_shared = plan.groups == C, True
         self.plan = plan
         self.QM, self.QN = _cdiv(self.Tm, self.pm), _cdiv(self.Tn, self.pn)
+        self.batch = g.batch
+
+    def tile_jobs(self, pe: int) -> list[tuple[int, int, int]]:
+        """`tiles` layout: (batch, M tile, N tile) of PE number `pe`, round robin."""
+        P = self.R * self.C
+        J = self.batch * self.Tm * self.Tn
+        return [(j // (self.Tm * self.Tn), (j // self.Tn) % self.Tm, j % self.Tn) for j in range(pe, J, P)]
 
     def pos(self, r: int, c: int) -> tuple[int, int]:
         """(mpos, npos) of PE (r, c)."""
@@ -254,12 +264,17 @@ _ISSUERS: dict = {}
 
 def _issuers(L: _Layout) -> tuple[frozenset, frozenset]:
     """PEs whose DMA queues fetch A and B tiles."""
-    key = (L.R, L.C, L.plan.layout, L.plan.groups, L.Tm, L.Tn)
+    key = (L.R, L.C, L.plan.layout, L.plan.groups, L.Tm, L.Tn, L.batch if L.plan.layout == "tiles" else 0)
     if key in _ISSUERS:
         return _ISSUERS[key]
     fa, fb = set(), set()
     for r in range(L.R):
         for c in range(L.C):
+            if L.plan.layout == "tiles":
+                if L.tile_jobs(r * L.C + c):
+                    fa.add((r, c))
+                    fb.add((r, c))
+                continue
             mpos, npos = L.pos(r, c)
             if mpos < L.Tm and (L.a_shared or npos < L.Tn):
                 fa.add(L.a_issuer(r) if L.a_shared else (r, c))
@@ -292,7 +307,10 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
 
     ms = [_tile(u * L.pm, p.mt, g.M)[1] for u in range(L.QM)]
     ns = [_tile(v * L.pn, p.nt, g.N)[1] for v in range(L.QN)]
-    jobs = [(m, n) for m in ms for n in ns if m and n] * g.batch
+    if p.layout == "tiles":
+        jobs = [(_tile(mi, p.mt, g.M)[1], _tile(nj, p.nt, g.N)[1]) for _, mi, nj in L.tile_jobs(0)]
+    else:
+        jobs = [(m, n) for m in ms for n in ns if m and n] * g.batch
     if not jobs:
         return 1 << 62
     fa, fb, col_a, col_b, both = _issuers(L)
@@ -342,7 +360,8 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
     for x, s in ((a_bytes, a_sp), (b_bytes, b_sp), (o_bytes, o_sp)):
         by[s] += x
     mem_path = max(by["dram"] / rt.dram, by["sram"] / rt.sram)
-    n_dma = nsteps * g.batch * L.QM * L.QN * ((1 if fa else 0) + (1 if fb else 0) if both else 1)
+    n_jobs_q = len(jobs) if p.layout == "tiles" else g.batch * L.QM * L.QN
+    n_dma = nsteps * n_jobs_q * ((1 if fa else 0) + (1 if fb else 0) if both else 1)
     floor = mem_path + 0.5 * n_dma * lat + rt.dpe(*jobs[-1][:1], kg[-1][0], jobs[-1][1], g.dtype)
     return int(max(fill + path, floor) + drain)
 
@@ -376,6 +395,8 @@ class _Emitter:
     # one job list, the same length on every PE
     def jobs(self, r: int, c: int):
         L, p, g = self.L, self.p, self.g
+        if p.layout == "tiles":
+            return L.tile_jobs(r * self.C + c)
         mpos, npos = L.pos(r, c)
         out = []
         for bi in range(g.batch):
@@ -510,12 +531,13 @@ class _Emitter:
         prev_n = None
         for i, t in enumerate(real_idx):
             nxt = real_idx[i + p.cbufs] if i + p.cbufs < len(real_idx) else None
-            key = (nxt * nk + p.nbuf, 0) if nxt is not None else (len(jobs) * nk + 1, 0)
+            # (stores stay in job order: the DPE counts completed stores to reuse an accumulator)
+            key = (min(nxt * nk + p.nbuf, len(jobs) * nk) if nxt is not None else len(jobs) * nk + 1, 0, i, 0)
             events.append((key, "store", (t, i)))
             if g.has_bias and jobs[t][2] != prev_n:
                 # the bias tile of job i replaces that of job i-1 once i-1's epilogue is done,
                 # which its store (just before in this queue) waits for
-                bkey = (-1, 0) if i == 0 else prev_key + (1,)
+                bkey = (-1, 0, 0, 0) if i == 0 else prev_key[:3] + (1,)
                 events.append((bkey, "bias", (t, i)))
             prev_n, prev_key = jobs[t][2], key
         # split step runs at store positions
@@ -593,7 +615,23 @@ class _Emitter:
                    row_bytes=n * es, src_stride=0, signal=tok["bias"])
 
     # --- MLU queue (linear: transpose W tiles) --------------------------------------------------
+    def _steps(self, pe, s0: int, emit_step) -> None:
+        """emit_step(s, looped) for steps s0..nk-1: whole groups of nbuf full-size steps as one
+        repeat block (operands advance per iteration), the rest plain."""
+        p = self.p
+        nfull = sum(1 for s in range(s0, self.nk) if self.steps[s] == p.kt)
+        n_iter = nfull // p.nbuf
+        s = s0
+        if n_iter >= 2:
+            with pe.repeat(n_iter):
+                for j in range(p.nbuf):
+                    emit_step(s0 + j, True)
+            s = s0 + n_iter * p.nbuf
+        for s in range(s, self.nk):
+            emit_step(s, False)
+
     def emit_mlu(self, pe, jobs, real, has_a, has_b, qb, kb):
+        """linear: transpose each W tile [n, k] into the DPE's [k, n] operand."""
         p, g = self.p, self.g
         tok = self._pe_tokens(pe)
         nw = 0       # transposes done on this PE (its private W^T slots)
@@ -601,20 +639,28 @@ class _Emitter:
             if not has_b[t]:
                 continue
             n = self.n_tile(job[2])[1]
-            for s in range(self.nk):
-                q = qb[t] + s
+
+            def dummy(s, looped, q0=qb[t]):
+                q = q0 + s
+                pe.nop(Engine.MLU, wait=(self.b_full[kb][q % p.nbuf], _lin(q // p.nbuf + 1, 1, looped)),
+                       signal=self.b_free[kb][q % p.nbuf])
+
+            def step(s, looped, q0=qb[t], nw0=nw, n=n):
+                q, w = q0 + s, nw0 + s
                 slot, use = q % p.nbuf, q // p.nbuf
-                if not real[t]:
-                    pe.nop(Engine.MLU, wait=(self.b_full[kb][slot], use + 1), signal=self.b_free[kb][slot])
-                    continue
-                ws, wu = nw % p.nbuf, nw // p.nbuf
-                if wu:
-                    pe.nop(Engine.MLU, wait=(tok["wt_free"][ws], wu))
+                ws, wu = w % p.nbuf, w // p.nbuf
+                if wu or looped:
+                    pe.nop(Engine.MLU, wait=(tok["wt_free"][ws], _lin(wu, 1, looped)))
                 pe.mlu_transpose(self.buf.w[slot], self.buf.b[ws], n, self.steps[s], dtype=g.dtype,
-                                 wait=(self.b_full[kb][slot], use + 1), signal=tok["wt_full"][ws])
+                                 wait=(self.b_full[kb][slot], _lin(use + 1, 1, looped)),
+                                 signal=tok["wt_full"][ws])
                 pe.nop(Engine.MLU, signal=self.b_free[kb][slot])
-                nw += 1
-        # (MLU commands are few per step and cheap to emit; no loop compression here)
+
+            if real[t]:
+                self._steps(pe, 0, step)
+                nw += self.nk
+            else:
+                self._steps(pe, 0, dummy)
 
     # --- DPE queue ------------------------------------------------------------------------------
     def emit_dpe(self, pe, jobs, real, has_a, has_b, qa, qb, ka, kb):
@@ -623,16 +669,17 @@ class _Emitter:
         i_real = 0
         nw = 0
         for t, job in enumerate(jobs):
-            if not real[t]:
-                for s in range(self.nk):
+            if not real[t]:          # consume the shared tiles this PE has no use for
+                def dummy(s, looped, t=t):
                     if has_a[t]:
                         q = qa[t] + s
-                        pe.nop(Engine.DPE, wait=(self.a_full[ka][q % p.nbuf], q // p.nbuf + 1),
+                        pe.nop(Engine.DPE, wait=(self.a_full[ka][q % p.nbuf], _lin(q // p.nbuf + 1, 1, looped)),
                                signal=self.a_free[ka][q % p.nbuf])
                     if has_b[t] and not g.transposed_b:
                         q = qb[t] + s
-                        pe.nop(Engine.DPE, wait=(self.b_full[kb][q % p.nbuf], q // p.nbuf + 1),
+                        pe.nop(Engine.DPE, wait=(self.b_full[kb][q % p.nbuf], _lin(q // p.nbuf + 1, 1, looped)),
                                signal=self.b_free[kb][q % p.nbuf])
+                self._steps(pe, 0, dummy)
                 continue
             m = self.m_tile(job[1])[1]
             n = self.n_tile(job[2])[1]
@@ -740,6 +787,8 @@ class MatmulTemplate(KernelTemplate):
         cap = chip.local_mem.bytes
         layouts = [("rows", d) for d in range(1, R + 1) if R % d == 0]
         layouts += [("cols", d) for d in range(1, C) if C % d == 0]
+        if g.batch > 1:
+            layouts.append(("tiles", 1))
 
         def sizes(total, unit, mults, parts=(1, 2, 4, 8)):
             out = {min(unit * x, total) for x in mults}
