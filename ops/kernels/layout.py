@@ -1,0 +1,492 @@
+"""Data-movement kernels: `ember.transpose`, `ember.slice`, `ember.concat`, `ember.pad`
+(constant), `ember.broadcast` and float-to-float `ember.cast`, as DMA-engine programs.
+
+Most of these ops are one or two N-d strided box copies between SRAM/DRAM buffers: an output
+box and the input elements it takes, each with its own byte strides (a stride of 0 repeats an
+element, which is how a broadcast reads). A box is simplified (size-1 dims dropped, adjacent
+dims merged where both sides are contiguous across them), its innermost contiguous run becomes
+the DMA row, the next dim the DMA's strided rows, and the remaining dims a list of DMAs that
+`repeat` loops walk. The DMAs are spread evenly over the PEs; each PE's DMA queue runs its
+share in order, so DMA latency is hidden by the other PEs, not within one.
+
+Two cases go through local memory instead, double-buffered as the elementwise kernels are:
+- transposes that move the last dim: tiles are loaded with strided DMAs, transposed by the
+  MLU, and stored with strided DMAs;
+- casts to a narrower float than the tensors are held in on chip (fp32 -> bf16 when computing
+  in fp32): two SIMD COPYs round each tile through the narrow type, as torch does.
+
+Constant padding copies the input into the interior and fills the border boxes from a tile of
+the pad value that each PE builds in local memory. There is no immediate-load command, so the
+tile is made from input bytes read as int8 (always finite), multiplied by 0 and plus `value`.
+
+`ember.embedding` / `index_select` are not here: their DMA addresses would depend on index
+values, which are runtime data, and a DMA's addresses are fixed in the program.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, Placement, register_kernel
+from simulator.isa import Engine
+
+#: element types that are narrower than fp32 on chip: (ISA dtype) for rounding casts
+NARROW = {"bf16": "bf16", "f16": "fp16"}
+FLOAT_TYPES = frozenset({"f32", "f64", "f16", "bf16"})
+FILL_ELEMS = 1024           # elements of the pad-value tile in local memory
+
+
+# ------------------------------------------------------------------------------ box copies
+@dataclass(frozen=True)
+class Box:
+    """Copy `shape` elements from src_addr + sum(i * src_strides) to dst_addr + sum(i * dst_strides)
+    (byte strides; src/dst spaces as the ISA names them)."""
+    src: str
+    src_addr: int
+    dst: str
+    dst_addr: int
+    shape: tuple[int, ...]
+    src_strides: tuple[int, ...]
+    dst_strides: tuple[int, ...]
+    item: int
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.item
+
+
+@dataclass(frozen=True)
+class DmaGroup:
+    """`count` DMAs of `rows` rows of `row_bytes`; DMA i starts at src + i*src_step, dst + i*dst_step."""
+    src: str
+    src_addr: int
+    dst: str
+    dst_addr: int
+    rows: int
+    row_bytes: int
+    src_stride: int
+    dst_stride: int
+    count: int
+    src_step: int
+    dst_step: int
+
+    @property
+    def dma_bytes(self) -> int:
+        return self.rows * self.row_bytes
+
+
+def row_major_strides(shape: tuple[int, ...], item: int) -> tuple[int, ...]:
+    strides, acc = [], item
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= n
+    return tuple(reversed(strides))
+
+
+def _simplify(box: Box) -> list[tuple[int, int, int]]:
+    """(size, src stride, dst stride) per dim, size-1 dims dropped and mergeable dims merged."""
+    dims = [(n, s, d) for n, s, d in zip(box.shape, box.src_strides, box.dst_strides) if n != 1]
+    merged: list[tuple[int, int, int]] = []
+    for n, s, d in dims:
+        if merged:
+            pn, ps, pd = merged[-1]
+            if ps == n * s and pd == n * d:
+                merged[-1] = (pn * n, s, d)
+                continue
+        merged.append((n, s, d))
+    return merged
+
+
+def dma_groups(box: Box, min_dmas: int = 1) -> list[DmaGroup]:
+    """The box as groups of 2D DMAs; the strided-rows dim is cut into pieces while there are
+    fewer than `min_dmas` DMAs (so that every PE gets work)."""
+    if math.prod(box.shape) == 0:
+        return []
+    dims = _simplify(box)
+    if dims and dims[-1][1] == box.item and dims[-1][2] == box.item:
+        row_bytes = dims[-1][0] * box.item
+        dims = dims[:-1]
+    else:
+        row_bytes = box.item          # no contiguous run: one element per DMA row
+    rows, rs, rd = dims.pop() if dims else (1, row_bytes, row_bytes)
+    outer = dims
+    n_outer = math.prod(n for n, _, _ in outer)
+    pieces = [(0, rows)]
+    if n_outer < min_dmas and rows > 1:
+        chunk = math.ceil(rows / min(rows, math.ceil(min_dmas / n_outer)))
+        pieces = [(r, min(chunk, rows - r)) for r in range(0, rows, chunk)]
+    groups = []
+    # every outer dim but the last is enumerated; the last is a loop (count, step)
+    if outer:
+        *enum, (ln, ls, ld) = outer
+    else:
+        enum, (ln, ls, ld) = [], (1, 0, 0)
+    for idx in _ndindex(tuple(n for n, _, _ in enum)):
+        so = sum(i * s for i, (_, s, _) in zip(idx, enum))
+        do = sum(i * d for i, (_, _, d) in zip(idx, enum))
+        for r0, nr in pieces:
+            groups.append(DmaGroup(box.src, box.src_addr + so + r0 * rs, box.dst, box.dst_addr + do + r0 * rd,
+                                   nr, row_bytes, rs, rd, ln, ls, ld))
+    return groups
+
+
+def _ndindex(shape: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+    if not shape:
+        yield ()
+        return
+    for i in range(shape[0]):
+        for rest in _ndindex(shape[1:]):
+            yield (i, *rest)
+
+
+def split_over_pes(groups: list[DmaGroup], pes: int) -> list[list[DmaGroup]]:
+    """Contiguous ranges of the DMAs, balanced by bytes, one list per PE."""
+    total = sum(g.count * g.dma_bytes for g in groups)
+    share = [[] for _ in range(pes)]
+    if total == 0:
+        return share
+    per = total / pes
+    done = 0.0
+    for g in groups:
+        i = 0
+        while i < g.count:
+            p = min(pes - 1, int(done // per)) if per else 0
+            # DMAs of this group that still fit PE p's share (at least one)
+            room = max(1, int(round(((p + 1) * per - done) / g.dma_bytes))) if p < pes - 1 else g.count - i
+            n = min(g.count - i, room)
+            share[p].append(DmaGroup(g.src, g.src_addr + i * g.src_step, g.dst, g.dst_addr + i * g.dst_step,
+                                     g.rows, g.row_bytes, g.src_stride, g.dst_stride, n, g.src_step, g.dst_step))
+            done += n * g.dma_bytes
+            i += n
+    return share
+
+
+def emit_groups(pe, groups: list[DmaGroup], *, wait=None) -> None:
+    """Append a PE's DMA groups (a `repeat` loop for each group of more than one DMA)."""
+    for k, g in enumerate(groups):
+        w = wait if k == 0 else None
+        if g.count == 1:
+            pe.dma(g.src, g.src_addr, g.dst, g.dst_addr, rows=g.rows, row_bytes=g.row_bytes,
+                   src_stride=g.src_stride, dst_stride=g.dst_stride, wait=w)
+            continue
+        with pe.repeat(g.count) as loop:
+            pe.dma(g.src, loop.step(g.src_addr, g.src_step), g.dst, loop.step(g.dst_addr, g.dst_step),
+                   rows=g.rows, row_bytes=g.row_bytes, src_stride=g.src_stride, dst_stride=g.dst_stride,
+                   wait=w)
+
+
+def _bandwidth(chip, space: str) -> float:
+    """Bytes per cycle of a memory space (read + write combined)."""
+    per_s = {"dram": chip.dram_bytes_per_s, "sram": chip.sram.bytes_per_s, "local": chip.local_mem.bytes_per_s}
+    return per_s[space] / chip.clock_hz
+
+
+def predict_groups(share: list[list[DmaGroup]], chip) -> float:
+    """Cycles of the PEs' DMA lists: the memories' shared bandwidth (every byte read from and
+    written to a space counts against it) or the busiest PE's serial DMAs, whichever is longer."""
+    load: dict[str, float] = {}
+    busiest = 0.0
+    lat = chip.dma.latency_cycles
+    for groups in share:
+        t = 0.0
+        for g in groups:
+            b = g.count * g.dma_bytes
+            for sp in {g.src, g.dst} - {"local"}:
+                load[sp] = load.get(sp, 0.0) + b * (2 if g.src == g.dst else 1)
+            # one DMA at a time: its bytes at the slower of its memories, plus latency
+            bw = min(_bandwidth(chip, s) for s in (g.src, g.dst) if s != "local") if {g.src, g.dst} != {"local"} else 1e9
+            t += g.count * lat + b * (2 if g.src == g.dst else 1) / bw
+        busiest = max(busiest, t)
+    shared = max((b / _bandwidth(chip, sp) for sp, b in load.items()), default=0.0)
+    return max(shared + lat * max(len(g) and sum(x.count for x in g) for g in share) / max(1, len(share)), busiest)
+
+
+# ------------------------------------------------------------------------------ plans
+@dataclass(frozen=True)
+class CopyPlan:
+    """Box copies spread over `pes` PEs."""
+    pes: int
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Tiles of rows x cols elements through local memory, double-buffered, over `pes` PEs."""
+    pes: int
+    rows: int
+    cols: int
+
+
+def _pe_choices(chip) -> list[int]:
+    return sorted({1, max(1, chip.num_pes // 2), chip.num_pes})
+
+
+# ------------------------------------------------------------------------------ the template
+class LayoutKernel(KernelTemplate):
+    ops = ("transpose", "slice", "concat", "pad", "broadcast", "cast")
+
+    def accepts(self, op: str, operands, result, attrs) -> bool:
+        x = operands[0]
+        if any(o is None or o.numel == 0 for o in operands) or result.numel == 0:
+            return False
+        if op == "pad":
+            return attrs["mode"] == "constant"
+        if op == "cast":
+            return x.dtype in FLOAT_TYPES and attrs["dtype"] in FLOAT_TYPES
+        return True
+
+    # --- what each op moves ---------------------------------------------------------------
+    def _boxes(self, call: KernelCall) -> list[Box]:
+        """The op as box copies (transposes that move the last dim and rounding casts excluded)."""
+        x, out = call.inputs[0], call.output
+        item = ISA_ITEMSIZE[out.dtype]
+        xs, os_ = row_major_strides(x.shape, item), row_major_strides(out.shape, item)
+        if call.op == "transpose":
+            perm = call.attrs["perm"]
+            return [Box(x.space, x.addr, out.space, out.addr, out.shape, tuple(xs[p] for p in perm), os_, item)]
+        if call.op == "slice":
+            st, sp = call.attrs["starts"], call.attrs["steps"]
+            off = sum(s * k for s, k in zip(st, xs))
+            return [Box(x.space, x.addr + off, out.space, out.addr, out.shape,
+                        tuple(k * s for k, s in zip(xs, sp)), os_, item)]
+        if call.op == "concat":
+            dim, y = call.attrs["dim"], call.inputs[1]
+            return [Box(x.space, x.addr, out.space, out.addr, x.shape, xs, os_, item),
+                    Box(y.space, y.addr, out.space, out.addr + x.shape[dim] * os_[dim], y.shape,
+                        row_major_strides(y.shape, item), os_, item)]
+        if call.op == "broadcast":
+            lead = len(out.shape) - len(x.shape)
+            src = [0] * lead + [0 if n == 1 and m != 1 else s for n, m, s in zip(x.shape, out.shape[lead:], xs)]
+            return [Box(x.space, x.addr, out.space, out.addr, out.shape, tuple(src), os_, item)]
+        if call.op == "cast":
+            return [Box(x.space, x.addr, out.space, out.addr, out.shape, os_, os_, item)]
+        if call.op == "pad":
+            low, high = call.attrs["low"], call.attrs["high"]
+            crop = [max(-lo, 0) for lo in low]
+            shape = tuple(n - max(-lo, 0) - max(-hi, 0) for n, lo, hi in zip(x.shape, low, high))
+            src_off = sum(c * s for c, s in zip(crop, xs))
+            dst_off = sum(max(lo, 0) * s for lo, s in zip(low, os_))
+            return [Box(x.space, x.addr + src_off, out.space, out.addr + dst_off, shape, xs, os_, item)]
+        raise AssertionError(call.op)
+
+    def _fill_boxes(self, call: KernelCall, fill_addr: int) -> list[Box]:
+        """The border of a constant pad: for each dim d, the boxes before and after the interior
+        in d, interior in dims < d and whole in dims > d; read from a local tile (stride 0)."""
+        x, out = call.inputs[0], call.output
+        item = ISA_ITEMSIZE[out.dtype]
+        os_ = row_major_strides(out.shape, item)
+        low, high = call.attrs["low"], call.attrs["high"]
+        lo_ = [max(v, 0) for v in low]
+        inner = [n - max(v, 0) - max(h, 0) for n, v, h in zip(out.shape, low, high)]
+        boxes = []
+        for d in range(len(out.shape)):
+            for start, size in ((0, lo_[d]), (lo_[d] + inner[d], max(high[d], 0))):
+                if size <= 0:
+                    continue
+                shape = tuple(inner[:d]) + (size,) + tuple(out.shape[d + 1:])
+                dst = out.addr + sum(lo_[k] * os_[k] for k in range(d)) + start * os_[d]
+                boxes.append(Box("local", fill_addr, out.space, dst, shape, (0,) * len(shape), os_, item))
+        return boxes
+
+    def _fill_runs(self, call: KernelCall) -> list[tuple[int, list[tuple[int, int, int]], int]]:
+        """Each border box as (dst address, outer dims (size, 0, dst stride), dense run in elements)."""
+        item = ISA_ITEMSIZE[call.output.dtype]
+        runs = []
+        for box in self._fill_boxes(call, 0):
+            dims = _simplify(box)
+            if dims and dims[-1][2] == item:
+                runs.append((box.dst_addr, dims[:-1], dims[-1][0]))
+            else:
+                runs.append((box.dst_addr, dims, 1))      # a border one element wide
+        return runs
+
+    def _fill_elems(self, call: KernelCall) -> int:
+        """Elements of the pad-value tile: the longest dense border run, at most FILL_ELEMS."""
+        return min(FILL_ELEMS, max((n for _, _, n in self._fill_runs(call)), default=1))
+
+    def _fill_groups(self, call: KernelCall, fill_addr: int, min_dmas: int) -> list[DmaGroup]:
+        """The border as DMAs from the pad-value tile (rows of at most the tile's size, stride 0)."""
+        item = ISA_ITEMSIZE[call.output.dtype]
+        tile = self._fill_elems(call)
+        groups = []
+        for dst, outer, n in self._fill_runs(call):
+            if n <= tile:
+                shape = tuple(k for k, _, _ in outer) + (n,)
+                box = Box("local", fill_addr, call.output.space, dst, shape, (0,) * len(outer) + (item,),
+                          tuple(d for _, _, d in outer) + (item,), item)
+                groups += dma_groups(box, min_dmas)
+                continue
+            # a long run: rows of `tile` elements, all read from the tile (stride 0), and a tail
+            parts = [(0, n // tile, tile)] + ([(n // tile * tile, 1, n % tile)] if n % tile else [])
+            for idx in _ndindex(tuple(k for k, _, _ in outer)):
+                do = sum(i * d for i, (_, _, d) in zip(idx, outer))
+                for off, rows, elems in parts:
+                    groups.append(DmaGroup("local", fill_addr, call.output.space, dst + do + off * item,
+                                           rows, elems * item, 0, elems * item, 1, 0, 0))
+        return groups
+
+    def _through_local(self, call: KernelCall) -> str | None:
+        """'transpose' / 'round' when the op needs local memory, else None (box copies)."""
+        if call.op == "transpose" and call.attrs["perm"][-1] != len(call.attrs["perm"]) - 1:
+            return "transpose"
+        if call.op == "cast" and call.output.dtype == "fp32" and call.attrs["dtype"] in NARROW:
+            return "round"
+        return None
+
+    # --- plans and cost ---------------------------------------------------------------------
+    def plans(self, call: KernelCall, chip):
+        mode = self._through_local(call)
+        item = ISA_ITEMSIZE[call.output.dtype]
+        if mode is None:
+            for pes in _pe_choices(chip):
+                yield CopyPlan(pes)
+            return
+        tiles = ((32, 32), (64, 64), (32, 128), (128, 32), (128, 128)) if mode == "transpose" else \
+            ((1, 1024), (1, 4096), (1, 16384))
+        for rows, cols in tiles:
+            # 2 input + 2 output buffers (+ a narrow one for rounding)
+            if 5 * rows * cols * max(item, 4) > chip.local_mem.bytes:
+                continue
+            for pes in _pe_choices(chip):
+                yield TilePlan(pes, rows, cols)
+
+    def predict(self, call: KernelCall, plan, chip) -> int:
+        if isinstance(plan, CopyPlan):
+            groups = [g for b in self._boxes(call) for g in dma_groups(b, plan.pes)]
+            copies = predict_groups(split_over_pes(groups, plan.pes), chip)
+            if call.op == "pad":
+                # the border DMAs wait for the pad-value tile (a DMA and two SIMD passes)
+                k = self._fill_elems(call)
+                setup = 2 * chip.dma.latency_cycles + 2 * (math.ceil(k / chip.simd.elems_per_cycle)
+                                                           + chip.simd.latency_cycles)
+                fills = split_over_pes(self._fill_groups(call, 0, plan.pes), plan.pes)
+                copies = max(copies, setup) + predict_groups(fills, chip)
+            return int(copies + chip.dma.latency_cycles)
+        work = self._tiles(call, plan)
+        per_pe = [work[p::plan.pes] for p in range(plan.pes)]
+        item = ISA_ITEMSIZE[call.output.dtype]
+        lat = chip.dma.latency_cycles
+        nbytes = sum(t["elems"] for t in work) * item
+        bw_in = _bandwidth(chip, call.inputs[0].space)
+        bw_out = _bandwidth(chip, call.output.space)
+        moved = nbytes / bw_in + nbytes / bw_out if call.inputs[0].space == call.output.space else \
+            max(nbytes / bw_in, nbytes / bw_out)
+        busiest = max(len(w) for w in per_pe)
+        compute = max(sum(self._compute_cycles(call, t, chip) for t in w) for w in per_pe)
+        first = self._compute_cycles(call, work[0], chip)
+        return int(max(moved + 2 * busiest * lat, compute) + first + 2 * lat)
+
+    def _compute_cycles(self, call, t, chip) -> float:
+        item = ISA_ITEMSIZE[call.output.dtype]
+        if self._through_local(call) == "transpose":
+            return math.ceil(t["elems"] * item / chip.mlu.bytes_per_cycle) + chip.mlu.latency_cycles
+        return 2 * (math.ceil(t["elems"] / chip.simd.elems_per_cycle) + chip.simd.latency_cycles)
+
+    # --- emission ---------------------------------------------------------------------------
+    def emit(self, call: KernelCall, plan, chip, builder) -> None:
+        if isinstance(plan, CopyPlan):
+            self._emit_copy(call, plan, builder)
+        else:
+            self._emit_tiles(call, plan, builder)
+
+    def _emit_copy(self, call: KernelCall, plan: CopyPlan, builder) -> None:
+        groups = [g for b in self._boxes(call) for g in dma_groups(b, plan.pes)]
+        share = split_over_pes(groups, plan.pes)
+        fill_addr = 0
+        fills = split_over_pes(self._fill_groups(call, fill_addr, plan.pes), plan.pes) if call.op == "pad" else []
+        for p in range(plan.pes):
+            pe = builder.pe(p)
+            ready = None
+            if fills and fills[p]:
+                ready = builder.token()
+                self._emit_fill_tile(call, pe, fill_addr, ready)
+            emit_groups(pe, share[p])
+            if ready is not None:
+                emit_groups(pe, fills[p], wait=(ready, 2))
+
+    def _emit_fill_tile(self, call: KernelCall, pe, addr: int, ready: int) -> None:
+        """`_fill_elems` copies of the pad value at `addr` in local memory; signals `ready` twice.
+
+        Input bytes read as int8 are finite whatever they hold, so times 0 they are 0."""
+        x, dt = call.inputs[0], call.output.dtype
+        k = self._fill_elems(call)
+        raw = addr + k * ISA_ITEMSIZE[dt]       # int8 scratch after the tile
+        n = min(x.nbytes, k)
+        pe.dma(x.space, x.addr, "local", raw, rows=math.ceil(k / n), row_bytes=n, src_stride=0,
+               dst_stride=n, signal=ready)
+        pe.simd_scalar("MUL", raw, addr, k, 0.0, dtype="int8", out_dtype=dt, wait=(ready, 1))
+        pe.simd_scalar("ADD", addr, addr, k, float(call.attrs["value"]), dtype=dt, out_dtype=dt,
+               signal=ready)
+
+    def _tiles(self, call: KernelCall, plan: TilePlan) -> list[dict]:
+        """Work items of a through-local plan: load/store DMAs and the compute's shape."""
+        x, out = call.inputs[0], call.output
+        item = ISA_ITEMSIZE[out.dtype]
+        if self._through_local(call) == "round":
+            n = math.prod(out.shape)
+            return [{"src": x.addr + s * item, "dst": out.addr + s * item, "rows": 1,
+                     "cols": min(plan.cols, n - s), "elems": min(plan.cols, n - s)}
+                    for s in range(0, n, plan.cols)]
+        perm = call.attrs["perm"]
+        r = len(perm)
+        xs, os_ = row_major_strides(x.shape, item), row_major_strides(out.shape, item)
+        a = perm[-1]                  # input dim that becomes the output's last
+        q = perm.index(r - 1)         # output dim that holds the input's last
+        na, nl = x.shape[a], x.shape[-1]
+        batch = [k for k in range(r) if k not in (q, r - 1)]
+        work = []
+        for idx in _ndindex(tuple(out.shape[k] for k in batch)):
+            so = sum(i * xs[perm[k]] for i, k in zip(idx, batch))
+            do = sum(i * os_[k] for i, k in zip(idx, batch))
+            for i0 in range(0, na, plan.rows):
+                m = min(plan.rows, na - i0)
+                for j0 in range(0, nl, plan.cols):
+                    n = min(plan.cols, nl - j0)
+                    # load m rows (input dim a) of n elements; store n rows (output dim q) of m
+                    work.append({"src": x.addr + so + i0 * xs[a] + j0 * item, "src_stride": xs[a],
+                                 "dst": out.addr + do + j0 * os_[q] + i0 * item, "dst_stride": os_[q],
+                                 "rows": m, "cols": n, "elems": m * n})
+        return work
+
+    def _emit_tiles(self, call: KernelCall, plan: TilePlan, builder) -> None:
+        x, out = call.inputs[0], call.output
+        item = ISA_ITEMSIZE[out.dtype]
+        tb = plan.rows * plan.cols * max(item, 4)
+        in_buf, out_buf, mid = (0, tb), (2 * tb, 3 * tb), 4 * tb
+        transpose = self._through_local(call) == "transpose"
+        narrow = None if transpose else NARROW[call.attrs["dtype"]]
+        work = self._tiles(call, plan)
+        for p in range(plan.pes):
+            tiles = work[p::plan.pes]
+            if not tiles:
+                continue
+            pe = builder.pe(p)
+            loaded, computed, stored = builder.token(), builder.token(), builder.token()
+
+            def load(t: int) -> None:
+                w = tiles[t]
+                pe.dma(x.space, w["src"], "local", in_buf[t % 2], rows=w["rows"], row_bytes=w["cols"] * item,
+                       src_stride=w.get("src_stride", w["cols"] * item), signal=loaded)
+
+            load(0)
+            for t, w in enumerate(tiles):
+                if t + 1 < len(tiles):
+                    load(t + 1)
+                eng = Engine.MLU if transpose else Engine.SIMD
+                if t >= 2:
+                    pe.nop(eng, wait=(stored, t - 1))
+                if transpose:
+                    pe.mlu_transpose(in_buf[t % 2], out_buf[t % 2], w["rows"], w["cols"], dtype=out.dtype,
+                                     wait=(loaded, t + 1), signal=computed)
+                    store_rows, store_bytes = w["cols"], w["rows"] * item
+                else:
+                    pe.simd_unary("COPY", in_buf[t % 2], mid, w["elems"], dtype=out.dtype, out_dtype=narrow,
+                                  wait=(loaded, t + 1))
+                    pe.simd_unary("COPY", mid, out_buf[t % 2], w["elems"], dtype=narrow, out_dtype=out.dtype,
+                                  signal=computed)
+                    store_rows, store_bytes = 1, w["elems"] * item
+                pe.dma("local", out_buf[t % 2], out.space, w["dst"], rows=store_rows, row_bytes=store_bytes,
+                       dst_stride=w.get("dst_stride", store_bytes), wait=(computed, t + 1), signal=stored)
+
+
+register_kernel(LayoutKernel())

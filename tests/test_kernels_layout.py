@@ -1,0 +1,163 @@
+"""Data-movement kernels (ops/kernels/layout.py) end to end on the tiny chip: transpose, slice,
+concat, constant pad, broadcast and float casts run as DMA/MLU/SIMD kernels, match torch
+(exactly in fp32: they only move bytes), and their cost model tracks the simulator."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ember
+from ops.kernels.layout import Box, dma_groups, split_over_pes
+from tests.helpers import as_module, rel_err
+
+# name -> (function, example inputs, ember op that must run as a kernel)
+CASES = {
+    "transpose-last-two": (lambda x: x.transpose(-1, -2), lambda: (torch.randn(3, 40, 72),), "transpose"),
+    "matrix-t": (lambda x: x.t(), lambda: (torch.randn(33, 70),), "transpose"),
+    "heads-split": (lambda x: x.view(2, 16, 4, 8).transpose(1, 2), lambda: (torch.randn(2, 16, 32),), "transpose"),
+    "keys-permute": (lambda x: x.view(2, 16, 4, 8).permute(0, 2, 3, 1), lambda: (torch.randn(2, 16, 32),),
+                     "transpose"),
+    "slice-cols": (lambda x: x[:, 2:10], lambda: (torch.randn(12, 40),), "slice"),
+    "slice-stepped": (lambda x: x[1:, ::2, 3:-1], lambda: (torch.randn(4, 10, 24),), "slice"),
+    "slice-last-step": (lambda x: x[:, 1::3], lambda: (torch.randn(6, 20),), "slice"),
+    "cat-mid": (lambda x, y: torch.cat([x, y], dim=1), lambda: (torch.randn(4, 6, 8), torch.randn(4, 3, 8)), "concat"),
+    "cat-last": (lambda x, y: torch.cat([x, y], dim=-1), lambda: (torch.randn(4, 6, 8), torch.randn(4, 6, 5)),
+                 "concat"),
+    "pad-value": (lambda x: F.pad(x, (1, 2, 3, 0), value=1.5), lambda: (torch.randn(2, 10, 12),), "pad"),
+    "pad-crop": (lambda x: F.pad(x, (-1, 2, 0, 1)), lambda: (torch.randn(2, 10, 12),), "pad"),
+    "expand-mid": (lambda x: x.expand(4, 8, 16), lambda: (torch.randn(4, 1, 16),), "broadcast"),
+    "expand-last": (lambda x: x.expand(4, 8, 16), lambda: (torch.randn(4, 8, 1),), "broadcast"),
+    "expand-lead": (lambda x: x.expand(3, 5, 12), lambda: (torch.randn(12),), "broadcast"),
+    "to-bf16": (lambda x: x.to(torch.bfloat16), lambda: (torch.randn(16, 100),), "cast"),
+    "bf16-to-f32": (lambda x: x.to(torch.float32) * 2, lambda: (torch.randn(8, 40).bfloat16(),), "cast"),
+}
+
+
+def _compile(fn, make, dtype):
+    model = as_module(fn)
+    return model, ember.compile(model, make(), chip="tiny", dtype=dtype, to="program")
+
+
+def _out_bound(cm, kernel_index: int) -> float:
+    """Cycles to read and write the output's bytes once at the fastest memory: a bound for a
+    slice or cropping pad, which read only part of their input (the roofline counts it all)."""
+    step = [s for s in cm.program.steps if s["kind"] == "kernel"][kernel_index]
+    entry = cm.program.tensors[step["results"][0]]
+    nbytes = math.prod(entry["shape"]) * {"fp32": 4, "bf16": 2}[entry["isa_dtype"]]
+    chip = cm.chip
+    return 2 * nbytes / max(chip.sram.bytes_per_s, chip.dram_bytes_per_s) * chip.clock_hz
+
+
+@pytest.mark.parametrize("dtype,tol", [("fp32", 0.0), ("bf16", 2e-2)])
+@pytest.mark.parametrize("name", list(CASES))
+def test_layout_kernel_matches_torch(name, dtype, tol):
+    fn, make, op = CASES[name]
+    if dtype == "bf16" and name == "bf16-to-f32":
+        pytest.skip("covered in fp32")
+    model, cm = _compile(fn, make, dtype)
+    args = make()
+    out = cm.run(*args, device="sim")
+    assert rel_err(out, model(*args)) <= tol
+    kernels = [s for s in cm.last_run.steps if s.kind == "kernel" and s.op == op]
+    assert kernels, f"ember.{op} did not run as a kernel"
+    all_kernels = [s for s in cm.last_run.steps if s.kind == "kernel"]
+    for s in kernels:
+        partial = op == "slice" or name == "pad-crop"
+        bound = _out_bound(cm, all_kernels.index(s)) if partial else s.roofline_cycles
+        assert s.cycles >= bound, (s.cycles, bound)
+
+
+def test_cast_to_bf16_rounds_when_computing_in_fp32():
+    # the chip holds floats in fp32 here: the cast must still round as torch does, and the
+    # rounded values flow into the next op
+    fn = lambda x: x.to(torch.bfloat16).to(torch.float32) * 3.0
+    model, cm = _compile(fn, lambda: (torch.randn(16, 64),), "fp32")
+    x = torch.randn(16, 64)
+    out = cm.run(x, device="sim")
+    assert torch.equal(out[0] if isinstance(out, (list, tuple)) else out, model(x))
+    assert any(s.kind == "kernel" and s.op == "cast" for s in cm.last_run.steps)
+
+
+def test_pad_value_tile_ignores_inf_and_nan_inputs():
+    # the pad-value tile is built from input bytes read as int8, so any input works
+    fn = lambda x: F.pad(x, (2, 1, 1, 1), value=-0.25)
+    model, cm = _compile(fn, lambda: (torch.randn(5, 7),), "fp32")
+    x = torch.randn(5, 7)
+    x[0, 0], x[1, 2], x[2, 3] = float("inf"), float("nan"), float("-inf")
+    out = cm.run(x, device="sim")
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    torch.testing.assert_close(out, model(x), equal_nan=True, rtol=0, atol=0)
+
+
+class Attention(torch.nn.Module):
+    """Head split and merge, a key cache append, padding and a broadcast, as attention does."""
+
+    def forward(self, x, cache):
+        b, s, _ = x.shape
+        q = x.view(b, s, 4, 8).transpose(1, 2)                  # [B, H, S, D]
+        k = torch.cat([cache, q], dim=2)                        # append to the cache
+        kt = k.transpose(-1, -2)                                # [B, H, D, S+C]
+        mask = F.pad(torch.ones_like(q[:, :1, :, :1]), (0, 3)).expand(b, 4, s, 4)
+        merged = q.transpose(1, 2).reshape(b, s, 32)
+        return kt * 2.0, merged + 1.0, mask * q[..., :4]
+
+
+def test_attention_layout_ops_all_run_on_the_chip():
+    model = Attention().eval()
+    make = lambda: (torch.randn(2, 6, 32), torch.randn(2, 4, 3, 8))
+    cm = ember.compile(model, make(), chip="tiny", dtype="fp32", to="program")
+    args = make()
+    out = cm.run(*args, device="sim")
+    assert rel_err(out, model(*args)) <= 1e-6
+    layout = {"transpose", "concat", "slice", "pad", "broadcast"}
+    assert layout <= {s.op for s in cm.last_run.steps if s.kind == "kernel"}
+    assert not [s.op for s in cm.last_run.steps if s.kind == "host" and s.op in layout]
+
+
+def test_embedding_stays_on_the_host():
+    # a gathered row's DMA address depends on index values, which are runtime data
+    emb = torch.nn.Embedding(20, 8).eval()
+    cm = ember.compile(emb, (torch.randint(0, 20, (3, 5)),), chip="tiny", dtype="fp32", to="program")
+    idx = torch.randint(0, 20, (3, 5))
+    assert rel_err(cm.run(idx, device="sim"), emb(idx)) == 0.0
+    assert any(s.kind == "host" and s.op == "embedding" for s in cm.last_run.steps)
+
+
+# mid-size shapes on the tiny chip (timing only): the cost model within 20% of the simulator
+MID = {
+    "transpose-last-two": (lambda x: x.transpose(-1, -2), (4, 256, 384), "transpose"),
+    "heads-split": (lambda x: x.view(4, 128, 8, 64).transpose(1, 2), (4, 128, 512), "transpose"),
+    "keys-permute": (lambda x: x.view(4, 128, 8, 64).permute(0, 2, 3, 1), (4, 128, 512), "transpose"),
+    "slice": (lambda x: x[:, 2:300], (256, 512), "slice"),
+    "pad": (lambda x: F.pad(x, (2, 2, 1, 1), value=1.5), (4, 128, 256), "pad"),
+    "expand": (lambda x: x.expand(16, 128, 256), (16, 1, 256), "broadcast"),
+    "to-bf16": (lambda x: x.to(torch.bfloat16), (256, 512), "cast"),
+}
+
+
+@pytest.mark.parametrize("name", list(MID))
+def test_cost_model_tracks_the_simulator(name):
+    fn, shape, op = MID[name]
+    model = as_module(fn)
+    cm = ember.compile(model, (torch.randn(shape),), chip="tiny", dtype="fp32", to="program")
+    cm.run(torch.randn(shape), device="sim", timing_only=True)
+    [step] = [s for s in cm.last_run.steps if s.kind == "kernel" and s.op == op]
+    assert abs(step.predicted_cycles - step.cycles) <= 0.2 * step.cycles, (step.predicted_cycles, step.cycles)
+
+
+def test_dma_groups_are_compact_and_cover_the_box():
+    # [B, S, H, D] -> [B, H, S, D]: one 2D DMA (S rows of D) per (b, h), looped over h
+    B, S, H, D, item = 2, 64, 8, 32, 4
+    src = (S * H * D * item, H * D * item, D * item, item)
+    perm = (0, 2, 1, 3)
+    out_shape = (B, H, S, D)
+    dst = (H * S * D * item, S * D * item, D * item, item)
+    box = Box("sram", 0, "dram", 0, out_shape, tuple(src[p] for p in perm), dst, item)
+    groups = dma_groups(box, min_dmas=4)
+    assert len(groups) == B and all(g.count == H and g.rows == S and g.row_bytes == D * item for g in groups)
+    share = split_over_pes(groups, 4)
+    assert sum(g.count * g.dma_bytes for p in share for g in p) == box.nbytes
+    assert max(sum(g.count * g.dma_bytes for g in p) for p in share) == box.nbytes // 4
