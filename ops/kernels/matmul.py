@@ -327,23 +327,25 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
         mem[b_sp] += len(fb) * b_b
         mem_t = max(mem["dram"] / rt.dram, mem["sram"] / rt.sram,
                     (col_a * a_b + col_b * b_b) / rt.link)
-        # a fetch every PE makes (unicast) competes with all the others for the step's memory time
+        # throughput: the busiest queue at the rates its DMAs get alone; latency: each DMA of
+        # that queue waits behind the step's other fetches on the shared servers (FCFS)
         qa = rt.dma_alone(a_b, a_sp, R - 1) if fa else 0.0
         qb = rt.dma_alone(b_b, b_sp, R - 1) if fb else 0.0
-        if fa and not L.a_shared:
-            qa = max(qa, mem_t + lat)
-        if fb and not L.b_shared:
-            qb = max(qb, mem_t + lat)
+        qa_c = max(qa, mem_t + lat) if fa else 0.0
+        qb_c = max(qb, mem_t + lat) if fb else 0.0
         queue = qa + qb if both else max(qa, qb)
+        fetch = qa_c + qb_c if both else max(qa_c, qb_c)
         x = max(t, queue, mem_t)
-        fetch = max(queue, mem_t + lat)
-        return max(x, (fetch + t) / p.nbuf), fetch
+        return max(x, (fetch + t) / p.nbuf), fetch, queue
 
     period = {}
+    store = {}
     for m, n in set(jobs):
-        period[m, n] = sum(c * step(m, k, n)[0] for k, c in kg)
+        store[m, n] = rt.dma_alone(m * n * oes, o_sp, R // 2)
+        per = [(c, step(m, k, n)) for k, c in kg]
+        # the fetching queue also carries this PE's store of the job
+        period[m, n] = max(sum(c * s[0] for c, s in per), sum(c * s[2] for c, s in per) + store[m, n])
     epi = {mn: _epilogue_cycles(g, rt, *mn) for mn in period}
-    store = {mn: rt.dma_alone(mn[0] * mn[1] * oes, o_sp, R // 2) for mn in period}
     path = sum(period[j] for j in jobs)
     for t in range(len(jobs) - 1):      # the next job's DPE waits for this accumulator to drain
         drain_t = epi[jobs[t]] + store[jobs[t]]
