@@ -28,6 +28,8 @@ import math
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
+
 from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, Placement, register_kernel
 from simulator.isa import Engine
 
@@ -182,24 +184,46 @@ def _bandwidth(chip, space: str) -> float:
     return per_s[space] / chip.clock_hz
 
 
+def _servers(chip, space: str) -> tuple[int, int]:
+    """(channels or banks, interleave bytes) of DRAM or SRAM."""
+    if space == "dram":
+        return chip.dram.channels, chip.dram.interleave_bytes
+    return chip.sram.banks, chip.sram.interleave_bytes
+
+
+def _add_server_load(load: dict[str, np.ndarray], chip, space: str, addrs: np.ndarray, nbytes: int) -> None:
+    """Spread each DMA's bytes over the channels/banks from its start address on, as the
+    simulator charges them (whatever the strides)."""
+    n, il = _servers(chip, space)
+    arr = load.setdefault(space, np.zeros(n))
+    nch = min(n, -(-nbytes // il))
+    first = (addrs // il) % n
+    for k in range(nch):
+        np.add.at(arr, (first + k) % n, -(-nbytes // nch))
+
+
 def predict_groups(share: list[list[DmaGroup]], chip) -> float:
-    """Cycles of the PEs' DMA lists: the memories' shared bandwidth (every byte read from and
-    written to a space counts against it) or the busiest PE's serial DMAs, whichever is longer."""
-    load: dict[str, float] = {}
-    busiest = 0.0
+    """Cycles of the PEs' DMA lists: the busiest memory channel/bank (every byte read from and
+    written to DRAM/SRAM counts against it) plus the DMA latencies one PE pays in turn, or the
+    busiest PE's serial DMAs alone, whichever is longer."""
+    load: dict[str, np.ndarray] = {}
     lat = chip.dma.latency_cycles
+    busiest, dmas = 0.0, 0
     for groups in share:
         t = 0.0
         for g in groups:
             b = g.count * g.dma_bytes
-            for sp in {g.src, g.dst} - {"local"}:
-                load[sp] = load.get(sp, 0.0) + b * (2 if g.src == g.dst else 1)
-            # one DMA at a time: its bytes at the slower of its memories, plus latency
-            bw = min(_bandwidth(chip, s) for s in (g.src, g.dst) if s != "local") if {g.src, g.dst} != {"local"} else 1e9
-            t += g.count * lat + b * (2 if g.src == g.dst else 1) / bw
+            moved = 0.0
+            for space, base, step in ((g.src, g.src_addr, g.src_step), (g.dst, g.dst_addr, g.dst_step)):
+                if space != "local":
+                    _add_server_load(load, chip, space, base + step * np.arange(g.count), g.dma_bytes)
+                    moved += b / _bandwidth(chip, space)
+            t += g.count * lat + moved
+            dmas += g.count
         busiest = max(busiest, t)
-    shared = max((b / _bandwidth(chip, sp) for sp, b in load.items()), default=0.0)
-    return max(shared + lat * max(len(g) and sum(x.count for x in g) for g in share) / max(1, len(share)), busiest)
+    per_server = max((arr.max() * len(arr) / _bandwidth(chip, space) for space, arr in load.items()), default=0.0)
+    active = max(1, sum(1 for groups in share if groups))
+    return max(per_server + lat * dmas / active, busiest)
 
 
 # ------------------------------------------------------------------------------ plans
@@ -361,20 +385,26 @@ class LayoutKernel(KernelTemplate):
                                                            + chip.simd.latency_cycles)
                 fills = split_over_pes(self._fill_groups(call, 0, plan.pes), plan.pes)
                 copies = max(copies, setup) + predict_groups(fills, chip)
-            return int(copies + chip.dma.latency_cycles)
+            return int(copies)
         work = self._tiles(call, plan)
         per_pe = [work[p::plan.pes] for p in range(plan.pes)]
-        item = ISA_ITEMSIZE[call.output.dtype]
-        lat = chip.dma.latency_cycles
-        nbytes = sum(t["elems"] for t in work) * item
-        bw_in = _bandwidth(chip, call.inputs[0].space)
-        bw_out = _bandwidth(chip, call.output.space)
-        moved = nbytes / bw_in + nbytes / bw_out if call.inputs[0].space == call.output.space else \
-            max(nbytes / bw_in, nbytes / bw_out)
-        busiest = max(len(w) for w in per_pe)
+        dmas = [self._tile_dmas(call, w) for w in per_pe]
         compute = max(sum(self._compute_cycles(call, t, chip) for t in w) for w in per_pe)
+        # loads and stores overlap the compute of other tiles; the last tile's compute does not
         first = self._compute_cycles(call, work[0], chip)
-        return int(max(moved + 2 * busiest * lat, compute) + first + 2 * lat)
+        return int(max(predict_groups(dmas, chip), compute) + first)
+
+    def _tile_dmas(self, call: KernelCall, tiles: list[dict]) -> list[DmaGroup]:
+        """A PE's loads and stores of its tiles, as DMA groups (for the cost model)."""
+        x, out = call.inputs[0], call.output
+        item = ISA_ITEMSIZE[out.dtype]
+        groups = []
+        for w in tiles:
+            groups.append(DmaGroup(x.space, w["src"], "local", 0, w["rows"], w["cols"] * item,
+                                   w.get("src_stride", w["cols"] * item), w["cols"] * item, 1, 0, 0))
+            groups.append(DmaGroup("local", 0, out.space, w["dst"], 1, w["elems"] * item,
+                                   w["elems"] * item, w.get("dst_stride", w["elems"] * item), 1, 0, 0))
+        return groups
 
     def _compute_cycles(self, call, t, chip) -> float:
         item = ISA_ITEMSIZE[call.output.dtype]
