@@ -1,0 +1,516 @@
+"""Row-wise kernels on the SIMD engines: `ember.softmax` and `ember.norm` over the last dim,
+inference `ember.batch_norm` (per-channel scale and shift), and `ember.reduce` (sum, mean,
+max, min) over the last dim.
+
+The input is viewed as a matrix [rows, cols] (cols = the last dim; for batch norm, the
+spatial dims of an (N, C, *) input, so that row r belongs to channel r % C). Rows are split
+into equal blocks over the PEs; each PE streams its block through local memory in tiles of
+`tile_rows` whole rows, double-buffered like the elementwise kernels: the DMA engine loads tile
+t+1 while the SIMD engine computes tile t. The DMA queue runs in order (load 0, load 1, store 0,
+load 2, store 1, ...), so a tile buffer is reloaded only after the store that read it.
+
+Numerics: every tile is computed in fp32 in local memory (a bf16 input is widened once) and
+rounded to the output dtype by the last command. Scratch buffers that only the SIMD engine
+touches (the fp32 copy, squares, row vectors) are single-buffered: its queue is in order.
+A row must fit local memory whole; longer rows stay on the host (no two-pass scheme yet).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, register_kernel
+from simulator.isa import Engine
+
+#: `accepts` is not told the chip; rows are refused when one row's buffers (fp32) exceed this,
+#: the local memory of the smallest chip we ship ("tiny"), so every chip can tile them.
+MIN_LOCAL_BYTES = 64 * 1024
+ALIGN = 64
+#: Row maximum floor: an all -inf row (a fully masked attention row) gives zeros, not NaN.
+NEG_BIG = -3.0e38
+#: Row sum floor, for the same rows (sum 0): 0 * (1 / 1e-30) == 0.
+TINY = 1e-30
+#: SIMD functions the engine prices as lookup-table passes (simulator/isa/opcodes.py LUT_FNS).
+LUT_FNS = frozenset({"DIV", "EXP", "GELU", "SILU", "TANH", "SIGMOID", "RECIP", "RSQRT"})
+REDUCE_FN = {"sum": "ADD", "mean": "ADD", "max": "MAX", "min": "MIN"}
+#: log(s) for s >= 1: square roots shrink s to s^(1/8) <= ~3, a two-term atanh series gives a
+#: start within ~0.1, and Newton steps y += s * exp(-y) - 1 square the error (no LOG on the SIMD).
+LOG_HALVINGS = 3
+LOG_NEWTON_STEPS = 3
+#: Fraction of the other PEs' transfers in a round that one DMA waits behind, on average
+#: (fitted to simulated cycles of softmax, norms and reduce on the tiny and mtia2i chips).
+QUEUE_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class Simd:
+    """One SIMD command on local-memory addresses; knows its own cost (simulator timing model)."""
+    op: str                     # "unary" | "binary" | "scalar" | "reduce" | "bcast"
+    fn: str
+    addrs: tuple[int, ...]      # unary/scalar/reduce: (src, dst); binary/bcast: (a, b, dst)
+    rows: int
+    cols: int
+    imm: float = 0.0
+    dtype: str = "fp32"
+    out_dtype: str = "fp32"
+
+    def cycles(self, chip) -> int:
+        w = chip.simd.elems_per_cycle
+        if self.op in ("unary", "binary", "scalar"):
+            vec = math.ceil(self.rows * self.cols / w)
+        else:
+            vec = self.rows * math.ceil(self.cols / w)
+        cost = chip.simd.lut_cycles if self.op != "reduce" and self.fn in LUT_FNS else 1
+        return vec * cost + chip.simd.latency_cycles
+
+    def emit(self, pe, wait=None, signal=None) -> None:
+        kw = dict(dtype=self.dtype, out_dtype=self.out_dtype, wait=wait, signal=signal)
+        a, n = self.addrs, self.rows * self.cols
+        if self.op == "unary":
+            pe.simd_unary(self.fn, a[0], a[1], n, **kw)
+        elif self.op == "binary":
+            pe.simd_binary(self.fn, a[0], a[1], a[2], n, **kw)
+        elif self.op == "scalar":
+            pe.simd_scalar(self.fn, a[0], a[1], n, self.imm, **kw)
+        elif self.op == "reduce":
+            pe.simd_row_reduce(self.fn, a[0], a[1], self.rows, self.cols, **kw)
+        else:
+            pe.simd_row_bcast(self.fn, a[0], a[1], a[2], self.rows, self.cols, **kw)
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    pes: int          # PEs that share the rows (blocks of ceil(rows / pes) rows)
+    tile_rows: int    # rows per tile
+
+
+@dataclass(frozen=True)
+class ParamLoad:
+    """A per-PE constant loaded once before the tiles: `operand` repeated `reps` times."""
+    operand: int
+    reps: int
+    dst: int          # fp32 destination in local memory
+    staging: int      # where a non-fp32 operand lands before it is widened
+
+
+class RowwiseKernel(KernelTemplate):
+    """Shared row tiling, pipelining and cost model; subclasses give the per-tile commands."""
+
+    #: fp32 scratch buffers of a whole tile that the op needs besides the input copy
+    def scratch_tiles(self, call: KernelCall) -> int:
+        return 0
+
+    def matrix(self, call: KernelCall) -> tuple[int, int]:
+        """(rows, cols) of the row view of the input."""
+        shape = call.inputs[0].shape
+        cols = shape[-1]
+        return math.prod(shape) // cols, cols
+
+    def out_cols(self, call: KernelCall) -> int:
+        return self.matrix(call)[1]
+
+    def params(self, call: KernelCall, lay: dict) -> list[ParamLoad]:
+        return []
+
+    def param_bytes(self, call: KernelCall, m: int) -> int:
+        """fp32 bytes (plus staging) of the per-PE constants for tiles of m rows."""
+        return 0
+
+    def setup(self, call: KernelCall, lay: dict, m: int) -> list[Simd]:
+        """SIMD commands run once per PE after the constants have landed."""
+        return []
+
+    def tile(self, call: KernelCall, lay: dict, slot: int, m: int, row0: int) -> list[Simd]:
+        raise NotImplementedError
+
+    # ---- layout ---------------------------------------------------------------------------
+    def layout(self, call: KernelCall, m: int) -> dict:
+        """Local-memory offsets for tiles of m rows; "end" is the bytes used."""
+        _, cols = self.matrix(call)
+        item = ISA_ITEMSIZE[call.inputs[0].dtype]
+        out_item = ISA_ITEMSIZE[call.output.dtype]
+        pos = 0
+
+        def take(nbytes: int) -> int:
+            nonlocal pos
+            addr = pos
+            pos += -(-nbytes // ALIGN) * ALIGN
+            return addr
+
+        lay: dict = {"x": [take(m * cols * max(item, out_item)) for _ in range(2)]}
+        oc = self.out_cols(call)
+        lay["out"] = lay["x"] if oc == cols else [take(m * oc * out_item) for _ in range(2)]
+        lay["w"] = take(m * cols * 4) if item != 4 else None
+        lay["t"] = [take(m * cols * 4) for _ in range(self.scratch_tiles(call))]
+        lay["vec"] = [take(m * 4) for _ in range(6)]
+        lay["param"] = pos
+        pos += self.param_bytes(call, m)
+        lay["end"] = pos
+        return lay
+
+    def fits(self, call: KernelCall, m: int, local_bytes: int) -> bool:
+        return self.layout(call, m)["end"] <= local_bytes
+
+    # ---- plans and cost model -------------------------------------------------------------
+    def plans(self, call: KernelCall, chip) -> Iterator[RowPlan]:
+        rows, _ = self.matrix(call)
+        pes = max(1, min(chip.num_pes, rows))
+        per_pe = math.ceil(rows / pes)
+        choices = {per_pe} | {1 << k for k in range(per_pe.bit_length())}
+        for m in sorted(choices):
+            if m <= per_pe and self.fits(call, m, chip.local_mem.bytes):
+                yield RowPlan(pes, m)
+
+    def _dma_cycles(self, nbytes: int, space: str, pes: int, chip) -> float:
+        """One DMA of `nbytes` between `space` and a PE while every PE streams: its latency, its
+        bytes at the rate one PE gets alone, and a share (QUEUE_SHARE) of the wait behind the
+        other PEs' transfers on the shared memory and on the column's NoC port."""
+        clk = chip.clock_hz
+        mem = {"dram": chip.dram_bytes_per_s, "sram": chip.sram.bytes_per_s}[space] / clk
+        link = chip.noc.link_bytes_per_s / clk
+        alone = min(mem, link, chip.local_mem.bytes_per_s / clk)
+        per_col = math.ceil(pes / chip.pe_grid.cols)
+        lat = chip.dma.latency_cycles + chip.noc.hop_latency_cycles * chip.pe_grid.rows
+        mine = nbytes / alone
+        return lat + mine + QUEUE_SHARE * max(0.0, nbytes * max(pes / mem, per_col / link) - mine)
+
+    def predict(self, call: KernelCall, plan: RowPlan, chip) -> int:
+        """Pipelined tiles on one PE (the first load, then per tile the slower of its SIMD work
+        and its load + store, then the last compute and store), but never faster than the
+        bytes every PE moves through the busiest shared memory or column port."""
+        rows, cols = self.matrix(call)
+        m = plan.tile_rows
+        per_pe = min(rows, math.ceil(rows / plan.pes))
+        tiles = math.ceil(per_pe / m)
+        lay = self.layout(call, m)
+        x, out = call.inputs[0], call.output
+        in_bytes = m * cols * ISA_ITEMSIZE[x.dtype]
+        out_bytes = m * self.out_cols(call) * ISA_ITEMSIZE[out.dtype]
+        load = self._dma_cycles(in_bytes, x.space, plan.pes, chip)
+        store = self._dma_cycles(out_bytes, out.space, plan.pes, chip)
+        simd = sum(s.cycles(chip) for s in self.tile(call, lay, 0, m, 0))
+        chain = load + (tiles - 1) * max(simd, load + store) + simd + store
+        # the shared servers: memory (per space) and each column's NoC port
+        clk = chip.clock_hz
+        moved = {"dram": 0.0, "sram": 0.0}
+        moved[x.space] += in_bytes * tiles * plan.pes
+        moved[out.space] += out_bytes * tiles * plan.pes
+        streams = max(moved["dram"] * clk / chip.dram_bytes_per_s, moved["sram"] * clk / chip.sram.bytes_per_s,
+                      (in_bytes + out_bytes) * tiles * math.ceil(plan.pes / chip.pe_grid.cols)
+                      * clk / chip.noc.link_bytes_per_s)
+        lat = chip.dma.latency_cycles + chip.noc.hop_latency_cycles * chip.pe_grid.rows
+        setup = 0.0
+        params = self.params(call, lay)
+        for q in params:
+            src = call.inputs[q.operand]
+            setup += self._dma_cycles(src.nbytes * q.reps, src.space, plan.pes, chip)
+        setup += sum(s.cycles(chip) for s in self.setup(call, lay, m))
+        if any(call.inputs[q.operand].dtype != "fp32" for q in params):
+            setup += chip.simd.latency_cycles + 1
+        return int(setup + max(chain, streams + (simd + lat) / 2))
+
+    # ---- emission -------------------------------------------------------------------------
+    def emit(self, call: KernelCall, plan: RowPlan, chip, builder) -> None:
+        rows, cols = self.matrix(call)
+        m = plan.tile_rows
+        per_pe = math.ceil(rows / plan.pes)
+        lay = self.layout(call, m)
+        x, out = call.inputs[0], call.output
+        item, out_item = ISA_ITEMSIZE[x.dtype], ISA_ITEMSIZE[out.dtype]
+        oc = self.out_cols(call)
+        for p in range(plan.pes):
+            start, end = p * per_pe, min(rows, (p + 1) * per_pe)
+            if start >= end:
+                continue
+            pe = builder.pe(p)
+            ready, loaded, computed = builder.token(), builder.token(), builder.token()
+            params = self.params(call, lay)
+            for q in params:
+                src = call.inputs[q.operand]
+                qitem = ISA_ITEMSIZE[src.dtype]
+                dst = q.dst if src.dtype == "fp32" else q.staging
+                pe.dma(src.space, src.addr, "local", dst, rows=q.reps, row_bytes=src.nbytes,
+                       src_stride=0, dst_stride=src.nbytes, signal=ready)
+            if params:
+                pe.nop(Engine.SIMD, wait=(ready, len(params)))
+                for q in params:
+                    src = call.inputs[q.operand]
+                    if src.dtype != "fp32":
+                        n = q.reps * src.nbytes // ISA_ITEMSIZE[src.dtype]
+                        pe.simd_unary("COPY", q.staging, q.dst, n, dtype=src.dtype, out_dtype="fp32")
+                for s in self.setup(call, lay, m):
+                    s.emit(pe)
+            tiles = [(s, min(m, end - s)) for s in range(start, end, m)]
+
+            def load(t: int) -> None:
+                s, n = tiles[t]
+                pe.dma(x.space, x.addr + s * cols * item, "local", lay["x"][t % 2],
+                       nbytes=n * cols * item, signal=loaded)
+
+            load(0)
+            for t, (s, n) in enumerate(tiles):
+                if t + 1 < len(tiles):
+                    load(t + 1)
+                steps = self.tile(call, lay, t % 2, n, s)
+                for i, step in enumerate(steps):
+                    step.emit(pe, wait=(loaded, t + 1) if i == 0 else None,
+                              signal=computed if i == len(steps) - 1 else None)
+                pe.dma("local", lay["out"][t % 2], out.space, out.addr + s * oc * out_item,
+                       nbytes=n * oc * out_item, wait=(computed, t + 1))
+
+    # ---- helpers for subclasses -----------------------------------------------------------
+    def work(self, call: KernelCall, lay: dict, slot: int) -> int:
+        """The fp32 copy of the tile (the input buffer itself when the input is fp32)."""
+        return lay["x"][slot] if lay["w"] is None else lay["w"]
+
+    def widen(self, call: KernelCall, lay: dict, slot: int, m: int) -> list[Simd]:
+        """The command that widens a non-fp32 tile to fp32 (none for fp32)."""
+        if lay["w"] is None:
+            return []
+        _, cols = self.matrix(call)
+        return [Simd("unary", "COPY", (lay["x"][slot], lay["w"]), m, cols, dtype=call.inputs[0].dtype)]
+
+
+def _row_fits(cols_bytes_fp32: int) -> bool:
+    return cols_bytes_fp32 + 6 * 4 <= MIN_LOCAL_BYTES
+
+
+def _float_rows(operands, result) -> bool:
+    x = operands[0]
+    return x is not None and x.rank >= 1 and x.numel > 0 and x.shape[-1] > 0
+
+
+def log_of(s: int, y: int, a: int, b: int, m: int) -> list[Simd]:
+    """y = log(s) for m fp32 values s >= 1 (a, b: scratch vectors; s is kept)."""
+    out = [Simd("unary", "COPY", (s, a), m, 1)]
+    for _ in range(LOG_HALVINGS):                     # a = s ** (1 / 2**k)
+        out += [Simd("unary", "RSQRT", (a, b), m, 1), Simd("binary", "MUL", (a, b, a), m, 1)]
+    out += [Simd("scalar", "ADD", (a, b), m, 1, imm=1.0),      # z = (a - 1) / (a + 1)
+            Simd("scalar", "ADD", (a, a), m, 1, imm=-1.0),
+            Simd("binary", "DIV", (a, b, a), m, 1),
+            Simd("binary", "MUL", (a, a, b), m, 1),            # log a ~ 2z (1 + z^2 / 3)
+            Simd("scalar", "MUL", (b, b), m, 1, imm=1.0 / 3.0),
+            Simd("scalar", "ADD", (b, b), m, 1, imm=1.0),
+            Simd("binary", "MUL", (a, b, y), m, 1),
+            Simd("scalar", "MUL", (y, y), m, 1, imm=2.0 * 2 ** LOG_HALVINGS)]
+    for _ in range(LOG_NEWTON_STEPS):                 # y += s / exp(y) - 1
+        out += [Simd("unary", "EXP", (y, a), m, 1), Simd("binary", "DIV", (s, a, a), m, 1),
+                Simd("binary", "ADD", (y, a, y), m, 1), Simd("scalar", "ADD", (y, y), m, 1, imm=-1.0)]
+    return out
+
+
+# ----------------------------------------------------------------------------- softmax
+
+class SoftmaxKernel(RowwiseKernel):
+    """softmax / log-softmax over the last dim: row max, subtract, exp, row sum, scale."""
+    ops = ("softmax",)
+
+    def accepts(self, op, operands, result, attrs) -> bool:
+        x = operands[0]
+        if not _float_rows(operands, result) or attrs["dim"] != x.rank - 1:
+            return False
+        return _row_fits(x.shape[-1] * 4 * (3 if attrs["log"] else 2))
+
+    def scratch_tiles(self, call):
+        return 1 if call.attrs["log"] else 0
+
+    def flops(self, call):
+        return 5 * call.inputs[0].nbytes // ISA_ITEMSIZE[call.inputs[0].dtype]
+
+    def tile(self, call, lay, slot, m, row0):
+        _, c = self.matrix(call)
+        dt, odt = call.inputs[0].dtype, call.output.dtype
+        x, w = lay["x"][slot], self.work(call, lay, slot)
+        mx, s, ls, a, b = lay["vec"][:5]
+        # the row max of bf16 values is a bf16 value: subtract it straight from the input
+        steps = [Simd("reduce", "MAX", (x, mx), m, c, dtype=dt, out_dtype=dt),
+                 Simd("scalar", "MAX", (mx, mx), m, 1, imm=NEG_BIG, dtype=dt, out_dtype=dt),
+                 Simd("bcast", "SUB", (x, mx, w), m, c, dtype=dt)]
+        e = lay["t"][0] if call.attrs["log"] else w
+        steps += [Simd("unary", "EXP", (w, e), m, c),
+                  Simd("reduce", "ADD", (e, s), m, c),
+                  Simd("scalar", "MAX", (s, s), m, 1, imm=TINY)]
+        if call.attrs["log"]:
+            steps += log_of(s, ls, a, b, m)
+            steps += [Simd("bcast", "SUB", (w, ls, x), m, c, out_dtype=odt)]
+        else:
+            steps += [Simd("unary", "RECIP", (s, s), m, 1),
+                      Simd("bcast", "MUL", (w, s, x), m, c, out_dtype=odt)]
+        return steps
+
+
+# ----------------------------------------------------------------------------- layer / RMS norm
+
+class NormKernel(RowwiseKernel):
+    """Layer or RMS norm over the last dim, then * weight + bias (replicated to a tile per PE)."""
+    ops = ("norm",)
+
+    def accepts(self, op, operands, result, attrs) -> bool:
+        x = operands[0]
+        if not _float_rows(operands, result) or attrs["axes"] != 1 or attrs["kind"] not in ("layer", "rms"):
+            return False
+        affine = sum(o is not None for o in operands[1:3])
+        return _row_fits(x.shape[-1] * 4 * (3 + affine))
+
+    def scratch_tiles(self, call):
+        return 1
+
+    def flops(self, call):
+        n = call.inputs[0].nbytes // ISA_ITEMSIZE[call.inputs[0].dtype]
+        return (5 if call.attrs["kind"] == "layer" else 3) * n + 2 * n * self._affine(call)
+
+    def _affine(self, call) -> int:
+        return sum(p is not None for p in call.inputs[1:3])
+
+    def param_bytes(self, call, m):
+        _, c = self.matrix(call)
+        return self._affine(call) * m * c * 4 + ALIGN
+
+    def params(self, call, lay):
+        # weight / bias repeated over the tile's rows; bf16 ones land in halves of the scratch tile
+        _, c = self.matrix(call)
+        m = lay["m"]
+        out, pos = [], lay["param"]
+        for k, i in enumerate(i for i in (1, 2) if call.inputs[i] is not None):
+            out.append(ParamLoad(i, m, pos, lay["t"][0] + k * m * c * 2))
+            pos += m * c * 4
+        return out
+
+    def layout(self, call, m):
+        lay = super().layout(call, m)
+        lay["m"] = m
+        return lay
+
+    def setup(self, call, lay, m):
+        return []
+
+    def tile(self, call, lay, slot, m, row0):
+        _, c = self.matrix(call)
+        odt = call.output.dtype
+        x, w, t = lay["x"][slot], self.work(call, lay, slot), lay["t"][0]
+        mean, var = lay["vec"][:2]
+        steps = self.widen(call, lay, slot, m)
+        if call.attrs["kind"] == "layer":
+            steps += [Simd("reduce", "ADD", (w, mean), m, c),
+                      Simd("scalar", "MUL", (mean, mean), m, 1, imm=1.0 / c),
+                      Simd("bcast", "SUB", (w, mean, w), m, c)]
+        steps += [Simd("binary", "MUL", (w, w, t), m, c),
+                  Simd("reduce", "ADD", (t, var), m, c),
+                  Simd("scalar", "MUL", (var, var), m, 1, imm=1.0 / c),
+                  Simd("scalar", "ADD", (var, var), m, 1, imm=float(call.attrs["eps"])),
+                  Simd("unary", "RSQRT", (var, var), m, 1)]
+        params = [(q.dst, "MUL" if q.operand == 1 else "ADD") for q in self.params(call, lay)]
+        last = len(params) == 0
+        steps.append(Simd("bcast", "MUL", (w, var, x if last else w), m, c,
+                          out_dtype=odt if last else "fp32"))
+        for i, (addr, fn) in enumerate(params):
+            last = i == len(params) - 1
+            steps.append(Simd("binary", fn, (w, addr, x if last else w), m, c, out_dtype=odt if last else "fp32"))
+        return steps
+
+
+# ----------------------------------------------------------------------------- batch norm
+
+class BatchNormKernel(RowwiseKernel):
+    """Inference batch norm of an (N, C, *) input: rows are (n, c) pairs, cols the spatial
+    positions; per-channel scale = weight / sqrt(var + eps) and shift = bias - mean * scale are
+    computed once per PE over a channel vector repeated so that any tile's rows are a slice."""
+    ops = ("batch_norm",)
+
+    def accepts(self, op, operands, result, attrs) -> bool:
+        x = operands[0]
+        if x is None or x.rank < 3 or x.numel == 0:
+            return False
+        inner = math.prod(x.shape[2:])
+        return inner > 0 and _row_fits(inner * 4 * 2 + 4 * 4 * 2 * x.shape[1])
+
+    def matrix(self, call):
+        shape = call.inputs[0].shape
+        return shape[0] * shape[1], math.prod(shape[2:])
+
+    def flops(self, call):
+        return 2 * call.inputs[0].nbytes // ISA_ITEMSIZE[call.inputs[0].dtype]
+
+    def _reps(self, call, m) -> int:
+        ch = call.inputs[0].shape[1]
+        return math.ceil((ch - 1 + m) / ch)
+
+    def param_bytes(self, call, m):
+        ch = call.inputs[0].shape[1]
+        n = self._reps(call, m) * ch
+        return 4 * (-(-n * 4 // ALIGN) * ALIGN) * 2 + ALIGN
+
+    def layout(self, call, m):
+        lay = super().layout(call, m)
+        ch = call.inputs[0].shape[1]
+        n = self._reps(call, m) * ch
+        stride = -(-n * 4 // ALIGN) * ALIGN
+        lay["m"], lay["n"] = m, n
+        lay["pvec"] = [lay["param"] + i * stride for i in range(4)]            # weight, bias, mean, var
+        lay["pstage"] = [lay["param"] + (4 + i) * stride for i in range(4)]
+        return lay
+
+    def params(self, call, lay):
+        reps = self._reps(call, lay["m"])
+        return [ParamLoad(i, reps, lay["pvec"][i - 1], lay["pstage"][i - 1])
+                for i in (1, 2, 3, 4) if call.inputs[i] is not None]
+
+    def setup(self, call, lay, m):
+        n = lay["n"]
+        w, b, mean, var = lay["pvec"]
+        steps = [Simd("scalar", "ADD", (var, var), n, 1, imm=float(call.attrs["eps"])),
+                 Simd("unary", "RSQRT", (var, var), n, 1)]                     # var := scale
+        if call.inputs[1] is not None:
+            steps.append(Simd("binary", "MUL", (var, w, var), n, 1))
+        steps += [Simd("binary", "MUL", (mean, var, mean), n, 1),
+                  Simd("scalar", "MUL", (mean, mean), n, 1, imm=-1.0)]           # mean := shift
+        if call.inputs[2] is not None:
+            steps.append(Simd("binary", "ADD", (mean, b, mean), n, 1))
+        return steps
+
+    def tile(self, call, lay, slot, m, row0):
+        _, c = self.matrix(call)
+        off = (row0 % call.inputs[0].shape[1]) * 4
+        x, w = lay["x"][slot], self.work(call, lay, slot)
+        scale, shift = lay["pvec"][3] + off, lay["pvec"][2] + off
+        return self.widen(call, lay, slot, m) + [
+            Simd("bcast", "MUL", (w, scale, w), m, c),
+            Simd("bcast", "ADD", (w, shift, x), m, c, out_dtype=call.output.dtype)]
+
+
+# ----------------------------------------------------------------------------- reduce
+
+class ReduceKernel(RowwiseKernel):
+    """sum / mean / max / min over the last dim: one row reduction per tile (fp32 inside)."""
+    ops = ("reduce",)
+
+    def accepts(self, op, operands, result, attrs) -> bool:
+        x = operands[0]
+        if not _float_rows(operands, result) or attrs["kind"] not in REDUCE_FN:
+            return False
+        dims = tuple(attrs["dims"])
+        if dims != (x.rank - 1,) and not (x.rank == 1 and dims == ()):
+            return False
+        return _row_fits(x.shape[-1] * 4 * 2)
+
+    def out_cols(self, call):
+        return 1
+
+    def flops(self, call):
+        return call.inputs[0].nbytes // ISA_ITEMSIZE[call.inputs[0].dtype]
+
+    def tile(self, call, lay, slot, m, row0):
+        _, c = self.matrix(call)
+        kind, dt, odt = call.attrs["kind"], call.inputs[0].dtype, call.output.dtype
+        x, out, acc = lay["x"][slot], lay["out"][slot], lay["vec"][0]
+        if kind != "mean":
+            return [Simd("reduce", REDUCE_FN[kind], (x, out), m, c, dtype=dt, out_dtype=odt)]
+        return [Simd("reduce", "ADD", (x, acc), m, c, dtype=dt),
+                Simd("scalar", "MUL", (acc, out), m, 1, imm=1.0 / c, out_dtype=odt)]
+
+
+register_kernel(SoftmaxKernel())
+register_kernel(NormKernel())
+register_kernel(BatchNormKernel())
+register_kernel(ReduceKernel())
