@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import ember
-from ops.kernels.layout import Box, dma_groups, split_over_pes
+from ops.kernels.layout import Box, dma_groups, row_major_strides, split_over_pes
 from tests.helpers import as_module, rel_err
 
 # name -> (function, example inputs, ember op that must run as a kernel)
@@ -161,3 +161,51 @@ def test_dma_groups_are_compact_and_cover_the_box():
     share = split_over_pes(groups, 4)
     assert sum(g.count * g.dma_bytes for p in share for g in p) == box.nbytes
     assert max(sum(g.count * g.dma_bytes for g in p) for p in share) == box.nbytes // 4
+
+
+def _run_groups(share, src: bytearray, dst: bytearray) -> None:
+    for groups in share:
+        for g in groups:
+            for i in range(g.count):
+                for r in range(g.rows):
+                    s = g.src_addr + i * g.src_step + r * g.src_stride
+                    d = g.dst_addr + i * g.dst_step + r * g.dst_stride
+                    dst[d:d + g.row_bytes] = src[s:s + g.row_bytes]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_dma_groups_copy_random_boxes(seed):
+    # random shapes, permutations, slices and broadcasts: the DMAs, split over PEs, copy
+    # exactly what numpy's strided view holds
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    rank = int(rng.integers(1, 5))
+    shape = tuple(int(n) for n in rng.integers(1, 7, rank))
+    item = 4
+    x = rng.standard_normal(shape).astype(np.float32)
+    kind = ["permute", "slice", "broadcast", "contiguous"][seed % 4]
+    if kind == "permute":
+        perm = tuple(int(p) for p in rng.permutation(rank))
+        view = x.transpose(perm)
+        strides = tuple(x.strides[p] for p in perm)
+    elif kind == "slice":
+        starts = [int(rng.integers(0, n)) for n in shape]
+        steps = [int(rng.integers(1, 3)) for _ in shape]
+        view = x[tuple(slice(s, None, k) for s, k in zip(starts, steps))]
+        strides = view.strides
+    elif kind == "broadcast":
+        x = np.ascontiguousarray(x[(slice(None),) * (rank - 1) + (slice(0, 1),)] if seed % 8 == 2 else x[:1])
+        view = np.broadcast_to(x, (3,) + shape)
+        strides = view.strides
+    else:
+        x = rng.standard_normal(5000).astype(np.float32)
+        view, strides = x, x.strides
+    offset = view.__array_interface__["data"][0] - x.__array_interface__["data"][0]
+    out_strides = row_major_strides(view.shape, item)
+    box = Box("sram", offset, "dram", 0, view.shape, tuple(strides), out_strides, item)
+    pes = int(rng.integers(1, 6))
+    share = split_over_pes(dma_groups(box, pes), pes)
+    dst = bytearray(view.size * item)
+    _run_groups(share, bytearray(x.tobytes()), dst)
+    assert np.array_equal(np.frombuffer(bytes(dst), np.float32).reshape(view.shape), view)
+    assert sum(g.count * g.dma_bytes for p in share for g in p) == box.nbytes

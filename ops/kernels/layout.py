@@ -37,6 +37,7 @@ from simulator.isa import Engine
 NARROW = {"bf16": "bf16", "f16": "fp16"}
 FLOAT_TYPES = frozenset({"f32", "f64", "f16", "bf16"})
 FILL_ELEMS = 1024           # elements of the pad-value tile in local memory
+MIN_DMA_BYTES = 4096        # a dense run is cut for several PEs only into pieces this large
 
 
 # ------------------------------------------------------------------------------ box copies
@@ -100,6 +101,15 @@ def _simplify(box: Box) -> list[tuple[int, int, int]]:
     return merged
 
 
+def _rows_groups(box: Box, min_dmas: int) -> list[DmaGroup]:
+    """A 2-d box of dense rows as DMAs of whole rows, the rows cut into `min_dmas` pieces."""
+    rows, chunk = box.shape
+    per = math.ceil(rows / min(rows, min_dmas))
+    rs, rd = box.src_strides[0], box.dst_strides[0]
+    return [DmaGroup(box.src, box.src_addr + r * rs, box.dst, box.dst_addr + r * rd, min(per, rows - r),
+                     chunk * box.item, rs, rd, 1, 0, 0) for r in range(0, rows, per)]
+
+
 def dma_groups(box: Box, min_dmas: int = 1) -> list[DmaGroup]:
     """The box as groups of 2D DMAs; the strided-rows dim is cut into pieces while there are
     fewer than `min_dmas` DMAs (so that every PE gets work)."""
@@ -111,6 +121,17 @@ def dma_groups(box: Box, min_dmas: int = 1) -> list[DmaGroup]:
         dims = dims[:-1]
     else:
         row_bytes = box.item          # no contiguous run: one element per DMA row
+    if not dims and min_dmas > 1 and row_bytes >= 2 * MIN_DMA_BYTES:
+        # one dense run: cut it into rows (and a tail) so that the PEs can share it
+        n = row_bytes // box.item
+        chunk = max(MIN_DMA_BYTES // box.item, math.ceil(n / min_dmas))
+        tail = n % chunk
+        head = Box(box.src, box.src_addr, box.dst, box.dst_addr, (n // chunk, chunk),
+                   (chunk * box.item, box.item), (chunk * box.item, box.item), box.item)
+        rest = [] if not tail else dma_groups(Box(box.src, box.src_addr + (n - tail) * box.item, box.dst,
+                                                  box.dst_addr + (n - tail) * box.item, (tail,), (box.item,),
+                                                  (box.item,), box.item))
+        return _rows_groups(head, min_dmas) + rest
     rows, rs, rd = dims.pop() if dims else (1, row_bytes, row_bytes)
     outer = dims
     n_outer = math.prod(n for n, _, _ in outer)
