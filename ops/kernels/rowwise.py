@@ -96,6 +96,9 @@ class ParamLoad:
 
 class RowwiseKernel(KernelTemplate):
     """Shared row tiling, pipelining and cost model; subclasses give the per-tile commands."""
+    #: whether a tile's commands depend on its position only through its DMA addresses, so
+    #: that full tiles can be emitted as a compact loop
+    loops = True
 
     #: fp32 scratch buffers of a whole tile that the op needs besides the input copy
     def scratch_tiles(self, call: KernelCall) -> int:
@@ -228,7 +231,6 @@ class RowwiseKernel(KernelTemplate):
             params = self.params(call, lay)
             for q in params:
                 src = call.inputs[q.operand]
-                qitem = ISA_ITEMSIZE[src.dtype]
                 dst = q.dst if src.dtype == "fp32" else q.staging
                 pe.dma(src.space, src.addr, "local", dst, rows=q.reps, row_bytes=src.nbytes,
                        src_stride=0, dst_stride=src.nbytes, signal=ready)
@@ -242,22 +244,35 @@ class RowwiseKernel(KernelTemplate):
                 for s in self.setup(call, lay, m):
                     s.emit(pe)
             tiles = [(s, min(m, end - s)) for s in range(start, end, m)]
+            pe.dma(x.space, x.addr + start * cols * item, "local", lay["x"][0],
+                   nbytes=tiles[0][1] * cols * item, signal=loaded)
 
-            def load(t: int) -> None:
+            def tile(t: int, loop=None) -> None:
+                """Load tile t+1, compute tile t, store it. In a compact loop whose iteration
+                covers two tiles, addresses and wait counts advance by two tiles."""
+                def adv(base: int, per_tile: int) -> int:
+                    return base if loop is None else loop.step(base, 2 * per_tile)
+
                 s, n = tiles[t]
-                pe.dma(x.space, x.addr + s * cols * item, "local", lay["x"][t % 2],
-                       nbytes=n * cols * item, signal=loaded)
-
-            load(0)
-            for t, (s, n) in enumerate(tiles):
                 if t + 1 < len(tiles):
-                    load(t + 1)
+                    s1, n1 = tiles[t + 1]
+                    pe.dma(x.space, adv(x.addr + s1 * cols * item, m * cols * item), "local",
+                           lay["x"][(t + 1) % 2], nbytes=n1 * cols * item, signal=loaded)
                 steps = self.tile(call, lay, t % 2, n, s)
                 for i, step in enumerate(steps):
-                    step.emit(pe, wait=(loaded, t + 1) if i == 0 else None,
+                    step.emit(pe, wait=(loaded, adv(t + 1, 1)) if i == 0 else None,
                               signal=computed if i == len(steps) - 1 else None)
-                pe.dma("local", lay["out"][t % 2], out.space, out.addr + s * oc * out_item,
-                       nbytes=n * oc * out_item, wait=(computed, t + 1))
+                pe.dma("local", lay["out"][t % 2], out.space, adv(out.addr + s * oc * out_item, m * oc * out_item),
+                       nbytes=n * oc * out_item, wait=(computed, adv(t + 1, 1)))
+
+            # pairs of full tiles (slots 0, 1) whose next loads are full too run as one loop
+            pairs = (len(tiles) - 2) // 2 if self.loops and len(tiles) >= 6 else 0
+            if pairs:
+                with pe.repeat(pairs) as loop:
+                    tile(0, loop)
+                    tile(1, loop)
+            for t in range(2 * pairs, len(tiles)):
+                tile(t)
 
     # ---- helpers for subclasses -----------------------------------------------------------
     def work(self, call: KernelCall, lay: dict, slot: int) -> int:
@@ -382,9 +397,6 @@ class NormKernel(RowwiseKernel):
         lay["m"] = m
         return lay
 
-    def setup(self, call, lay, m):
-        return []
-
     def tile(self, call, lay, slot, m, row0):
         _, c = self.matrix(call)
         odt = call.output.dtype
@@ -417,6 +429,7 @@ class BatchNormKernel(RowwiseKernel):
     positions; per-channel scale = weight / sqrt(var + eps) and shift = bias - mean * scale are
     computed once per PE over a channel vector repeated so that any tile's rows are a slice."""
     ops = ("batch_norm",)
+    loops = False         # a tile's channel vectors start at (first row % C)
 
     def accepts(self, op, operands, result, attrs) -> bool:
         x = operands[0]
