@@ -30,6 +30,8 @@ CASES = {
     "pad-crop": (lambda x: F.pad(x, (-1, 2, 0, 1)), lambda: (torch.randn(2, 10, 12),), "pad"),
     "expand-mid": (lambda x: x.expand(4, 8, 16), lambda: (torch.randn(4, 1, 16),), "broadcast"),
     "expand-last": (lambda x: x.expand(4, 8, 16), lambda: (torch.randn(4, 8, 1),), "broadcast"),
+    "expand-last-batched": (lambda x: x.expand(4, 3, 8, 6), lambda: (torch.randn(4, 1, 8, 1),), "broadcast"),
+    "expand-two-last": (lambda x: x.expand(4, 3, 5), lambda: (torch.randn(4, 1, 1),), "broadcast"),
     "expand-lead": (lambda x: x.expand(3, 5, 12), lambda: (torch.randn(12),), "broadcast"),
     "to-bf16": (lambda x: x.to(torch.bfloat16), lambda: (torch.randn(16, 100),), "cast"),
     "bf16-to-f32": (lambda x: x.to(torch.float32) * 2, lambda: (torch.randn(8, 40).bfloat16(),), "cast"),
@@ -134,6 +136,7 @@ MID = {
     "slice": (lambda x: x[:, 2:300], (256, 512), "slice"),
     "pad": (lambda x: F.pad(x, (2, 2, 1, 1), value=1.5), (4, 128, 256), "pad"),
     "expand": (lambda x: x.expand(16, 128, 256), (16, 1, 256), "broadcast"),
+    "expand-last": (lambda x: x.expand(8, 256, 128), (8, 256, 1), "broadcast"),
     "to-bf16": (lambda x: x.to(torch.bfloat16), (256, 512), "cast"),
 }
 

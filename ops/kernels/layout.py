@@ -9,9 +9,12 @@ the DMA row, the next dim the DMA's strided rows, and the remaining dims a list 
 `repeat` loops walk. The DMAs are spread evenly over the PEs; each PE's DMA queue runs its
 share in order, so DMA latency is hidden by the other PEs, not within one.
 
-Two cases go through local memory instead, double-buffered as the elementwise kernels are:
+Three cases go through local memory instead, double-buffered as the elementwise kernels are:
 - transposes that move the last dim: tiles are loaded with strided DMAs, transposed by the
   MLU, and stored with strided DMAs;
+- broadcasts of the last dim ([.., M, 1] -> [.., M, N]): a tile of N copies of a piece of x
+  (a DMA with source row stride 0) transposed by the MLU is a block of the output, so no DMA
+  moves one element at a time (other broadcasts are stride-0 box copies);
 - casts to a narrower float than the tensors are held in on chip (fp32 -> bf16 when computing
   in fp32): two SIMD COPYs round each tile through the narrow type, as torch does.
 
@@ -218,9 +221,17 @@ def _add_server_load(load: dict[str, np.ndarray], chip, space: str, addrs: np.nd
     n, il = _servers(chip, space)
     arr = load.setdefault(space, np.zeros(n))
     nch = min(n, -(-nbytes // il))
+    per = -(-nbytes // nch)
+    if len(addrs) == 1:                       # the common case, without numpy's per-call cost
+        first = int(addrs[0]) // il
+        for k in range(nch):
+            arr[(first + k) % n] += per
+        return
+    # DMA i covers channels first_i .. first_i + nch - 1 (mod n)
     first = (addrs // il) % n
+    counts = np.bincount(first, minlength=n).astype(float)
     for k in range(nch):
-        np.add.at(arr, (first + k) % n, -(-nbytes // nch))
+        arr += np.roll(counts, k) * per
 
 
 def predict_groups(share: list[list[DmaGroup]], chip) -> float:
@@ -237,7 +248,8 @@ def predict_groups(share: list[list[DmaGroup]], chip) -> float:
             moved = 0.0
             for space, base, step in ((g.src, g.src_addr, g.src_step), (g.dst, g.dst_addr, g.dst_step)):
                 if space != "local":
-                    _add_server_load(load, chip, space, base + step * np.arange(g.count), g.dma_bytes)
+                    addrs = (base,) if g.count == 1 else base + step * np.arange(g.count)
+                    _add_server_load(load, chip, space, addrs, g.dma_bytes)
                     moved += b / _bandwidth(chip, space)
             t += g.count * lat + moved
             dmas += g.count
@@ -263,7 +275,8 @@ class TilePlan:
 
 
 def _pe_choices(chip) -> list[int]:
-    return sorted({1, max(1, chip.num_pes // 2), chip.num_pes})
+    """PE counts to try, most first (a tie goes to spreading the DMAs)."""
+    return sorted({1, max(1, chip.num_pes // 2), chip.num_pes}, reverse=True)
 
 
 # ------------------------------------------------------------------------------ the template
@@ -376,6 +389,10 @@ class LayoutKernel(KernelTemplate):
             return "transpose"
         if call.op == "cast" and call.output.dtype == "fp32" and call.attrs["dtype"] in NARROW:
             return "round"
+        if call.op == "broadcast":
+            x, out = call.inputs[0].shape, call.output.shape
+            if len(x) >= 2 and x[-1] == 1 and out[-1] > 1 and x[-2] == out[-2] > 1:
+                return "transpose"      # [.., M, 1] -> [.., M, N]: see _tiles
         return None
 
     # --- plans and cost ---------------------------------------------------------------------
@@ -392,7 +409,9 @@ class LayoutKernel(KernelTemplate):
             # 2 input + 2 output buffers (+ a narrow one for rounding)
             if 5 * rows * cols * max(item, 4) > chip.local_mem.bytes:
                 continue
-            for pes in _pe_choices(chip):
+            # with a tile for every PE, fewer PEs only lengthen the pipeline: not worth costing
+            many = len(self._tiles(call, TilePlan(1, rows, cols))) >= chip.num_pes
+            for pes in [chip.num_pes] if many else _pe_choices(chip):
                 yield TilePlan(pes, rows, cols)
 
     def predict(self, call: KernelCall, plan, chip) -> int:
@@ -478,6 +497,8 @@ class LayoutKernel(KernelTemplate):
             return [{"src": x.addr + s * item, "dst": out.addr + s * item, "rows": 1,
                      "cols": min(plan.cols, n - s), "elems": min(plan.cols, n - s)}
                     for s in range(0, n, plan.cols)]
+        if call.op == "broadcast":
+            return self._broadcast_tiles(call, plan)
         perm = call.attrs["perm"]
         r = len(perm)
         xs, os_ = row_major_strides(x.shape, item), row_major_strides(out.shape, item)
@@ -497,6 +518,29 @@ class LayoutKernel(KernelTemplate):
                     work.append({"src": x.addr + so + i0 * xs[a] + j0 * item, "src_stride": xs[a],
                                  "dst": out.addr + do + j0 * os_[q] + i0 * item, "dst_stride": os_[q],
                                  "rows": m, "cols": n, "elems": m * n})
+        return work
+
+    def _broadcast_tiles(self, call: KernelCall, plan: TilePlan) -> list[dict]:
+        """[.., M, 1] -> [.., M, N] as transposes: a tile of `rows` copies of x[m0:m0+cols]
+        (a DMA whose rows all read the same bytes) transposed is the output's [cols, rows] block."""
+        x, out = call.inputs[0], call.output
+        item = ISA_ITEMSIZE[out.dtype]
+        lead = len(out.shape) - len(x.shape)
+        xs = (0,) * lead + row_major_strides(x.shape, item)
+        xs = tuple(0 if n == 1 else st for n, st in zip((1,) * lead + x.shape, xs))
+        os_ = row_major_strides(out.shape, item)
+        m_size, n_size = out.shape[-2:]
+        work = []
+        for idx in _ndindex(out.shape[:-2]):
+            so = sum(i * st for i, st in zip(idx, xs))
+            do = sum(i * st for i, st in zip(idx, os_))
+            for m0 in range(0, m_size, plan.cols):
+                m = min(plan.cols, m_size - m0)
+                for j0 in range(0, n_size, plan.rows):
+                    n = min(plan.rows, n_size - j0)
+                    work.append({"src": x.addr + so + m0 * item, "src_stride": 0,
+                                 "dst": out.addr + do + m0 * os_[-2] + j0 * item, "dst_stride": os_[-2],
+                                 "rows": n, "cols": m, "elems": m * n})
         return work
 
     def _emit_tiles(self, call: KernelCall, plan: TilePlan, builder) -> None:
