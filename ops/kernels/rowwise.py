@@ -1,9 +1,10 @@
-"""Row-wise kernels on the SIMD engines: `ember.softmax` and `ember.norm` over the last dim,
-inference `ember.batch_norm` (per-channel scale and shift), and `ember.reduce` (sum, mean,
-max, min) over the last dim.
+"""Row-wise kernels on the SIMD engines: `ember.softmax` over the last dim, `ember.norm` over
+its trailing `axes` dims, inference `ember.batch_norm` (per-channel scale and shift), and
+`ember.reduce` (sum, mean, max, min) over trailing dims.
 
-The input is viewed as a matrix [rows, cols] (cols = the last dim; for batch norm, the
-spatial dims of an (N, C, *) input, so that row r belongs to channel r % C). Rows are split
+The input is viewed as a matrix [rows, cols] (cols = the product of the normalized or reduced
+trailing dims; for batch norm, the spatial dims of an (N, C, *) input, so that row r belongs
+to channel r % C). Rows are split
 into equal blocks over the PEs; each PE streams its block through local memory in tiles of
 `tile_rows` whole rows, double-buffered like the elementwise kernels: the DMA engine loads tile
 t+1 while the SIMD engine computes tile t. The DMA queue runs in order (load 0, load 1, store 0,
@@ -296,6 +297,14 @@ def _float_rows(operands, result) -> bool:
     return x is not None and x.rank >= 1 and x.numel > 0 and x.shape[-1] > 0
 
 
+def _first_reduced(rank: int, dims) -> int | None:
+    """The first reduced dim when `dims` are the trailing dims (empty: all), else None."""
+    dims = tuple(dims)
+    if not dims:
+        return 0
+    return dims[0] if dims == tuple(range(dims[0], rank)) else None
+
+
 def log_of(s: int, y: int, a: int, b: int, m: int) -> list[Simd]:
     """y = log(s) for m fp32 values s >= 1 (a, b: scratch vectors; s is kept)."""
     out = [Simd("unary", "COPY", (s, a), m, 1)]
@@ -358,15 +367,21 @@ class SoftmaxKernel(RowwiseKernel):
 # ----------------------------------------------------------------------------- layer / RMS norm
 
 class NormKernel(RowwiseKernel):
-    """Layer or RMS norm over the last dim, then * weight + bias (replicated to a tile per PE)."""
+    """Layer or RMS norm over the last `axes` dims (contiguous: one row of the matrix), then
+    * weight + bias (replicated to a tile once per PE)."""
     ops = ("norm",)
 
     def accepts(self, op, operands, result, attrs) -> bool:
         x = operands[0]
-        if not _float_rows(operands, result) or attrs["axes"] != 1 or attrs["kind"] not in ("layer", "rms"):
+        if not _float_rows(operands, result) or not 1 <= attrs["axes"] <= x.rank or attrs["kind"] not in ("layer", "rms"):
             return False
         affine = sum(o is not None for o in operands[1:3])
-        return _row_fits(x.shape[-1] * 4 * (3 + affine))
+        return _row_fits(math.prod(x.shape[x.rank - attrs["axes"]:]) * 4 * (3 + affine))
+
+    def matrix(self, call):
+        shape = call.inputs[0].shape
+        cols = math.prod(shape[len(shape) - call.attrs["axes"]:])
+        return math.prod(shape) // cols, cols
 
     def scratch_tiles(self, call):
         return 1
@@ -495,17 +510,21 @@ class BatchNormKernel(RowwiseKernel):
 # ----------------------------------------------------------------------------- reduce
 
 class ReduceKernel(RowwiseKernel):
-    """sum / mean / max / min over the last dim: one row reduction per tile (fp32 inside)."""
+    """sum / mean / max / min over trailing dims (all dims when `dims` is empty): one row
+    reduction per tile, in fp32 inside."""
     ops = ("reduce",)
 
     def accepts(self, op, operands, result, attrs) -> bool:
         x = operands[0]
         if not _float_rows(operands, result) or attrs["kind"] not in REDUCE_FN:
             return False
-        dims = tuple(attrs["dims"])
-        if dims != (x.rank - 1,) and not (x.rank == 1 and dims == ()):
-            return False
-        return _row_fits(x.shape[-1] * 4 * 2)
+        first = _first_reduced(x.rank, attrs["dims"])
+        return first is not None and _row_fits(math.prod(x.shape[first:]) * 4 * 2)
+
+    def matrix(self, call):
+        shape = call.inputs[0].shape
+        cols = math.prod(shape[_first_reduced(len(shape), call.attrs["dims"]):])
+        return math.prod(shape) // cols, cols
 
     def out_cols(self, call):
         return 1
