@@ -43,7 +43,7 @@ def build_program(graph: GraphOps, placements: dict[int, Placement], chip, dtype
             template.emit(call, op.plan, chip, builder)
             kernels.append(builder.build())
             steps.append({"kind": "kernel", "kernel": len(kernels) - 1, **record,
-                          "plan": repr(op.plan), "predicted_cycles": int(template.predict(call, op.plan, chip)),
+                          "plan": repr(op.plan), "predicted_cycles": op.predicted_cycles,
                           "roofline_cycles": float(roofline_cycles(call, template, chip)),
                           "flops": int(template.flops(call))})
         else:

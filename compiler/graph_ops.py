@@ -24,6 +24,7 @@ class GraphOp:
     host_call: int | None = None      # index into the host-call table
     target: str = "accelerator"       # set by the partition pass: "accelerator" | "host" | "view"
     plan: Any = None                  # set by the tiling pass for accelerator ops
+    predicted_cycles: int | None = None   # the plan's cost-model cycles
     operation: Any = None             # the MLIR operation, for annotating the IR
 
 

@@ -19,7 +19,18 @@ class TileAndMap:
     name: str = "tile-and-map"
 
     def run(self, graph: GraphOps, placements: dict[int, Placement], chip) -> GraphOps:
+        # Identical ops (every layer of a transformer) share one search: the key is the op,
+        # its attributes, and its operands' shapes, dtypes and memory spaces (not addresses).
+        chosen: dict[tuple, tuple] = {}
         for op in graph.ops:
-            if op.target == "accelerator":
-                op.plan = kernel_for(op.name).choose(kernel_call(op, placements), chip)
+            if op.target != "accelerator":
+                continue
+            template = kernel_for(op.name)
+            call = kernel_call(op, placements)
+            key = (op.name, repr(sorted(op.attrs.items())),
+                   tuple(None if p is None else (p.space, p.shape, p.dtype) for p in (*call.inputs, call.output)))
+            if key not in chosen:
+                plan = template.choose(call, chip)
+                chosen[key] = (plan, int(template.predict(call, plan, chip)))
+            op.plan, op.predicted_cycles = chosen[key]
         return graph
