@@ -28,15 +28,15 @@ values, which are runtime data, and a DMA's addresses are fixed in the program.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
-from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, Placement, register_kernel
+from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, register_kernel
 from simulator.isa import Engine
 
-#: element types that are narrower than fp32 on chip: (ISA dtype) for rounding casts
+#: float element types narrower than fp32 -> the ISA dtype a rounding cast goes through
 NARROW = {"bf16": "bf16", "f16": "fp16"}
 FLOAT_TYPES = frozenset({"f32", "f64", "f16", "bf16"})
 FILL_ELEMS = 1024           # elements of the pad-value tile in local memory
@@ -179,7 +179,7 @@ def split_over_pes(groups: list[DmaGroup], pes: int) -> list[list[DmaGroup]]:
         while i < g.count:
             p = min(pes - 1, int(done // per)) if per else 0
             # DMAs of this group that still fit PE p's share (at least one)
-            room = max(1, int(round(((p + 1) * per - done) / g.dma_bytes))) if p < pes - 1 else g.count - i
+            room = max(1, round(((p + 1) * per - done) / g.dma_bytes)) if p < pes - 1 else g.count - i
             n = min(g.count - i, room)
             share[p].append(DmaGroup(g.src, g.src_addr + i * g.src_step, g.dst, g.dst_addr + i * g.dst_step,
                                      g.rows, g.row_bytes, g.src_stride, g.dst_stride, n, g.src_step, g.dst_step))
@@ -330,7 +330,7 @@ class LayoutKernel(KernelTemplate):
     def _fill_boxes(self, call: KernelCall, fill_addr: int) -> list[Box]:
         """The border of a constant pad: for each dim d, the boxes before and after the interior
         in d, interior in dims < d and whole in dims > d; read from a local tile (stride 0)."""
-        x, out = call.inputs[0], call.output
+        out = call.output
         item = ISA_ITEMSIZE[out.dtype]
         os_ = row_major_strides(out.shape, item)
         low, high = call.attrs["low"], call.attrs["high"]
@@ -558,15 +558,14 @@ class LayoutKernel(KernelTemplate):
             pe = builder.pe(p)
             loaded, computed, stored = builder.token(), builder.token(), builder.token()
 
-            def load(t: int) -> None:
-                w = tiles[t]
-                pe.dma(x.space, w["src"], "local", in_buf[t % 2], rows=w["rows"], row_bytes=w["cols"] * item,
-                       src_stride=w.get("src_stride", w["cols"] * item), signal=loaded)
-
-            load(0)
+            loads = [{"src": x.space, "src_addr": w["src"], "dst": "local", "dst_addr": in_buf[t % 2],
+                      "rows": w["rows"], "row_bytes": w["cols"] * item,
+                      "src_stride": w.get("src_stride", w["cols"] * item), "signal": loaded}
+                     for t, w in enumerate(tiles)]
+            pe.dma(**loads[0])
             for t, w in enumerate(tiles):
                 if t + 1 < len(tiles):
-                    load(t + 1)
+                    pe.dma(**loads[t + 1])      # the next tile loads while this one is worked on
                 eng = Engine.MLU if transpose else Engine.SIMD
                 if t >= 2:
                     pe.nop(eng, wait=(stored, t - 1))
