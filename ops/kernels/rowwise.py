@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, register_kernel
 from simulator.isa import Engine
@@ -38,6 +38,8 @@ REDUCE_FN = {"sum": "ADD", "mean": "ADD", "max": "MAX", "min": "MIN"}
 #: log(s) for s >= 1: square roots shrink s to s^(1/8) <= ~3, a two-term atanh series gives a
 #: start within ~0.1, and Newton steps y += s * exp(-y) - 1 square the error (no LOG on the SIMD).
 LOG_HALVINGS = 3
+#: smallest chunk (columns) of the long-row path
+MIN_CHUNK = 64
 LOG_NEWTON_STEPS = 3
 #: Fraction of the other PEs' transfers in a round that one DMA waits behind, on average
 #: (fitted to simulated cycles of softmax, norms and reduce on the tiny and mtia2i chips).
@@ -84,6 +86,32 @@ class Simd:
 class RowPlan:
     pes: int          # PEs that share the rows (blocks of ceil(rows / pes) rows)
     tile_rows: int    # rows per tile
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Rows too long for local memory: each PE streams its rows one at a time in chunks of
+    `chunk` columns, in two passes (statistics, then results)."""
+    pes: int
+    chunk: int
+
+
+@dataclass(frozen=True)
+class Load:
+    """A DMA of a piece of an operand into the job's slot of buffer `buf`."""
+    space: str
+    addr: int
+    buf: str
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Job:
+    """One chunk of a long row: loads into its slot, SIMD commands (given the slot), and an
+    optional store (buffer, space, address, bytes) of its result."""
+    loads: tuple[Load, ...]
+    steps: Callable[[int], list[Simd]]
+    store: tuple[str, str, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -157,14 +185,18 @@ class RowwiseKernel(KernelTemplate):
         return self.layout(call, m)["end"] <= local_bytes
 
     # ---- plans and cost model -------------------------------------------------------------
-    def plans(self, call: KernelCall, chip) -> Iterator[RowPlan]:
-        rows, _ = self.matrix(call)
+    def plans(self, call: KernelCall, chip) -> Iterator[RowPlan | ChunkPlan]:
+        rows, cols = self.matrix(call)
         pes = max(1, min(chip.num_pes, rows))
         per_pe = math.ceil(rows / pes)
         choices = {per_pe} | {1 << k for k in range(per_pe.bit_length())}
-        for m in sorted(choices):
-            if m <= per_pe and self.fits(call, m, chip.local_mem.bytes):
-                yield RowPlan(pes, m)
+        fitting = [m for m in sorted(choices) if m <= per_pe and self.fits(call, m, chip.local_mem.bytes)]
+        for m in fitting:
+            yield RowPlan(pes, m)
+        if not fitting and self.chunked:
+            for k in (1 << j for j in range(MIN_CHUNK.bit_length() - 1, cols.bit_length())):
+                if k < cols and self.chunk_layout(call, k)["end"] <= chip.local_mem.bytes:
+                    yield ChunkPlan(pes, k)
 
     def _dma_cycles(self, nbytes: int, space: str, pes: int, chip) -> float:
         """One DMA of `nbytes` between `space` and a PE while every PE streams: its latency, its
@@ -183,6 +215,8 @@ class RowwiseKernel(KernelTemplate):
         """Pipelined tiles on one PE (the first load, then per tile the slower of its SIMD work
         and its load + store, then the last compute and store), but never faster than the
         bytes every PE moves through the busiest shared memory or column port."""
+        if isinstance(plan, ChunkPlan):
+            return self._predict_chunks(call, plan, chip)
         rows, cols = self.matrix(call)
         m = plan.tile_rows
         per_pe = min(rows, math.ceil(rows / plan.pes))
@@ -215,7 +249,9 @@ class RowwiseKernel(KernelTemplate):
         return int(setup + max(chain, streams + (simd + lat) / 2))
 
     # ---- emission -------------------------------------------------------------------------
-    def emit(self, call: KernelCall, plan: RowPlan, chip, builder) -> None:
+    def emit(self, call: KernelCall, plan: RowPlan | ChunkPlan, chip, builder) -> None:
+        if isinstance(plan, ChunkPlan):
+            return self._emit_chunks(call, plan, chip, builder)
         rows, cols = self.matrix(call)
         m = plan.tile_rows
         per_pe = math.ceil(rows / plan.pes)
@@ -275,6 +311,112 @@ class RowwiseKernel(KernelTemplate):
             for t in range(2 * pairs, len(tiles)):
                 tile(t)
 
+    # ---- long rows, in chunks --------------------------------------------------------------
+    #: whether rows too long for local memory are streamed in chunks (else they stay on the host)
+    chunked = True
+    #: per-chunk buffers of the chunked path: fp32 scratch chunks, operands loaded per chunk
+    chunk_scratch = 0
+
+    def chunk_operands(self, call: KernelCall) -> tuple[int, ...]:
+        """Operands besides the input that pass 2 loads chunk by chunk (norm weight, bias)."""
+        return ()
+
+    def row_jobs(self, call: KernelCall, lay: dict, row: int, chunks: list[tuple[int, int]]) -> list[Job]:
+        raise NotImplementedError
+
+    def chunk_layout(self, call: KernelCall, k: int) -> dict:
+        item = ISA_ITEMSIZE[call.inputs[0].dtype]
+        out_item = ISA_ITEMSIZE[call.output.dtype]
+        pos = 0
+
+        def take(nbytes: int) -> int:
+            nonlocal pos
+            addr = pos
+            pos += -(-nbytes // ALIGN) * ALIGN
+            return addr
+
+        lay: dict = {"x": [take(k * max(item, out_item)) for _ in range(2)]}
+        lay["out"] = lay["x"] if self.out_cols(call) > 1 else [take(out_item) for _ in range(2)]
+        lay["w"] = take(k * 4) if item != 4 else None
+        lay["t"] = [take(k * 4) for _ in range(self.chunk_scratch)]
+        for i in self.chunk_operands(call):
+            lay[f"in{i}"] = [take(k * ISA_ITEMSIZE[call.inputs[i].dtype]) for _ in range(2)]
+        lay["vec"] = [take(4) for _ in range(12)]
+        lay["end"] = pos
+        return lay
+
+    def _chunk_jobs(self, call: KernelCall, plan: ChunkPlan, lay: dict, start: int, end: int) -> list[Job]:
+        _, cols = self.matrix(call)
+        chunks = [(c, min(plan.chunk, cols - c)) for c in range(0, cols, plan.chunk)]
+        return [j for r in range(start, end) for j in self.row_jobs(call, lay, r, chunks)]
+
+    def _predict_chunks(self, call: KernelCall, plan: ChunkPlan, chip) -> int:
+        rows, _ = self.matrix(call)
+        lay = self.chunk_layout(call, plan.chunk)
+        jobs = self._chunk_jobs(call, plan, lay, 0, min(rows, math.ceil(rows / plan.pes)))
+        loads = [sum(self._dma_cycles(ld.nbytes, ld.space, plan.pes, chip) for ld in j.loads) for j in jobs]
+        stores = [self._dma_cycles(j.store[3], j.store[1], plan.pes, chip) if j.store else 0.0 for j in jobs]
+        simd = [sum(s.cycles(chip) for s in j.steps(0)) for j in jobs]
+        chain = loads[0] + sum(max(simd[k], (loads[k + 1] if k + 1 < len(jobs) else 0.0) + stores[k])
+                               for k in range(len(jobs)))
+        moved = {"dram": 0.0, "sram": 0.0}
+        for j in jobs:
+            for ld in j.loads:
+                moved[ld.space] += ld.nbytes * plan.pes
+            if j.store:
+                moved[j.store[1]] += j.store[3] * plan.pes
+        clk = chip.clock_hz
+        streams = max(moved["dram"] * clk / chip.dram_bytes_per_s, moved["sram"] * clk / chip.sram.bytes_per_s)
+        return int(max(chain, streams))
+
+    def _emit_chunks(self, call: KernelCall, plan: ChunkPlan, chip, builder) -> None:
+        """A stream of jobs per PE, double-buffered: job k+2 is loaded into job k's slot once
+        job k has been computed (and, in DMA order, stored)."""
+        rows, _ = self.matrix(call)
+        per_pe = math.ceil(rows / plan.pes)
+        lay = self.chunk_layout(call, plan.chunk)
+        for p in range(plan.pes):
+            start, end = p * per_pe, min(rows, (p + 1) * per_pe)
+            if start >= end:
+                continue
+            pe = builder.pe(p)
+            loaded, computed = builder.token(), builder.token()
+            jobs = self._chunk_jobs(call, plan, lay, start, end)
+            cum = [0]
+            for j in jobs:
+                cum.append(cum[-1] + len(j.loads))
+
+            def issue(k: int, wait=None) -> None:
+                for i, ld in enumerate(jobs[k].loads):
+                    pe.dma(ld.space, ld.addr, "local", lay[ld.buf][k % 2], nbytes=ld.nbytes,
+                           wait=wait if i == 0 else None, signal=loaded)
+
+            for k in range(min(2, len(jobs))):
+                issue(k)
+            for k, job in enumerate(jobs):
+                steps = job.steps(k % 2)
+                for i, step in enumerate(steps):
+                    step.emit(pe, wait=(loaded, cum[k + 1]) if i == 0 else None,
+                              signal=computed if i == len(steps) - 1 else None)
+                if job.store:
+                    buf, space, addr, nbytes = job.store
+                    pe.dma("local", lay[buf][k % 2], space, addr, nbytes=nbytes, wait=(computed, k + 1))
+                if k + 2 < len(jobs):
+                    issue(k + 2, wait=(computed, k + 1))
+
+    def chunk_load(self, call: KernelCall, row: int, c0: int, n: int, operand: int = 0, buf: str = "x") -> Load:
+        _, cols = self.matrix(call)
+        src = call.inputs[operand]
+        item = ISA_ITEMSIZE[src.dtype]
+        addr = src.addr + ((row * cols if operand == 0 else 0) + c0) * item
+        return Load(src.space, addr, buf, n * item)
+
+    def chunk_work(self, call: KernelCall, lay: dict, slot: int, n: int) -> tuple[int, list[Simd]]:
+        """The fp32 chunk (the slot itself for fp32 input) and the command that widens it."""
+        if lay["w"] is None:
+            return lay["x"][slot], []
+        return lay["w"], [Simd("unary", "COPY", (lay["x"][slot], lay["w"]), 1, n, dtype=call.inputs[0].dtype)]
+
     # ---- helpers for subclasses -----------------------------------------------------------
     def work(self, call: KernelCall, lay: dict, slot: int) -> int:
         """The fp32 copy of the tile (the input buffer itself when the input is fp32)."""
@@ -332,9 +474,7 @@ class SoftmaxKernel(RowwiseKernel):
 
     def accepts(self, op, operands, result, attrs) -> bool:
         x = operands[0]
-        if not _float_rows(operands, result) or attrs["dim"] != x.rank - 1:
-            return False
-        return _row_fits(x.shape[-1] * 4 * (3 if attrs["log"] else 2))
+        return _float_rows(operands, result) and attrs["dim"] == x.rank - 1
 
     def scratch_tiles(self, call):
         return 1 if call.attrs["log"] else 0
@@ -363,6 +503,55 @@ class SoftmaxKernel(RowwiseKernel):
                       Simd("bcast", "MUL", (w, s, x), m, c, out_dtype=odt)]
         return steps
 
+    def row_jobs(self, call, lay, row, chunks):
+        _, cols = self.matrix(call)
+        log, odt = call.attrs["log"], call.output.dtype
+        mx, mx2, cm, s, cs, d, r, a, b = lay["vec"][:9]
+        out = call.output
+        item = ISA_ITEMSIZE[out.dtype]
+        last = len(chunks) - 1
+
+        def stats(j: int, n: int):          # pass 1: running max and rescaled running sum
+            def steps(slot: int) -> list[Simd]:
+                w, out_ = self.chunk_work(call, lay, slot, n)
+                if j == 0:
+                    out_ += [Simd("reduce", "MAX", (w, cm), 1, n),
+                             Simd("scalar", "MAX", (cm, mx), 1, 1, imm=NEG_BIG),
+                             Simd("bcast", "SUB", (w, mx, w), 1, n),
+                             Simd("unary", "EXP", (w, w), 1, n),
+                             Simd("reduce", "ADD", (w, s), 1, n)]
+                else:
+                    out_ += [Simd("reduce", "MAX", (w, cm), 1, n),
+                             Simd("binary", "MAX", (mx, cm, mx2), 1, 1),
+                             Simd("bcast", "SUB", (w, mx2, w), 1, n),
+                             Simd("unary", "EXP", (w, w), 1, n),
+                             Simd("reduce", "ADD", (w, cs), 1, n),
+                             Simd("binary", "SUB", (mx, mx2, d), 1, 1),     # s *= exp(old max - new max)
+                             Simd("unary", "EXP", (d, d), 1, 1),
+                             Simd("binary", "MUL", (s, d, s), 1, 1),
+                             Simd("binary", "ADD", (s, cs, s), 1, 1),
+                             Simd("unary", "COPY", (mx2, mx), 1, 1)]
+                if j == last:
+                    out_.append(Simd("scalar", "MAX", (s, s), 1, 1, imm=TINY))
+                    out_ += log_of(s, r, a, b, 1) if log else [Simd("unary", "RECIP", (s, r), 1, 1)]
+                return out_
+            return steps
+
+        def result(n: int):                  # pass 2: exp(x - max) / sum, or x - max - log(sum)
+            def steps(slot: int) -> list[Simd]:
+                w, out_ = self.chunk_work(call, lay, slot, n)
+                out_.append(Simd("bcast", "SUB", (w, mx, w), 1, n))
+                if log:
+                    return out_ + [Simd("bcast", "SUB", (w, r, lay["x"][slot]), 1, n, out_dtype=odt)]
+                return out_ + [Simd("unary", "EXP", (w, w), 1, n),
+                               Simd("bcast", "MUL", (w, r, lay["x"][slot]), 1, n, out_dtype=odt)]
+            return steps
+
+        jobs = [Job((self.chunk_load(call, row, c0, n),), stats(j, n)) for j, (c0, n) in enumerate(chunks)]
+        jobs += [Job((self.chunk_load(call, row, c0, n),), result(n),
+                     ("x", out.space, out.addr + (row * cols + c0) * item, n * item)) for c0, n in chunks]
+        return jobs
+
 
 # ----------------------------------------------------------------------------- layer / RMS norm
 
@@ -373,10 +562,7 @@ class NormKernel(RowwiseKernel):
 
     def accepts(self, op, operands, result, attrs) -> bool:
         x = operands[0]
-        if not _float_rows(operands, result) or not 1 <= attrs["axes"] <= x.rank or attrs["kind"] not in ("layer", "rms"):
-            return False
-        affine = sum(o is not None for o in operands[1:3])
-        return _row_fits(math.prod(x.shape[x.rank - attrs["axes"]:]) * 4 * (3 + affine))
+        return _float_rows(operands, result) and 1 <= attrs["axes"] <= x.rank and attrs["kind"] in ("layer", "rms")
 
     def matrix(self, call):
         shape = call.inputs[0].shape
@@ -436,6 +622,76 @@ class NormKernel(RowwiseKernel):
             steps.append(Simd("binary", fn, (w, addr, x if last else w), m, c, out_dtype=odt if last else "fp32"))
         return steps
 
+    chunk_scratch = 2
+
+    def chunk_operands(self, call):
+        return tuple(i for i in (1, 2) if call.inputs[i] is not None)
+
+    def row_jobs(self, call, lay, row, chunks):
+        _, cols = self.matrix(call)
+        layer, odt = call.attrs["kind"] == "layer", call.output.dtype
+        shift, s1, s2, cs, cq, mean, rstd, d = lay["vec"][:8]
+        t, t2 = lay["t"]
+        out = call.output
+        item = ISA_ITEMSIZE[out.dtype]
+        last = len(chunks) - 1
+
+        def stats(j: int, n: int):
+            # sums of (x - shift) and its squares; shift = the first chunk's mean keeps the
+            # one-pass variance E[y^2] - E[y]^2 clear of cancellation
+            def steps(slot: int) -> list[Simd]:
+                w, out_ = self.chunk_work(call, lay, slot, n)
+                acc1, acc2 = (s1, s2) if j == 0 else (cs, cq)
+                if layer:
+                    if j == 0:
+                        out_ += [Simd("reduce", "ADD", (w, shift), 1, n),
+                                 Simd("scalar", "MUL", (shift, shift), 1, 1, imm=1.0 / n)]
+                    out_ += [Simd("bcast", "SUB", (w, shift, w), 1, n),
+                             Simd("reduce", "ADD", (w, acc1), 1, n)]
+                out_ += [Simd("binary", "MUL", (w, w, t), 1, n),
+                         Simd("reduce", "ADD", (t, acc2), 1, n)]
+                if j > 0:
+                    out_ += [Simd("binary", "ADD", (s1, cs, s1), 1, 1)] if layer else []
+                    out_ += [Simd("binary", "ADD", (s2, cq, s2), 1, 1)]
+                if j == last:
+                    out_.append(Simd("scalar", "MUL", (s2, rstd), 1, 1, imm=1.0 / cols))
+                    if layer:
+                        out_ += [Simd("scalar", "MUL", (s1, s1), 1, 1, imm=1.0 / cols),
+                                 Simd("binary", "MUL", (s1, s1, d), 1, 1),
+                                 Simd("binary", "SUB", (rstd, d, rstd), 1, 1),
+                                 Simd("binary", "ADD", (shift, s1, mean), 1, 1)]
+                    out_ += [Simd("scalar", "ADD", (rstd, rstd), 1, 1, imm=float(call.attrs["eps"])),
+                             Simd("unary", "RSQRT", (rstd, rstd), 1, 1)]
+                return out_
+            return steps
+
+        params = self.chunk_operands(call)
+
+        def result(n: int):
+            def steps(slot: int) -> list[Simd]:
+                w, out_ = self.chunk_work(call, lay, slot, n)
+                if layer:
+                    out_.append(Simd("bcast", "SUB", (w, mean, w), 1, n))
+                dst = [w] * len(params) + [lay["x"][slot]]
+                dts = ["fp32"] * len(params) + [odt]
+                out_.append(Simd("bcast", "MUL", (w, rstd, dst[0]), 1, n, out_dtype=dts[0]))
+                for k, i in enumerate(params):
+                    src = call.inputs[i]
+                    vec = lay[f"in{i}"][slot]
+                    if src.dtype != "fp32":
+                        out_.append(Simd("unary", "COPY", (vec, (t, t2)[k]), 1, n, dtype=src.dtype))
+                        vec = (t, t2)[k]
+                    out_.append(Simd("binary", "MUL" if i == 1 else "ADD", (w, vec, dst[k + 1]), 1, n,
+                                     out_dtype=dts[k + 1]))
+                return out_
+            return steps
+
+        jobs = [Job((self.chunk_load(call, row, c0, n),), stats(j, n)) for j, (c0, n) in enumerate(chunks)]
+        jobs += [Job((self.chunk_load(call, row, c0, n),
+                      *(self.chunk_load(call, row, c0, n, i, f"in{i}") for i in params)), result(n),
+                     ("x", out.space, out.addr + (row * cols + c0) * item, n * item)) for c0, n in chunks]
+        return jobs
+
 
 # ----------------------------------------------------------------------------- batch norm
 
@@ -445,6 +701,7 @@ class BatchNormKernel(RowwiseKernel):
     computed once per PE over a channel vector repeated so that any tile's rows are a slice."""
     ops = ("batch_norm",)
     loops = False         # a tile's channel vectors start at (first row % C)
+    chunked = False
 
     def accepts(self, op, operands, result, attrs) -> bool:
         x = operands[0]
@@ -518,8 +775,7 @@ class ReduceKernel(RowwiseKernel):
         x = operands[0]
         if not _float_rows(operands, result) or attrs["kind"] not in REDUCE_FN:
             return False
-        first = _first_reduced(x.rank, attrs["dims"])
-        return first is not None and _row_fits(math.prod(x.shape[first:]) * 4 * 2)
+        return _first_reduced(x.rank, attrs["dims"]) is not None
 
     def matrix(self, call):
         shape = call.inputs[0].shape
@@ -540,6 +796,30 @@ class ReduceKernel(RowwiseKernel):
             return [Simd("reduce", REDUCE_FN[kind], (x, out), m, c, dtype=dt, out_dtype=odt)]
         return [Simd("reduce", "ADD", (x, acc), m, c, dtype=dt),
                 Simd("scalar", "MUL", (acc, out), m, 1, imm=1.0 / c, out_dtype=odt)]
+
+    def row_jobs(self, call, lay, row, chunks):
+        kind, dt, odt = call.attrs["kind"], call.inputs[0].dtype, call.output.dtype
+        _, cols = self.matrix(call)
+        acc, cs = lay["vec"][:2]
+        out = call.output
+        last = len(chunks) - 1
+
+        def part(j: int, n: int):
+            def steps(slot: int) -> list[Simd]:
+                x = lay["x"][slot]
+                out_ = [Simd("reduce", REDUCE_FN[kind], (x, acc if j == 0 else cs), 1, n, dtype=dt)]
+                if j > 0:
+                    out_.append(Simd("binary", REDUCE_FN[kind], (acc, cs, acc), 1, 1))
+                if j == last:
+                    out_.append(Simd("scalar", "MUL", (acc, lay["out"][slot]), 1, 1,
+                                     imm=1.0 / cols if kind == "mean" else 1.0, out_dtype=odt))
+                return out_
+            return steps
+
+        item = ISA_ITEMSIZE[out.dtype]
+        return [Job((self.chunk_load(call, row, c0, n),), part(j, n),
+                    ("out", out.space, out.addr + row * item, item) if j == last else None)
+                for j, (c0, n) in enumerate(chunks)]
 
 
 register_kernel(SoftmaxKernel())
