@@ -78,6 +78,7 @@ CASES = [
     ("rms-norm-functional", lambda: as_module(lambda x: F.rms_norm(x, (33,))), [(2, 7, 33)], "norm"),
     ("batch-norm-2d", lambda: BatchNorm(6), [(2, 6, 5, 7)], "batch_norm"),
     ("batch-norm-1d-plain", lambda: BatchNorm(5, affine=False, dims=1), [(3, 5, 12)], "batch_norm"),
+    ("batch-norm-1d-features", lambda: BatchNorm(24, dims=1), [(19, 24)], "batch_norm"),
     ("sum", lambda: as_module(lambda x: x.sum(-1)), [(30, 70)], "reduce"),
     ("mean-keepdim", lambda: as_module(lambda x: x.mean(-1, keepdim=True)), [(4, 6, 50)], "reduce"),
     ("max", lambda: as_module(lambda x: x.amax(-1)), [(30, 17)], "reduce"),
@@ -93,7 +94,7 @@ def _randn(shape, dtype, scale=1.0):
 
 
 #: bf16 runs for one case of each kernel variant (keeps the file under a minute)
-BF16_CASES = {"softmax", "log-softmax", "softmax-masked-rows", "layer-norm", "rms-norm", "batch-norm-2d",
+BF16_CASES = {"softmax", "log-softmax", "softmax-masked-rows", "layer-norm", "rms-norm", "batch-norm-1d-features",
               "mean-keepdim", "max"}
 RUNS = [(*c, "fp32") for c in CASES] + [(*c, "bf16") for c in CASES if c[0] in BF16_CASES]
 

@@ -4,16 +4,18 @@ its trailing `axes` dims, inference `ember.batch_norm` (per-channel scale and sh
 
 The input is viewed as a matrix [rows, cols] (cols = the product of the normalized or reduced
 trailing dims; for batch norm, the spatial dims of an (N, C, *) input, so that row r belongs
-to channel r % C). Rows are split
-into equal blocks over the PEs; each PE streams its block through local memory in tiles of
-`tile_rows` whole rows, double-buffered like the elementwise kernels: the DMA engine loads tile
+to channel r % C). Rows are split into equal blocks over the PEs; each PE streams its block
+through local memory in tiles of `tile_rows` whole rows (full tiles as a compact loop), double-buffered like the elementwise kernels: the DMA engine loads tile
 t+1 while the SIMD engine computes tile t. The DMA queue runs in order (load 0, load 1, store 0,
 load 2, store 1, ...), so a tile buffer is reloaded only after the store that read it.
 
 Numerics: every tile is computed in fp32 in local memory (a bf16 input is widened once) and
 rounded to the output dtype by the last command. Scratch buffers that only the SIMD engine
 touches (the fp32 copy, squares, row vectors) are single-buffered: its queue is in order.
-A row must fit local memory whole; longer rows stay on the host (no two-pass scheme yet).
+Rows too long for local memory (softmax, norm, reduce) stream through it in chunks instead,
+in two passes per row: statistics (an online max and rescaled sum for softmax, moments about
+the first chunk's mean for norms), then results. Batch norm planes that do not fit stay on
+the host.
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ from typing import Callable, Iterator
 from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, register_kernel
 from simulator.isa import Engine
 
-#: `accepts` is not told the chip; rows are refused when one row's buffers (fp32) exceed this,
-#: the local memory of the smallest chip we ship ("tiny"), so every chip can tile them.
+#: `accepts` is not told the chip; batch norm (which has no chunked path) refuses rows whose
+#: buffers exceed this, the local memory of the smallest chip we ship ("tiny").
 MIN_LOCAL_BYTES = 64 * 1024
 ALIGN = 64
 #: Row maximum floor: an all -inf row (a fully masked attention row) gives zeros, not NaN.
@@ -698,28 +700,32 @@ class NormKernel(RowwiseKernel):
 class BatchNormKernel(RowwiseKernel):
     """Inference batch norm of an (N, C, *) input: rows are (n, c) pairs, cols the spatial
     positions; per-channel scale = weight / sqrt(var + eps) and shift = bias - mean * scale are
-    computed once per PE over a channel vector repeated so that any tile's rows are a slice."""
+    computed once per PE over a channel vector repeated so that any tile's rows are a slice.
+    An (N, C) input has the channels along the row instead: its scale and shift are [tile_rows,
+    C] tiles (the vector repeated per row) applied elementwise."""
     ops = ("batch_norm",)
     loops = False         # a tile's channel vectors start at (first row % C)
     chunked = False
 
     def accepts(self, op, operands, result, attrs) -> bool:
         x = operands[0]
-        if x is None or x.rank < 3 or x.numel == 0:
+        if x is None or x.rank < 2 or x.numel == 0:
             return False
+        if x.rank == 2:
+            return _row_fits(x.shape[1] * 4 * 10)
         inner = math.prod(x.shape[2:])
         return inner > 0 and _row_fits(inner * 4 * 2 + 4 * 4 * 2 * x.shape[1])
 
     def matrix(self, call):
         shape = call.inputs[0].shape
-        return shape[0] * shape[1], math.prod(shape[2:])
+        return (shape[0], shape[1]) if len(shape) == 2 else (shape[0] * shape[1], math.prod(shape[2:]))
 
     def flops(self, call):
         return 2 * call.inputs[0].nbytes // ISA_ITEMSIZE[call.inputs[0].dtype]
 
     def _reps(self, call, m) -> int:
         ch = call.inputs[0].shape[1]
-        return math.ceil((ch - 1 + m) / ch)
+        return m if len(call.inputs[0].shape) == 2 else math.ceil((ch - 1 + m) / ch)
 
     def param_bytes(self, call, m):
         ch = call.inputs[0].shape[1]
@@ -756,8 +762,13 @@ class BatchNormKernel(RowwiseKernel):
 
     def tile(self, call, lay, slot, m, row0):
         _, c = self.matrix(call)
-        off = (row0 % call.inputs[0].shape[1]) * 4
         x, w = lay["x"][slot], self.work(call, lay, slot)
+        if len(call.inputs[0].shape) == 2:
+            scale, shift = lay["pvec"][3], lay["pvec"][2]
+            return self.widen(call, lay, slot, m) + [
+                Simd("binary", "MUL", (w, scale, w), m, c),
+                Simd("binary", "ADD", (w, shift, x), m, c, out_dtype=call.output.dtype)]
+        off = (row0 % call.inputs[0].shape[1]) * 4
         scale, shift = lay["pvec"][3] + off, lay["pvec"][2] + off
         return self.widen(call, lay, slot, m) + [
             Simd("bcast", "MUL", (w, scale, w), m, c),
