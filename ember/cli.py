@@ -109,9 +109,11 @@ def run(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:fac
 
 @app.command()
 def demo(spec: str = typer.Option("models:multimodal-small", help="the model to show")) -> None:
-    """The main job: compile the multimodal model and check it against PyTorch."""
+    """The main job: compile the multimodal model, check it against PyTorch, simulate it on mtia2i."""
     from ember.demo import compare_with_torch
     compare_with_torch(spec, device="reference", chip="mtia2i", dtype="fp32", console=console, show_ops=True)
+    compare_with_torch(spec, device="sim", chip="mtia2i", dtype="bf16", console=console,
+                       trace="build/demo-trace.json")
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Compile a model, run it on fresh inputs and compare with PyTorch eager (`ember run`, `make demo`)."""
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -8,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 import ember
-from ember.report import op_summary_table, unsupported_table
+from ember.report import op_summary_table, run_summary_tables, unsupported_table
 
 
 def max_relative_error(out, ref) -> float:
@@ -26,10 +27,12 @@ def max_relative_error(out, ref) -> float:
 
 
 def compare_with_torch(spec: str, *, device: str, chip: str, dtype: str, console: Console,
-                       show_ops: bool = False) -> float:
+                       show_ops: bool = False, trace: str | None = None) -> float:
+    """Compile `spec`, run it on `device` on fresh inputs, print the comparison with eager (and,
+    on the simulator, where the time went); returns the max relative error."""
     model, args = ember.load_model(spec)
     t0 = time.perf_counter()
-    cm = ember.compile(model, args, chip=chip, dtype=dtype, to="graph")
+    cm = ember.compile(model, args, chip=chip, dtype=dtype, to="program" if device == "sim" else "graph")
     compile_s = time.perf_counter() - t0
     if show_ops:
         console.print(op_summary_table(cm.op_counts(), f"{spec}: graph-level ember ops"))
@@ -49,4 +52,11 @@ def compare_with_torch(spec: str, *, device: str, chip: str, dtype: str, console
         table.add_column(col, justify="right")
     table.add_row(chip, dtype, f"{compile_s:.2f}", f"{run_s:.3f}", f"{eager_s:.3f}", f"{err:.2e}")
     console.print(table)
+    if device == "sim":
+        for t in run_summary_tables(cm.last_run):
+            console.print(t)
+        if trace:
+            os.makedirs(os.path.dirname(os.path.abspath(trace)), exist_ok=True)
+            cm.last_run.write_trace(trace)
+            console.print(f"trace (open in Perfetto): {os.path.abspath(trace)}")
     return err
