@@ -40,9 +40,9 @@ REDUCE_FN = {"sum": "ADD", "mean": "ADD", "max": "MAX", "min": "MIN"}
 #: log(s) for s >= 1: square roots shrink s to s^(1/8) <= ~3, a two-term atanh series gives a
 #: start within ~0.1, and Newton steps y += s * exp(-y) - 1 square the error (no LOG on the SIMD).
 LOG_HALVINGS = 3
+LOG_NEWTON_STEPS = 3
 #: smallest chunk (columns) of the long-row path
 MIN_CHUNK = 64
-LOG_NEWTON_STEPS = 3
 #: Fraction of the other PEs' transfers in a round that one DMA waits behind, on average
 #: (fitted to simulated cycles of softmax, norms and reduce on the tiny and mtia2i chips).
 QUEUE_SHARE = 0.8
