@@ -180,7 +180,7 @@ def test_rows_longer_than_local_memory_run_in_chunks(name, fn, shapes, op, dtype
     inputs = tuple(_randn(s, tdt, 2.0) for s in shapes)
     assert rel_err(cm.run(*inputs, device="sim"), model(*inputs)) <= TOL[dtype]
     kernels = [s for s in cm.last_run.steps if s.kind == "kernel" and s.op == op]
-    assert kernels and "ChunkPlan" in repr([s for s in cm.program.steps if s.get("op") == op][0]["plan"])
+    assert kernels and "ChunkPlan" in repr(next(s for s in cm.program.steps if s.get("op") == op)["plan"])
     for s in kernels:
         assert s.cycles >= s.roofline_cycles
         assert abs(s.predicted_cycles - s.cycles) <= 0.25 * s.cycles

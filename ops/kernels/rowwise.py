@@ -20,8 +20,8 @@ the host.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, register_kernel
 from simulator.isa import Engine
@@ -70,7 +70,7 @@ class Simd:
         return vec * cost + chip.simd.latency_cycles
 
     def emit(self, pe, wait=None, signal=None) -> None:
-        kw = dict(dtype=self.dtype, out_dtype=self.out_dtype, wait=wait, signal=signal)
+        kw = {"dtype": self.dtype, "out_dtype": self.out_dtype, "wait": wait, "signal": signal}
         a, n = self.addrs, self.rows * self.cols
         if self.op == "unary":
             pe.simd_unary(self.fn, a[0], a[1], n, **kw)
@@ -252,66 +252,75 @@ class RowwiseKernel(KernelTemplate):
 
     # ---- emission -------------------------------------------------------------------------
     def emit(self, call: KernelCall, plan: RowPlan | ChunkPlan, chip, builder) -> None:
+        rows, _ = self.matrix(call)
         if isinstance(plan, ChunkPlan):
-            return self._emit_chunks(call, plan, chip, builder)
-        rows, cols = self.matrix(call)
-        m = plan.tile_rows
+            per_pe = math.ceil(rows / plan.pes)
+            lay = self.chunk_layout(call, plan.chunk)
+            for p in range(plan.pes):
+                if p * per_pe < rows:
+                    self._emit_jobs(call, lay, self._chunk_jobs(call, plan, lay, p * per_pe,
+                                                                min(rows, (p + 1) * per_pe)),
+                                    builder.pe(p), builder.token(), builder.token())
+            return
         per_pe = math.ceil(rows / plan.pes)
-        lay = self.layout(call, m)
+        lay = self.layout(call, plan.tile_rows)
+        for p in range(plan.pes):
+            if p * per_pe < rows:
+                self._emit_tiles(call, plan.tile_rows, lay, p * per_pe, min(rows, (p + 1) * per_pe),
+                                 builder.pe(p), *(builder.token() for _ in range(3)))
+
+    def _emit_tiles(self, call: KernelCall, m: int, lay: dict, start: int, end: int, pe,
+                    ready: int, loaded: int, computed: int) -> None:
+        """One PE's rows [start, end): constants, then tiles of m rows, double-buffered."""
+        _, cols = self.matrix(call)
         x, out = call.inputs[0], call.output
         item, out_item = ISA_ITEMSIZE[x.dtype], ISA_ITEMSIZE[out.dtype]
         oc = self.out_cols(call)
-        for p in range(plan.pes):
-            start, end = p * per_pe, min(rows, (p + 1) * per_pe)
-            if start >= end:
-                continue
-            pe = builder.pe(p)
-            ready, loaded, computed = builder.token(), builder.token(), builder.token()
-            params = self.params(call, lay)
+        params = self.params(call, lay)
+        for q in params:
+            src = call.inputs[q.operand]
+            dst = q.dst if src.dtype == "fp32" else q.staging
+            pe.dma(src.space, src.addr, "local", dst, rows=q.reps, row_bytes=src.nbytes,
+                   src_stride=0, dst_stride=src.nbytes, signal=ready)
+        if params:
+            pe.nop(Engine.SIMD, wait=(ready, len(params)))
             for q in params:
                 src = call.inputs[q.operand]
-                dst = q.dst if src.dtype == "fp32" else q.staging
-                pe.dma(src.space, src.addr, "local", dst, rows=q.reps, row_bytes=src.nbytes,
-                       src_stride=0, dst_stride=src.nbytes, signal=ready)
-            if params:
-                pe.nop(Engine.SIMD, wait=(ready, len(params)))
-                for q in params:
-                    src = call.inputs[q.operand]
-                    if src.dtype != "fp32":
-                        n = q.reps * src.nbytes // ISA_ITEMSIZE[src.dtype]
-                        pe.simd_unary("COPY", q.staging, q.dst, n, dtype=src.dtype, out_dtype="fp32")
-                for s in self.setup(call, lay, m):
-                    s.emit(pe)
-            tiles = [(s, min(m, end - s)) for s in range(start, end, m)]
-            pe.dma(x.space, x.addr + start * cols * item, "local", lay["x"][0],
-                   nbytes=tiles[0][1] * cols * item, signal=loaded)
+                if src.dtype != "fp32":
+                    n = q.reps * src.nbytes // ISA_ITEMSIZE[src.dtype]
+                    pe.simd_unary("COPY", q.staging, q.dst, n, dtype=src.dtype, out_dtype="fp32")
+            for s in self.setup(call, lay, m):
+                s.emit(pe)
+        tiles = [(s, min(m, end - s)) for s in range(start, end, m)]
+        pe.dma(x.space, x.addr + start * cols * item, "local", lay["x"][0],
+               nbytes=tiles[0][1] * cols * item, signal=loaded)
 
-            def tile(t: int, loop=None) -> None:
-                """Load tile t+1, compute tile t, store it. In a compact loop whose iteration
-                covers two tiles, addresses and wait counts advance by two tiles."""
-                def adv(base: int, per_tile: int) -> int:
-                    return base if loop is None else loop.step(base, 2 * per_tile)
+        def tile(t: int, loop=None) -> None:
+            """Load tile t+1, compute tile t, store it. In a compact loop whose iteration
+            covers two tiles, addresses and wait counts advance by two tiles."""
+            def adv(base: int, per_tile: int) -> int:
+                return base if loop is None else loop.step(base, 2 * per_tile)
 
-                s, n = tiles[t]
-                if t + 1 < len(tiles):
-                    s1, n1 = tiles[t + 1]
-                    pe.dma(x.space, adv(x.addr + s1 * cols * item, m * cols * item), "local",
-                           lay["x"][(t + 1) % 2], nbytes=n1 * cols * item, signal=loaded)
-                steps = self.tile(call, lay, t % 2, n, s)
-                for i, step in enumerate(steps):
-                    step.emit(pe, wait=(loaded, adv(t + 1, 1)) if i == 0 else None,
-                              signal=computed if i == len(steps) - 1 else None)
-                pe.dma("local", lay["out"][t % 2], out.space, adv(out.addr + s * oc * out_item, m * oc * out_item),
-                       nbytes=n * oc * out_item, wait=(computed, adv(t + 1, 1)))
+            s, n = tiles[t]
+            if t + 1 < len(tiles):
+                s1, n1 = tiles[t + 1]
+                pe.dma(x.space, adv(x.addr + s1 * cols * item, m * cols * item), "local",
+                       lay["x"][(t + 1) % 2], nbytes=n1 * cols * item, signal=loaded)
+            steps = self.tile(call, lay, t % 2, n, s)
+            for i, step in enumerate(steps):
+                step.emit(pe, wait=(loaded, adv(t + 1, 1)) if i == 0 else None,
+                          signal=computed if i == len(steps) - 1 else None)
+            pe.dma("local", lay["out"][t % 2], out.space, adv(out.addr + s * oc * out_item, m * oc * out_item),
+                   nbytes=n * oc * out_item, wait=(computed, adv(t + 1, 1)))
 
-            # pairs of full tiles (slots 0, 1) whose next loads are full too run as one loop
-            pairs = (len(tiles) - 2) // 2 if self.loops and len(tiles) >= 6 else 0
-            if pairs:
-                with pe.repeat(pairs) as loop:
-                    tile(0, loop)
-                    tile(1, loop)
-            for t in range(2 * pairs, len(tiles)):
-                tile(t)
+        # pairs of full tiles (slots 0, 1) whose next loads are full too run as one loop
+        pairs = (len(tiles) - 2) // 2 if self.loops and len(tiles) >= 6 else 0
+        if pairs:
+            with pe.repeat(pairs) as loop:
+                tile(0, loop)
+                tile(1, loop)
+        for t in range(2 * pairs, len(tiles)):
+            tile(t)
 
     # ---- long rows, in chunks --------------------------------------------------------------
     #: whether rows too long for local memory are streamed in chunks (else they stay on the host)
@@ -371,40 +380,30 @@ class RowwiseKernel(KernelTemplate):
         streams = max(moved["dram"] * clk / chip.dram_bytes_per_s, moved["sram"] * clk / chip.sram.bytes_per_s)
         return int(max(chain, streams))
 
-    def _emit_chunks(self, call: KernelCall, plan: ChunkPlan, chip, builder) -> None:
-        """A stream of jobs per PE, double-buffered: job k+2 is loaded into job k's slot once
+    def _emit_jobs(self, call: KernelCall, lay: dict, jobs: list[Job], pe, loaded: int, computed: int) -> None:
+        """One PE's stream of jobs, double-buffered: job k+2 is loaded into job k's slot once
         job k has been computed (and, in DMA order, stored)."""
-        rows, _ = self.matrix(call)
-        per_pe = math.ceil(rows / plan.pes)
-        lay = self.chunk_layout(call, plan.chunk)
-        for p in range(plan.pes):
-            start, end = p * per_pe, min(rows, (p + 1) * per_pe)
-            if start >= end:
-                continue
-            pe = builder.pe(p)
-            loaded, computed = builder.token(), builder.token()
-            jobs = self._chunk_jobs(call, plan, lay, start, end)
-            cum = [0]
-            for j in jobs:
-                cum.append(cum[-1] + len(j.loads))
+        cum = [0]
+        for j in jobs:
+            cum.append(cum[-1] + len(j.loads))
 
-            def issue(k: int, wait=None) -> None:
-                for i, ld in enumerate(jobs[k].loads):
-                    pe.dma(ld.space, ld.addr, "local", lay[ld.buf][k % 2], nbytes=ld.nbytes,
-                           wait=wait if i == 0 else None, signal=loaded)
+        def issue(k: int, wait=None) -> None:
+            for i, ld in enumerate(jobs[k].loads):
+                pe.dma(ld.space, ld.addr, "local", lay[ld.buf][k % 2], nbytes=ld.nbytes,
+                       wait=wait if i == 0 else None, signal=loaded)
 
-            for k in range(min(2, len(jobs))):
-                issue(k)
-            for k, job in enumerate(jobs):
-                steps = job.steps(k % 2)
-                for i, step in enumerate(steps):
-                    step.emit(pe, wait=(loaded, cum[k + 1]) if i == 0 else None,
-                              signal=computed if i == len(steps) - 1 else None)
-                if job.store:
-                    buf, space, addr, nbytes = job.store
-                    pe.dma("local", lay[buf][k % 2], space, addr, nbytes=nbytes, wait=(computed, k + 1))
-                if k + 2 < len(jobs):
-                    issue(k + 2, wait=(computed, k + 1))
+        for k in range(min(2, len(jobs))):
+            issue(k)
+        for k, job in enumerate(jobs):
+            steps = job.steps(k % 2)
+            for i, step in enumerate(steps):
+                step.emit(pe, wait=(loaded, cum[k + 1]) if i == 0 else None,
+                          signal=computed if i == len(steps) - 1 else None)
+            if job.store:
+                buf, space, addr, nbytes = job.store
+                pe.dma("local", lay[buf][k % 2], space, addr, nbytes=nbytes, wait=(computed, k + 1))
+            if k + 2 < len(jobs):
+                issue(k + 2, wait=(computed, k + 1))
 
     def chunk_load(self, call: KernelCall, row: int, c0: int, n: int, operand: int = 0, buf: str = "x") -> Load:
         _, cols = self.matrix(call)
