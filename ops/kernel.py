@@ -74,6 +74,15 @@ class KernelTemplate(ABC):
         """Arithmetic operations the op performs (for the roofline bound)."""
         return 0
 
+    def bytes_moved(self, call: KernelCall) -> dict[str, int]:
+        """Bytes the op must move at each memory level at the least (for the roofline bound):
+        by default every operand read once and the result written once."""
+        moved: dict[str, int] = {}
+        for p in (*call.inputs, call.output):
+            if p is not None:
+                moved[p.space] = moved.get(p.space, 0) + p.nbytes
+        return moved
+
     def choose(self, call: KernelCall, chip: Any) -> Any:
         """The plan with the fewest predicted cycles."""
         best = min(self.plans(call, chip), key=lambda p: self.predict(call, p, chip), default=None)
@@ -110,10 +119,11 @@ def _load_kernels() -> None:
 def roofline_cycles(call: KernelCall, template: KernelTemplate, chip: Any) -> float:
     """max(ops / peak, bytes / bandwidth) in cycles: no schedule can beat it.
 
-    Bytes are each operand and the result moved once at the bandwidth of the memory it lives in.
+    Each memory level moves its bytes (`template.bytes_moved`) at its own bandwidth, and the
+    levels work at the same time, so the memory bound is the slowest level's.
     """
     peak_per_cycle = chip.peak_ops_per_s(call.compute_dtype) / chip.clock_hz
     compute = template.flops(call) / peak_per_cycle
     bandwidth = {"dram": chip.dram_bytes_per_s, "sram": chip.sram.bytes_per_s}
-    memory = sum(p.nbytes / bandwidth[p.space] for p in (*call.inputs, call.output) if p is not None) * chip.clock_hz
-    return max(compute, memory)
+    memory = max((n / bandwidth[space] for space, n in template.bytes_moved(call).items()), default=0.0)
+    return max(compute, memory * chip.clock_hz)

@@ -3,7 +3,6 @@ concat, constant pad, broadcast and float casts run as DMA/MLU/SIMD kernels, mat
 (exactly in fp32: they only move bytes), and their cost model tracks the simulator."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -43,16 +42,6 @@ def _compile(fn, make, dtype):
     return model, ember.compile(model, make(), chip="tiny", dtype=dtype, to="program")
 
 
-def _out_bound(cm, kernel_index: int) -> float:
-    """Cycles to read and write the output's bytes once at the fastest memory: a bound for a
-    slice or cropping pad, which read only part of their input (the roofline counts it all)."""
-    step = [s for s in cm.program.steps if s["kind"] == "kernel"][kernel_index]
-    entry = cm.program.tensors[step["results"][0]]
-    nbytes = math.prod(entry["shape"]) * {"fp32": 4, "bf16": 2}[entry["isa_dtype"]]
-    chip = cm.chip
-    return 2 * nbytes / max(chip.sram.bytes_per_s, chip.dram_bytes_per_s) * chip.clock_hz
-
-
 #: one case per op (and the MLU paths) in bf16 too
 BF16 = ("keys-permute", "heads-split", "cat-mid", "pad-value", "expand-last")
 
@@ -66,11 +55,8 @@ def test_layout_kernel_matches_torch(name, dtype, tol):
     assert rel_err(out, model(*args)) <= tol
     kernels = [s for s in cm.last_run.steps if s.kind == "kernel" and s.op == op]
     assert kernels, f"ember.{op} did not run as a kernel"
-    all_kernels = [s for s in cm.last_run.steps if s.kind == "kernel"]
     for s in kernels:
-        partial = op == "slice" or name == "pad-crop"
-        bound = _out_bound(cm, all_kernels.index(s)) if partial else s.roofline_cycles
-        assert s.cycles >= bound, (s.cycles, bound)
+        assert s.cycles >= s.roofline_cycles, (s.cycles, s.roofline_cycles)
 
 
 def test_cast_to_bf16_rounds_when_computing_in_fp32():

@@ -293,6 +293,15 @@ class LayoutKernel(KernelTemplate):
             return x.dtype in FLOAT_TYPES and attrs["dtype"] in FLOAT_TYPES
         return True
 
+    def bytes_moved(self, call: KernelCall) -> dict[str, int]:
+        """A slice, or a pad that crops, reads only what lands in the output."""
+        if call.op not in ("slice", "pad"):
+            return super().bytes_moved(call)
+        x, out = call.inputs[0], call.output
+        moved = {x.space: min(x.nbytes, out.nbytes)}
+        moved[out.space] = moved.get(out.space, 0) + out.nbytes
+        return moved
+
     # --- what each op moves ---------------------------------------------------------------
     def _boxes(self, call: KernelCall) -> list[Box]:
         """The op as box copies (transposes that move the last dim and rounding casts excluded)."""
