@@ -38,6 +38,8 @@ from simulator.isa.program import Strided
 
 ACC_DTYPE = {"fp32": "fp32", "bf16": "fp32", "fp16": "fp32", "int8": "int32"}
 ALIGN = 64
+SKEW = float(__import__("os").environ.get("EMBER_MM_SKEW", "1"))
+_DEBUG = bool(__import__("os").environ.get("EMBER_MATMUL_DEBUG"))
 BIAS_ROWS = 32          # rows of the replicated bias tile the epilogue adds per command
 
 
@@ -286,6 +288,93 @@ def _issuers(L: _Layout) -> tuple[frozenset, frozenset]:
     return _ISSUERS[key]
 
 
+def _fetch_bases(call: KernelCall, g: _Gemm, L: _Layout) -> list[tuple[str, int, int, int, int]]:
+    """The first K step's fetches of every fetching queue: (space, base address, rows M or N
+    of the tile, row stride bytes, which operand) for A and B, from each queue's first job."""
+    p = L.plan
+    x, w = call.inputs[0], call.inputs[1]
+    es = g.es
+    out = []
+    seen_a, seen_b = set(), set()
+    for r in range(L.R):
+        for c in range(L.C):
+            if p.layout == "tiles":
+                js = L.tile_jobs(r * L.C + c)
+                if not js:
+                    continue
+                b, mi, nj = js[0]
+            else:
+                mi, nj = L.pos(r, c)
+                b = 0
+            m0, m = _tile(mi, p.mt, g.M)
+            n0, n = _tile(nj, p.nt, g.N)
+            if m and (n or L.a_shared):
+                key = ("row", r) if L.a_shared else (r, c)
+                if key not in seen_a:
+                    seen_a.add(key)
+                    out.append((x.space, x.addr + g.a_offsets[b] + m0 * g.K * es, m, 0))
+            if n and (m or L.b_shared):
+                key = ("col", c) if L.b_shared else (r, c)
+                if key not in seen_b:
+                    seen_b.add(key)
+                    base = w.addr + (n0 * g.K * es if g.transposed_b else g.b_offsets[b] + n0 * es)
+                    out.append((w.space, base, n, 1))
+    return out
+
+
+def _channel_time(fetches, kbytes_a: int, kbytes_b: int, rt: _Rates) -> float:
+    """Cycles the busiest memory channel (bank) needs for one step's fetches, each charged to
+    the channels of its byte range from its start address (the simulator's DRAM/SRAM servers)."""
+    loads: dict[tuple[str, int], int] = {}
+    for space, base, rows, which in fetches:
+        nbytes = rows * (kbytes_b if which else kbytes_a)
+        if nbytes <= 0:
+            continue
+        ch, il = rt.channels[space], rt.interleave[space]
+        nch = min(ch, _cdiv(nbytes, il))
+        per = _cdiv(nbytes, nch)
+        first = (base // il) % ch
+        for i in range(nch):
+            k = (space, (first + i) % ch)
+            loads[k] = loads.get(k, 0) + per
+    return max([v * rt.channels[s] / rt.mem[s] for (s, _), v in loads.items()] + [0.0])
+
+
+def _final_stores(call: KernelCall, g: _Gemm, L: _Layout, rt: _Rates) -> float:
+    """Cycles of the last output stores, all PEs at once: each store is charged to the memory
+    channels (banks) its byte range maps to from its start address, so narrow tiles can pile
+    onto a few channels."""
+    o = call.output
+    oes = ISA_ITEMSIZE[o.dtype]
+    ch, il = rt.channels[o.space], rt.interleave[o.space]
+    load = [0] * ch
+    p = L.plan
+    for r in range(L.R):
+        for c in range(L.C):
+            if p.layout == "tiles":
+                js = L.tile_jobs(r * L.C + c)
+                if not js:
+                    continue
+                b, mi, nj = js[-1]
+            else:
+                mpos, npos = L.pos(r, c)
+                if mpos >= L.Tm or npos >= L.Tn:
+                    continue
+                b = g.batch - 1
+                mi = mpos + ((L.Tm - 1 - mpos) // L.pm) * L.pm
+                nj = npos + ((L.Tn - 1 - npos) // L.pn) * L.pn
+            m0, m = _tile(mi, p.mt, g.M)
+            n0, n = _tile(nj, p.nt, g.N)
+            nbytes = m * n * oes
+            base = o.addr + (b * g.M * g.N + m0 * g.N + n0) * oes
+            nch = min(ch, _cdiv(nbytes, il))
+            per = _cdiv(nbytes, nch)
+            first = (base // il) % ch
+            for i in range(nch):
+                load[(first + i) % ch] += per
+    return max(load) * ch / rt.mem[o.space] + rt.lat + rt.hop * L.R
+
+
 def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None = None) -> int:
     """Cycles of a plan, as a software pipeline of K steps on the busiest PE.
 
@@ -316,6 +405,8 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
     fa, fb, col_a, col_b, both = _issuers(L)
     mt_full, nt_full = min(p.mt, g.M), min(p.nt, g.N)
     lat = rt.lat + rt.hop * R
+    shared = L.a_shared or L.b_shared
+    fetches = _fetch_bases(call, g, L)
 
     def step(m, k, n):
         t = rt.dpe(m, k, n, g.dtype)
@@ -326,7 +417,8 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
         mem[a_sp] += len(fa) * a_b
         mem[b_sp] += len(fb) * b_b
         mem_t = max(mem["dram"] / rt.dram, mem["sram"] / rt.sram,
-                    (col_a * a_b + col_b * b_b) / rt.link)
+                    (col_a * a_b + col_b * b_b) / rt.link,
+                    _channel_time(fetches, k * es, k * es, rt))
         # throughput: the busiest queue at the rates its DMAs get alone; latency: each DMA of
         # that queue waits behind the step's other fetches on the shared servers (FCFS)
         qa = rt.dma_alone(a_b, a_sp, R - 1) if fa else 0.0
@@ -336,24 +428,39 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
         queue = qa + qb if both else max(qa, qb)
         fetch = qa_c + qb_c if both else max(qa_c, qb_c)
         x = max(t, queue, mem_t)
-        return max(x, (fetch + t) / p.nbuf), fetch, queue
+        # a shared tile's buffer frees when the last PE of its row/column is done, so with
+        # shared operands about one more DPE step of skew sits in each refill
+        return max(x, (fetch + t * (SKEW if shared else 1)) / p.nbuf), fetch, queue, mem_t
 
     period = {}
     store = {}
+    # PEs reach the end of their jobs together: a job's stores (all active PEs) share the
+    # output memory, with each other and with the next job's fetches
+    active = min(R * C, g.batch * L.Tm * L.Tn)
+    wave = {}
     for m, n in set(jobs):
         store[m, n] = rt.dma_alone(m * n * oes, o_sp, R // 2)
+        wave[m, n] = max(store[m, n], active * m * n * oes / rt.mem[o_sp] + lat)
         per = [(c, step(m, k, n)) for k, c in kg]
         # the fetching queue also carries this PE's store of the job
-        period[m, n] = max(sum(c * s[0] for c, s in per), sum(c * s[2] for c, s in per) + store[m, n])
+        period[m, n] = max(sum(c * s[0] for c, s in per), sum(c * s[2] for c, s in per) + store[m, n],
+                           sum(c * s[3] for c, s in per))
     epi = {mn: _epilogue_cycles(g, rt, *mn) for mn in period}
     path = sum(period[j] for j in jobs)
     for t in range(len(jobs) - 1):      # the next job's DPE waits for this accumulator to drain
-        drain_t = epi[jobs[t]] + store[jobs[t]]
-        path += drain_t if p.cbufs == 1 else max(0.0, drain_t - period[jobs[t + 1]])
+        if p.cbufs == 1:                # the DPE waits for the store
+            path += epi[jobs[t]] + wave[jobs[t]]
+        elif o_sp in (a_sp, b_sp):      # the burst of stores holds up the next fetches (FCFS);
+            # the DPE runs on what is already prefetched meanwhile
+            nxt = jobs[t + 1]
+            path += max(0.0, epi[jobs[t]] + wave[jobs[t]] - (p.nbuf - 1) * period[nxt] / nsteps)
+        else:
+            path += max(0.0, epi[jobs[t]] + store[jobs[t]] - period[jobs[t + 1]])
     fill = step(mt_full, kg[0][0], nt_full)[1]
     if g.transposed_b:
         fill += _cdiv(kg[0][0] * nt_full * es, rt.mlu) + rt.mlu_lat
-    drain = epi[jobs[-1]] + store[jobs[-1]]
+    # PEs finish at staggered times, so about half of the pile-up shows
+    drain = epi[jobs[-1]] + max(store[jobs[-1]], 0.5 * _final_stores(call, g, L, rt))
     # memory-bound floor: every byte over its memory once per fetch
     a_bytes = g.batch * g.M * g.K * es * ((R // L.pm) * L.QN if L.a_shared else L.Tn)
     b_bytes = g.batch * g.N * g.K * es * ((C // L.pn) * L.QM if L.b_shared else L.Tm)
@@ -364,8 +471,14 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
     mem_path = max(by["dram"] / rt.dram, by["sram"] / rt.sram)
     n_jobs_q = len(jobs) if p.layout == "tiles" else g.batch * L.QM * L.QN
     n_dma = nsteps * n_jobs_q * ((1 if fa else 0) + (1 if fb else 0) if both else 1)
-    floor = mem_path + 0.5 * n_dma * lat + rt.dpe(*jobs[-1][:1], kg[-1][0], jobs[-1][1], g.dtype)
-    return int(max(fill + path, floor) + drain)
+    # memory-bound: the busiest queue's DMA latencies show when few queues fetch at once; the
+    # last output store is part of mem_path already
+    floor = (mem_path + n_dma * lat / max(1, len(fa | fb))
+             + rt.dpe(*jobs[-1][:1], kg[-1][0], jobs[-1][1], g.dtype) + epi[jobs[-1]] + lat)
+    if _DEBUG:
+        print(f"  predict {p}: fill={fill:.0f} path={path:.0f} floor={floor:.0f} (mem={mem_path:.0f}) "
+              f"drain={drain:.0f} periods={ {k: round(v) for k, v in period.items()} } jobs={len(jobs)}")
+    return int(max(fill + path + drain, floor))
 
 
 # --- emission ---------------------------------------------------------------------------------
@@ -604,17 +717,22 @@ class _Emitter:
                dst_stride=g.N * oes, wait=(wait_tok, i + 1), signal=tok["st"])
 
     def _bias_load(self, pe, job, tok):
+        """Bias of the job's N tile, replicated over the rows the epilogue adds per command:
+        one row from memory, the copies local to local (memory carries n elements, not rows x n)."""
         g, p = self.g, self.p
         n0, n = self.n_tile(job[2])
         bias = self.call.inputs[2]
         es = g.es
         rows = min(BIAS_ROWS, p.mt, g.M)
         if g.scalar_bias:
-            pe.dma(bias.space, bias.addr, "local", self.buf.bias_raw, rows=rows * n, row_bytes=es,
-                   src_stride=0, signal=tok["bias"])
+            row, copies, src = es, rows * n - 1, bias.addr
         else:
-            pe.dma(bias.space, bias.addr + n0 * es, "local", self.buf.bias_raw, rows=rows,
-                   row_bytes=n * es, src_stride=0, signal=tok["bias"])
+            row, copies, src = n * es, rows - 1, bias.addr + n0 * es
+        raw = self.buf.bias_raw
+        pe.dma(bias.space, src, "local", raw, nbytes=row, signal=None if copies else tok["bias"])
+        if copies:
+            pe.dma("local", raw, "local", raw + row, rows=copies, row_bytes=row, src_stride=0,
+                   signal=tok["bias"])
 
     # --- MLU queue (linear: transpose W tiles) --------------------------------------------------
     def _steps(self, pe, s0: int, emit_step) -> None:
