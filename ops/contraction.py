@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ops.registry import Sample, Unsupported, broadcast_shapes, define_op, lowers, samples
+from ops.registry import Sample, broadcast_shapes, define_op, lowers, samples
 
 aten = torch.ops.aten
 
@@ -98,11 +98,6 @@ def _dot(b, lhs, rhs):
     return b.emit("reshape", y, shape=())
 
 
-@lowers(aten.einsum)
-def _einsum(b, equation, operands):
-    raise Unsupported(f"einsum '{equation}' (decomposes to bmm and permutes in torch.export)")
-
-
 class _Mlp(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -117,5 +112,7 @@ samples(
     Sample("linear", _Mlp(), lambda: (torch.randn(3, 7, 12),)),
     Sample("batched-matmul", lambda x, y: x @ y + torch.bmm(x, y), lambda: (torch.randn(2, 5, 8), torch.randn(2, 8, 3))),
     Sample("broadcast-matmul", lambda x, y: torch.matmul(x, y), lambda: (torch.randn(2, 3, 5, 8), torch.randn(8, 4))),
+    Sample("einsum-decomposes-to-bmm", lambda a, b: torch.einsum("bnij,jbnd->ibnd", a, b),
+           lambda: (torch.randn(2, 3, 4, 5), torch.randn(5, 2, 3, 6))),
     Sample("addmm", lambda a, x, y: torch.addmm(a, x, y, beta=0.5, alpha=2.0), lambda: (torch.randn(4), torch.randn(3, 6), torch.randn(6, 4))),
 )
