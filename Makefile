@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/frontend.py
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[bench]' && $(PY) benchmarks/fidelity.py
 
 clean:
 	rm -rf build $(VENV)
