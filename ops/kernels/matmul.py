@@ -156,14 +156,15 @@ class _Layout:
         k = C // p.groups
         return (c % k) * R + r, c // k
 
-    def a_issuer(self, r: int) -> tuple[int, int]:
-        """The PE that multicasts row r's A tiles: one per column (one NoC edge each), and
-        not a PE that also multicasts B tiles when both are shared (its queue would carry both)."""
+    def a_issuer(self, r: int, t: int = 0) -> tuple[int, int]:
+        """The PE that multicasts row r's A tiles in job t: one per column (one NoC edge each),
+        never one that multicasts B tiles too, and a different one each job, so that no PE's
+        DMA queue carries both the row's fetches and all of its own stores."""
         shift = self.C // 2 if (self.b_shared and self.C > 1) else 0
-        return r, (r + shift) % self.C
+        return r, (r + shift + t) % self.C
 
-    def b_issuer(self, c: int) -> tuple[int, int]:
-        return c % self.R, c
+    def b_issuer(self, c: int, t: int = 0) -> tuple[int, int]:
+        return (c - t) % self.R, c
 
 
 def _tile(i: int, t: int, total: int) -> tuple[int, int]:
@@ -437,13 +438,15 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
     # PEs reach the end of their jobs together: a job's stores (all active PEs) share the
     # output memory, with each other and with the next job's fetches
     active = min(R * C, g.batch * L.Tm * L.Tn)
+    # fetching rotates over a row's / column's PEs job by job (see a_issuer)
+    store_share = 1.0 if not shared else 1.0 / min(len(jobs), C if L.a_shared else R)
     wave = {}
     for m, n in set(jobs):
         store[m, n] = rt.dma_alone(m * n * oes, o_sp, R // 2)
         wave[m, n] = max(store[m, n], active * m * n * oes / rt.mem[o_sp] + lat)
         per = [(c, step(m, k, n)) for k, c in kg]
         # the fetching queue also carries this PE's store of the job
-        period[m, n] = max(sum(c * s[0] for c, s in per), sum(c * s[2] for c, s in per) + store[m, n],
+        period[m, n] = max(sum(c * s[0] for c, s in per), sum(c * s[2] for c, s in per) + store_share * store[m, n],
                            sum(c * s[3] for c, s in per))
     epi = {mn: _epilogue_cycles(g, rt, *mn) for mn in period}
     path = sum(period[j] for j in jobs)
@@ -554,8 +557,8 @@ class _Emitter:
         kb = ("col", c) if L.b_shared else ("pe", r, c)
         a_cons = self.C if L.a_shared else 1
         b_cons = self.R if L.b_shared else 1
-        fetch_a = (not L.a_shared) or L.a_issuer(r) == (r, c)
-        fetch_b = (not L.b_shared) or L.b_issuer(c) == (r, c)
+        fetch_a = [(not L.a_shared) or L.a_issuer(r, t) == (r, c) for t in range(len(jobs))]
+        fetch_b = [(not L.b_shared) or L.b_issuer(c, t) == (r, c) for t in range(len(jobs))]
         # which operands exist per job for this PE: A if its M tile exists (shared: whole row)
         has_a = [self.m_tile(mi)[1] > 0 and (L.a_shared or self.n_tile(nj)[1] > 0) for _, mi, nj in jobs]
         has_b = [self.n_tile(nj)[1] > 0 and (L.b_shared or self.m_tile(mi)[1] > 0) for _, mi, nj in jobs]
@@ -637,15 +640,15 @@ class _Emitter:
         nk = self.nk
         # a run of steps [s0, s1) of job t: loads of this PE, compressed into loops
         for t, job in enumerate(jobs):
-            la = fetch_a and has_a[t]
-            lb = fetch_b and has_b[t]
+            la = fetch_a[t] and has_a[t]
+            lb = fetch_b[t] and has_b[t]
             if la or lb:
                 events.append(((t * nk, 1), "steps", (t, la, lb)))
         # stores: before the loads that (transitively) wait for this accumulator to drain
         real_idx = [t for t in range(len(jobs)) if real[t]]
         prev_n = None
         for i, t in enumerate(real_idx):
-            nxt = real_idx[i + p.cbufs] if i + p.cbufs < len(real_idx) else None
+            nxt = real_idx[i + 1] if i + 1 < len(real_idx) else None
             # (stores stay in job order: the DPE counts completed stores to reuse an accumulator)
             key = (min(nxt * nk + p.nbuf, len(jobs) * nk) if nxt is not None else len(jobs) * nk + 1, 0, i, 0)
             events.append((key, "store", (t, i)))
