@@ -376,7 +376,8 @@ def _final_stores(call: KernelCall, g: _Gemm, L: _Layout, rt: _Rates) -> float:
     return max(load) * ch / rt.mem[o.space] + rt.lat + rt.hop * L.R
 
 
-def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None = None) -> int:
+def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None = None,
+             memo: dict | None = None, bound: float | None = None) -> int:
     """Cycles of a plan, as a software pipeline of K steps on the busiest PE.
 
     Per step: the DPE time T, the throughput bound X = max(T, the busiest fetching DMA
@@ -403,11 +404,24 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
         jobs = [(m, n) for m in ms for n in ns if m and n] * g.batch
     if not jobs:
         return 1 << 62
+    if bound is not None:       # the busiest PE's DPE work alone: skip plans that cannot win
+        work = {mn: sum(c * rt.dpe(mn[0], k, mn[1], g.dtype) for k, c in kg) for mn in set(jobs)}
+        if sum(work[j] for j in jobs) >= bound:
+            return 1 << 62
     fa, fb, col_a, col_b, both = _issuers(L)
     mt_full, nt_full = min(p.mt, g.M), min(p.nt, g.N)
     lat = rt.lat + rt.hop * R
     shared = L.a_shared or L.b_shared
-    fetches = _fetch_bases(call, g, L)
+    memo = {} if memo is None else memo      # per call: what depends on layout and tile only
+    key = (p.layout, p.groups, p.mt, p.nt)
+    if key not in memo:
+        memo[key] = (_fetch_bases(call, g, L), _final_stores(call, g, L, rt))
+    fetches, final_stores = memo[key]
+
+    def channel_time(kbytes):
+        if (key, kbytes) not in memo:
+            memo[key, kbytes] = _channel_time(fetches, kbytes, kbytes, rt)
+        return memo[key, kbytes]
 
     def step(m, k, n):
         t = rt.dpe(m, k, n, g.dtype)
@@ -419,7 +433,7 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
         mem[b_sp] += len(fb) * b_b
         mem_t = max(mem["dram"] / rt.dram, mem["sram"] / rt.sram,
                     (col_a * a_b + col_b * b_b) / rt.link,
-                    _channel_time(fetches, k * es, k * es, rt))
+                    channel_time(k * es))
         # throughput: the busiest queue at the rates its DMAs get alone; latency: each DMA of
         # that queue waits behind the step's other fetches on the shared servers (FCFS)
         qa = rt.dma_alone(a_b, a_sp, R - 1) if fa else 0.0
@@ -463,7 +477,7 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
     if g.transposed_b:
         fill += _cdiv(kg[0][0] * nt_full * es, rt.mlu) + rt.mlu_lat
     # PEs finish at staggered times, so about half of the pile-up shows
-    drain = epi[jobs[-1]] + max(store[jobs[-1]], 0.5 * _final_stores(call, g, L, rt))
+    drain = epi[jobs[-1]] + max(store[jobs[-1]], 0.5 * final_stores)
     # memory-bound floor: every byte over its memory once per fetch
     a_bytes = g.batch * g.M * g.K * es * ((R // L.pm) * L.QN if L.a_shared else L.Tn)
     b_bytes = g.batch * g.N * g.K * es * ((C // L.pn) * L.QM if L.b_shared else L.Tm)
@@ -936,9 +950,10 @@ class MatmulTemplate(KernelTemplate):
     def choose(self, call: KernelCall, chip: Any) -> MatmulPlan:
         g = _gemm(call)
         rt = _Rates(chip)
+        memo: dict = {}
         best, best_c = None, math.inf
         for p in self.plans(call, chip):
-            c = _predict(call, g, p, chip, rt)
+            c = _predict(call, g, p, chip, rt, memo, best_c)
             if c < best_c:
                 best, best_c = p, c
         if best is None:
