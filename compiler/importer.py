@@ -140,9 +140,24 @@ def source_line(node: torch.fx.Node) -> str:
 
 
 def target_name(target: Any) -> str:
+    """`namespace.op.overload` (`aten.add.Tensor`, `transformers.grouped_mm_fallback.default`)."""
     if isinstance(target, torch._ops.OpOverload):
-        return f"aten.{target._schema.name.split('::')[-1]}.{target._overloadname}"
+        namespace, name = target._schema.name.split("::", 1)
+        return f"{namespace}.{name}.{target._overloadname}"
     return getattr(target, "__name__", str(target))
+
+
+def check_only_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
+    """Nodes that only feed runtime checks (`torch._check(...)` chains ending in an assertion):
+    checked at capture time on the example shapes, nothing to compute."""
+    dead: set[torch.fx.Node] = set()
+    for node in reversed(graph.nodes):
+        if node.op != "call_function":
+            continue
+        rule = rule_for(node.target)
+        if (rule is not None and rule.family == "assertions") or (node.users and all(u in dead for u in node.users)):
+            dead.add(node)
+    return dead
 
 
 #: Host calls are calls to private functions `@host<index>` that carry this attribute (the aten
@@ -208,9 +223,12 @@ class Importer:
                 for node, arg in zip(user_inputs, block.arguments):
                     self.values[node] = Value(arg, TensorSpec.of(node.meta["val"]))
                 remaining_users = {n: len(n.users) for n in ep.graph.nodes}
+                checks = check_only_nodes(ep.graph)
                 for node in ep.graph.nodes:
                     if node.op == "placeholder" and node not in self.values:
                         self._placeholder(node)
+                    elif node in checks:
+                        self.values[node] = None
                     elif node.op == "call_function":
                         self._call(node)
                         self._release_folded(node, remaining_users)

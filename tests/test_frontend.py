@@ -75,6 +75,19 @@ def test_host_calls_take_operands_of_mixed_types():
     assert rel_err(cm.run(*fresh, device="reference"), model(*fresh)) == 0.0
 
 
+def test_runtime_checks_are_not_ops():
+    class Checked(torch.nn.Module):
+        def forward(self, ids, x):
+            torch._check_tensor_all(ids >= 0)    # a chain of scalar ops ending in an assertion
+            return x[ids] * 2.0
+
+    model = Checked().eval()
+    args = (torch.randint(0, 6, (4,)), torch.randn(6, 3))
+    cm = ember.compile(model, args, chip="tiny", dtype="fp32", to="graph")
+    assert cm.unsupported == []
+    assert rel_err(cm.run(*args, device="reference"), model(*args)) == 0.0
+
+
 def test_bad_arguments_say_what_was_expected():
     lin = torch.nn.Linear(4, 4).eval()
     with pytest.raises(TypeError, match="nn.Module"):
