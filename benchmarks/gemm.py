@@ -21,7 +21,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from ops.kernel import ISA_ITEMSIZE, KernelCall, Placement, kernel_for, roofline_cycles
+from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
 from simulator import ProgramBuilder, load_chip, simulate
 
 NP = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "int8": np.int8, "int32": np.int32}
@@ -110,17 +110,26 @@ def run_case(case: Case, chip, functional: bool) -> dict:
     init = random_inputs(call, np.random.default_rng(0)) if functional else None
     res = simulate(prog, chip, memory_init=init, timing_only=not functional)
     t3 = time.perf_counter()
+    err = None
+    if functional:       # check the numbers against a float64 / int64 reference
+        o = call.output
+        y = res.read(o.space, o.addr, o.shape, NP[o.dtype]).astype(np.float64)
+        xs = [None if p is None else init[(p.space, p.addr)].astype(np.float64) for p in call.inputs]
+        ref = np.matmul(xs[0], xs[1]) if case.op == "matmul" else xs[0] @ xs[1].T
+        if case.op == "linear" and xs[2] is not None:
+            ref = ref + xs[2]
+        err = float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-30))
     pred = tmpl.predict(call, plan, chip)
     roof = roofline_cycles(call, tmpl, chip)
     flops = tmpl.flops(call)
     peak = chip.peak_ops_per_s(call.compute_dtype)
     dram_bytes = sum(p.nbytes for p in (*call.inputs, call.output) if p is not None and p.space == "dram")
-    return dict(case=case, plan=plan, cycles=res.cycles, us=res.seconds * 1e6,
-                roof_us=roof / chip.clock_hz * 1e6, of_bound=roof / res.cycles,
-                of_peak=flops / res.seconds / peak,
-                of_dram=dram_bytes / res.seconds / chip.dram_bytes_per_s if dram_bytes else None,
-                pred=pred, err=(pred - res.cycles) / res.cycles, records=len(prog),
-                commands=prog.num_commands, t_choose=t1 - t0, t_emit=t2 - t1, t_sim=t3 - t2)
+    return {"case": case, "plan": plan, "cycles": res.cycles, "us": res.seconds * 1e6,
+                "roof_us": roof / chip.clock_hz * 1e6, "of_bound": roof / res.cycles,
+                "of_peak": flops / res.seconds / peak,
+                "of_dram": dram_bytes / res.seconds / chip.dram_bytes_per_s if dram_bytes else None,
+                "pred": pred, "err": (pred - res.cycles) / res.cycles, "num_err": err, "records": len(prog),
+                "commands": prog.num_commands, "t_choose": t1 - t0, "t_emit": t2 - t1, "t_sim": t3 - t2}
 
 
 def main() -> None:
@@ -147,6 +156,8 @@ def main() -> None:
                       str(r["pred"]), str(r["cycles"]), f"{100 * r['err']:+.1f}%",
                       f"{r['records']}/{r['commands']}",
                       f"{r['t_choose']:.2f}/{r['t_emit']:.2f}/{r['t_sim']:.2f}")
+        if r["num_err"] is not None:
+            console.print(f"{case.name} {case.dtype}: max relative error {r['num_err']:.2e}")
         if r["of_bound"] > 1.0:
             console.print(f"[red]{case.name}: simulated faster than its roofline bound[/red]")
     console.print(table)

@@ -4,7 +4,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
 from simulator import ProgramBuilder, load_chip, simulate
@@ -101,7 +102,7 @@ def test_broadcast_batch_and_fp32_output_of_bf16():
 
 def test_int8_linear_to_fp32_with_bias():
     call = make_call("linear", 9, 50, 21, "int8", bias=True, out="fp32")
-    res, plan, init = run(call, TINY)
+    res, _, init = run(call, TINY)
     y = res.read("dram", call.output.addr, call.output.shape, np.float32)
     np.testing.assert_allclose(y, reference(call, init).astype(np.float32), rtol=1e-6)
 

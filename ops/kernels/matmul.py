@@ -21,14 +21,16 @@ Shape of the schedule (one plan):
 * K loops are emitted as `PEStream.repeat` blocks (``nbuf`` steps per iteration), so a
   program grows with the number of jobs, not with K.
 
-`predict` is a pipeline model: max(DPE path of the busiest PE, DRAM / SRAM / NoC-edge /
-DMA-queue time) plus fill and drain; see `_Model`.
+`predict` is a software-pipeline model of the busiest PE (DPE, its fetching DMA queue, the
+memory channels and NoC edges every fetch shares) plus fill and drain; see `_predict`.
 """
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -38,8 +40,6 @@ from simulator.isa.program import Strided
 
 ACC_DTYPE = {"fp32": "fp32", "bf16": "fp32", "fp16": "fp32", "int8": "int32"}
 ALIGN = 64
-SKEW = float(__import__("os").environ.get("EMBER_MM_SKEW", "1"))
-_DEBUG = bool(__import__("os").environ.get("EMBER_MATMUL_DEBUG"))
 BIAS_ROWS = 32          # rows of the replicated bias tile the epilogue adds per command
 
 
@@ -384,9 +384,10 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
     queue, memory bytes of all fetches over its bandwidth, the busiest NoC edge), and the
     latency of a fetch L (issued when its buffer frees, done when the contended transfer
     and the DMA latency are). With ``nbuf`` buffers a step takes max(X, (L + T) / nbuf).
-    Jobs add the accumulator drain (epilogue + store) when it is not hidden; the run adds
-    the first fetch (fill) and the last drain. A memory-bound floor adds half the DMA latency
-    of each command of the busiest queue to the memory time.
+    Memory time per step is that of the busiest channel (bank) given the tiles' addresses.
+    Jobs add the accumulator drain (epilogue + the burst of every PE's store) when it is not
+    hidden; the run adds the first fetch (fill) and the last drain. A memory-bound floor adds
+    the DMA latencies of the busiest queue, shared among the queues fetching at once.
     """
     rt = rt or _Rates(chip)
     R, C = chip.pe_grid.rows, chip.pe_grid.cols
@@ -443,9 +444,7 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
         queue = qa + qb if both else max(qa, qb)
         fetch = qa_c + qb_c if both else max(qa_c, qb_c)
         x = max(t, queue, mem_t)
-        # a shared tile's buffer frees when the last PE of its row/column is done, so with
-        # shared operands about one more DPE step of skew sits in each refill
-        return max(x, (fetch + t * (SKEW if shared else 1)) / p.nbuf), fetch, queue, mem_t
+        return max(x, (fetch + t) / p.nbuf), fetch, queue, mem_t
 
     period = {}
     store = {}
@@ -492,23 +491,10 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
     # last output store is part of mem_path already
     floor = (mem_path + n_dma * lat / max(1, len(fa | fb))
              + rt.dpe(*jobs[-1][:1], kg[-1][0], jobs[-1][1], g.dtype) + epi[jobs[-1]] + lat)
-    if _DEBUG:
-        print(f"  predict {p}: fill={fill:.0f} path={path:.0f} floor={floor:.0f} (mem={mem_path:.0f}) "
-              f"drain={drain:.0f} periods={ {k: round(v) for k, v in period.items()} } jobs={len(jobs)}")
     return int(max(fill + path + drain, floor))
 
 
 # --- emission ---------------------------------------------------------------------------------
-
-class _Tok:
-    """Tokens and how often each has been signalled so far (per consumer count)."""
-
-    def __init__(self, b):
-        self.b = b
-
-    def new(self) -> int:
-        return self.b.token()
-
 
 def _lin(base: int, stride: int, looped: bool):
     return Strided(base, stride) if looped and stride else base
@@ -546,7 +532,7 @@ class _Emitter:
         return _tile(nj, self.p.nt, self.g.N)
 
     def run(self) -> None:
-        g, p, L, b = self.g, self.p, self.L, self.b
+        p, L, b = self.p, self.L, self.b
         R, C = self.R, self.C
         # group tokens: A per PE row (shared) or per PE; B per PE column (shared) or per PE
         a_full = {}; a_free = {}; b_full = {}; b_free = {}
@@ -564,7 +550,7 @@ class _Emitter:
                 self.emit_pe(r, c)
 
     def emit_pe(self, r: int, c: int) -> None:
-        g, p, L, bld = self.g, self.p, self.L, self.b
+        g, L, bld = self.g, self.L, self.b
         pe = bld.pe(r, c)
         jobs = self.jobs(r, c)
         ka = ("row", r) if L.a_shared else ("pe", r, c)
@@ -597,10 +583,10 @@ class _Emitter:
     def _pe_tokens(self, pe):
         if pe.pe not in self.pe_tok:
             b = self.b
-            self.pe_tok[pe.pe] = dict(dp=b.token(), ep=b.token(), st=b.token(), bias=b.token(),
-                                      bconv=b.token(), radd=b.token(),
-                                      wt_full=[b.token() for _ in range(self.p.nbuf)],
-                                      wt_free=[b.token() for _ in range(self.p.nbuf)])
+            self.pe_tok[pe.pe] = {"dp": b.token(), "ep": b.token(), "st": b.token(), "bias": b.token(),
+                                      "bconv": b.token(), "radd": b.token(),
+                                      "wt_full": [b.token() for _ in range(self.p.nbuf)],
+                                      "wt_free": [b.token() for _ in range(self.p.nbuf)]}
         return self.pe_tok[pe.pe]
 
     # --- DMA queue ------------------------------------------------------------------------------
@@ -660,7 +646,7 @@ class _Emitter:
                 events.append(((t * nk, 1), "steps", (t, la, lb)))
         # stores: before the loads that (transitively) wait for this accumulator to drain
         real_idx = [t for t in range(len(jobs)) if real[t]]
-        prev_n = None
+        prev_n = prev_key = None
         for i, t in enumerate(real_idx):
             nxt = real_idx[i + 1] if i + 1 < len(real_idx) else None
             # (stores stay in job order: the DPE counts completed stores to reuse an accumulator)
@@ -686,7 +672,7 @@ class _Emitter:
                 if 0 < s < nk:
                     bounds.append(s)
             bounds = sorted(set(bounds))
-            for s0, s1 in zip(bounds, bounds[1:]):
+            for s0, s1 in itertools.pairwise(bounds):
                 items.append(((t * nk + s0, 1), "run", (t, s0, s1, la, lb)))
         items.sort(key=lambda e: e[0])
         self.bias_loads = 0
@@ -715,7 +701,7 @@ class _Emitter:
                     if lb:
                         self._load_b(pe, job, s0 + j, qb0 + s0 + j, kb, b_cons, True, p.nbuf)
             s = s0 + n_iter * p.nbuf
-        for s in range(s, s1):
+        for s in range(s, s1):  # noqa: B020 (the plain tail after the loop)
             if la:
                 self._load_a(pe, job, s, qa0 + s, ka, a_cons, False, 0)
             if lb:
@@ -764,7 +750,7 @@ class _Emitter:
                 for j in range(p.nbuf):
                     emit_step(s0 + j, True)
             s = s0 + n_iter * p.nbuf
-        for s in range(s, self.nk):
+        for s in range(s, self.nk):  # noqa: B020 (the plain tail after the loop)
             emit_step(s, False)
 
     def emit_mlu(self, pe, jobs, real, has_a, has_b, qb, kb):
@@ -834,7 +820,7 @@ class _Emitter:
                     for j in range(p.nbuf):
                         self._dpe_step(pe, job, 1 + j, qa[t], qb[t], nw, ka, kb, m, n, cb, True, True)
                 s = 1 + n_iter * p.nbuf
-            for s in range(s, self.nk):
+            for s in range(s, self.nk):  # noqa: B020 (the plain tail after the loop)
                 self._dpe_step(pe, job, s, qa[t], qb[t], nw, ka, kb, m, n, cb, True, False)
             pe.nop(Engine.DPE, signal=tok["dp"])
             nw += self.nk
