@@ -33,6 +33,11 @@ CASES = [
     ((1, 2, 5, 16), (1, 2, 9, 16), True, None, "fp32"),     # fewer queries than keys
     ((3, 4, 16), (3, 6, 16), True, None, "fp32"),           # no batch dim
     ((2, 3, 1, 8), (2, 3, 9, 8), False, None, "fp32"),      # one query (decode)
+    # key rows longer than local memory holds: key blocks with an online softmax
+    ((1, 2, 32, 64), (1, 2, 256, 64), False, None, "fp32"),
+    ((1, 4, 128, 64), (1, 2, 128, 64), True, None, "fp32"),
+    ((1, 4, 96, 64), (1, 1, 96, 64), True, None, "bf16"),
+    ((2, 2, 8, 32), (2, 2, 300, 32), False, None, "bf16"),  # a ragged last block
 ]
 
 
@@ -82,6 +87,8 @@ def _call(qs, ks, dtype, causal, space):
     ((1, 8, 64, 32), (1, 2, 64, 32), "fp32", False, "sram"),
     ((1, 8, 64, 32), (1, 2, 64, 32), "fp32", True, "dram"),
     ((2, 4, 128, 32), (2, 4, 128, 32), "bf16", True, "sram"),
+    ((1, 2, 64, 64), (1, 2, 256, 64), "fp32", False, "dram"),      # key blocks
+    ((2, 4, 128, 64), (2, 4, 128, 64), "bf16", True, "sram"),
 ])
 def test_cost_model_tracks_the_simulator(qs, ks, dtype, causal, space):
     """Every plan's predicted cycles within 25% of the simulated ones, and the chosen plan no
@@ -98,6 +105,14 @@ def test_cost_model_tracks_the_simulator(qs, ks, dtype, causal, space):
         assert abs(predicted - simulated[plan]) <= 0.25 * simulated[plan], (plan, predicted, simulated[plan])
     assert simulated
     assert simulated[template.choose(call, chip)] <= 1.1 * min(simulated.values())
+
+
+def test_long_key_rows_use_key_blocks():
+    chip = load_chip("tiny")
+    template = kernel_for("attention")
+    plans = list(template.plans(_call((1, 2, 64, 64), (1, 2, 256, 64), "fp32", False, "sram"), chip))
+    assert plans and all(p.ks for p in plans)
+    assert not any(p.ks for p in template.plans(_call((1, 8, 64, 32), (1, 2, 64, 32), "fp32", False, "sram"), chip))
 
 
 def test_flops_halve_for_causal():

@@ -18,6 +18,13 @@ of them. Per item, the whole key row of the block fits local memory ("whole S" v
 Inputs, scores, probabilities and outputs are double-buffered, and the DPE runs one item ahead
 (scores of item t+1 before P V of item t), so that the DMA, MLU, DPE and SIMD engines overlap
 across items. Causal rows always see key 0, so no row is fully masked.
+
+When the key row does not fit, plans walk it in blocks of `ks` keys (flash attention): per
+block, scores and masking as above, then an online softmax: the block's row max updates the
+running max m, the block's exponentials sum into the running sum l (rescaled by
+exp(m_old - m)), the DPE computes the block's P V into a scratch tile T, and the SIMD engine
+merges it into the fp32 accumulator O = O * exp(m_old - m) + T; after the last block,
+O / l is stored. Blocks are pipelined like items (K, V, scores, P and T double-buffered).
 """
 from __future__ import annotations
 
@@ -45,6 +52,7 @@ QUEUE_SHARE = 0.8
 FILL_SHARE = 0.5
 _DEBUG = bool(__import__("os").environ.get("EMBER_ATTENTION_DEBUG"))
 LQ_CHOICES = (8, 16, 32, 64, 128, 256)
+KS_CHOICES = (16, 32, 64, 128, 256, 512)
 
 
 def _align(n: int) -> int:
@@ -55,6 +63,7 @@ def _align(n: int) -> int:
 class AttentionPlan:
     pes: int    # PEs that share the work items
     lq: int     # query rows per item
+    ks: int = 0  # keys per block (online softmax over blocks), 0: the whole key row at once
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,51 @@ def _layout(d: _Dims, lq: int) -> dict:
     lay["sm"] = take(lq * 4)
     lay["end"] = pos
     return lay
+
+
+def _layout_blocked(d: _Dims, lq: int, ks: int) -> dict:
+    pos = 0
+
+    def take(nbytes: int) -> int:
+        nonlocal pos
+        addr = pos
+        pos += _align(nbytes)
+        return addr
+
+    it = d.item
+    lay = {"q": [take(lq * d.e * it) for _ in range(2)],
+           "k": [take(ks * d.e * it) for _ in range(2)],
+           "v": [take(ks * d.ev * it) for _ in range(2)],
+           "kt": take(d.e * ks * it),
+           "sc": [take(lq * ks * 4) for _ in range(2)]}
+    lay["p"] = lay["sc"] if it == 4 else [take(lq * ks * it) for _ in range(2)]
+    lay["t"] = [take(lq * d.ev * 4) for _ in range(2)]
+    lay["o"] = take(lq * d.ev * 4)
+    lay["ob"] = [take(lq * d.ev * it) for _ in range(2)]
+    for name in ("m", "l", "a"):
+        lay[name] = [take(lq * 4) for _ in range(2)]
+    for name in ("cm", "mn", "cs", "r"):
+        lay[name] = take(lq * 4)
+    lay["end"] = pos
+    return lay
+
+
+@dataclass(frozen=True)
+class _Job:
+    t: int      # item (index in the PE's work)
+    k0: int     # first key of the block
+    sj: int     # keys in the block
+    first: bool
+    last: bool
+
+
+def _jobs(work: list, ks: int) -> list[_Job]:
+    out = []
+    for t, w in enumerate(work):
+        starts = list(range(0, w.s, ks))
+        for i, k0 in enumerate(starts):
+            out.append(_Job(t, k0, min(ks, w.s - k0), i == 0, i == len(starts) - 1))
+    return out
 
 
 @dataclass(frozen=True)
@@ -162,7 +216,8 @@ class AttentionKernel(KernelTemplate):
             return False
         it = ISA_ITEMSIZE[ISA_DTYPE[q.dtype]]
         d = _Dims(1, hq, hk, q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1], it, ISA_DTYPE[q.dtype])
-        return _layout(d, 1)["end"] <= MIN_LOCAL_BYTES
+        return (_layout(d, 1)["end"] <= MIN_LOCAL_BYTES
+                or _layout_blocked(d, 1, KS_CHOICES[0])["end"] <= MIN_LOCAL_BYTES)
 
     # ---- plans and cost model -------------------------------------------------------------
     def plans(self, call: KernelCall, chip):
@@ -176,6 +231,14 @@ class AttentionKernel(KernelTemplate):
             seen.add(lq)
             n = rows * math.ceil(d.l / lq)
             yield AttentionPlan(max(1, min(chip.num_pes, n)), lq)
+        if seen:
+            return
+        # the key row does not fit: walk it in blocks with an online softmax
+        for lq in sorted({min(c, d.l) for c in LQ_CHOICES}):
+            for ks in KS_CHOICES:
+                if ks < d.s and _layout_blocked(d, lq, ks)["end"] <= chip.local_mem.bytes:
+                    n = rows * math.ceil(d.l / lq)
+                    yield AttentionPlan(max(1, min(chip.num_pes, n)), lq, ks)
 
     def flops(self, call: KernelCall) -> int:
         d = _dims(call)
@@ -243,9 +306,10 @@ class AttentionKernel(KernelTemplate):
                 dma += (self._dma(w.s * d.e * d.item, k.space, pes, chip)
                         + self._dma(w.s * d.ev * d.item, v.space, pes, chip))
                 if run.count(run[t]) == 1:
-                    # runs of one item: loads of item t+2 wait for P V of item t, so two items
-                    # take one item's loads, transpose, scores, softmax and P V in a row
-                    eng["chain"] += (dma + c["mlu"] + c["dpe"] + c["simd"]) / 2
+                    # runs of one item: V of item t+2 waits for P V of item t, and K of item t+3
+                    # queues behind it: two items take one item's loads, transpose, scores and
+                    # P V in a row
+                    eng["chain"] += (dma + c["mlu"] + c["dpe"]) / 2
             eng["simd"] += c["simd"]
             eng["dpe"] += c["dpe"]
             eng["dma"] += dma
@@ -257,6 +321,8 @@ class AttentionKernel(KernelTemplate):
         with nothing; the slowest PE."""
         d = _dims(call)
         causal = bool(call.attrs.get("causal"))
+        if plan.ks:
+            return self._predict_blocked(call, d, plan, causal, chip)
         worst = 0.0
         for work in _split(_items(d, plan.lq, causal), plan.pes):
             if not work:
@@ -270,18 +336,213 @@ class AttentionKernel(KernelTemplate):
             worst = max(worst, max(eng.values()) + fill)
         return int(worst)
 
+    def _job_cycles(self, call: KernelCall, d: _Dims, w: _Item, jb: _Job, causal: bool, pes: int,
+                    chip) -> dict[str, float]:
+        """Engine cycles of one key block of one item (blocked path)."""
+        wd, lut, lat = chip.simd.elems_per_cycle, chip.simd.lut_cycles, chip.simd.latency_cycles
+        n, sj = w.n, jb.sj
+        whole = math.ceil(n * sj / wd)
+        rows_v = n * math.ceil(sj / wd)
+        vec = math.ceil(n / wd)
+        simd = whole + lat + 2 * (rows_v + lat) + rows_v + lat + whole * lut + lat
+        if not jb.first:
+            simd += 3 * (vec + lat) + (vec * lut + lat) + 2 * (vec + lat)
+        if d.item != 4:
+            simd += whole + lat
+        if causal:
+            for r in range(n):
+                tail = sj - max(0, w.q0 + r + 1 - jb.k0)
+                if tail > 0:
+                    simd += math.ceil(tail / wd) + lat
+        o = math.ceil(n * d.ev / wd)
+        simd += o + lat if jb.first else n * math.ceil(d.ev / wd) + o + 2 * lat
+        if jb.last:
+            simd += vec * lut + lat + n * math.ceil(d.ev / wd) + lat
+        nt = chip.dpe.n_tile
+        kt = int(chip.dpe.macs_per_cycle[d.dt]) // nt
+        ovh = chip.dpe.pass_overhead_cycles
+        dpe = (math.ceil(d.e / kt) * math.ceil(sj / nt) * (n + ovh)
+               + math.ceil(sj / kt) * math.ceil(d.ev / nt) * (n + ovh))
+        mlu = math.ceil(sj * d.e * d.item / chip.mlu.bytes_per_cycle) + chip.mlu.latency_cycles
+        q, k, v = call.inputs[:3]
+        dma = (self._dma(sj * d.e * d.item, k.space, pes, chip)
+               + self._dma(sj * d.ev * d.item, v.space, pes, chip))
+        if jb.first:
+            dma += self._dma(n * d.e * d.item, q.space, pes, chip)
+        if jb.last:
+            dma += self._dma(n * d.ev * d.item, call.output.space, pes, chip)
+        return {"simd": simd, "dpe": dpe, "mlu": mlu, "dma": dma}
+
+    def _predict_blocked(self, call: KernelCall, d: _Dims, plan: AttentionPlan, causal: bool, chip) -> int:
+        worst = 0.0
+        for work in _split(_items(d, plan.lq, causal), plan.pes):
+            if not work:
+                continue
+            eng = {"simd": 0.0, "dpe": 0.0, "mlu": 0.0, "dma": 0.0, "chain": 0.0}
+            jobs = _jobs(work, plan.ks)
+            for jb in jobs:
+                c = self._job_cycles(call, d, work[jb.t], jb, causal, plan.pes, chip)
+                for key in c:
+                    eng[key] += c[key]
+                # V of block j+2 waits for P V of block j, and K of block j+3 queues behind
+                # it: two blocks take one block's loads, transpose, scores and P V in a row
+                eng["chain"] += (c["dma"] + c["mlu"] + c["dpe"]) / 2
+            head = self._job_cycles(call, d, work[0], jobs[0], causal, plan.pes, chip)
+            tail = self._job_cycles(call, d, work[-1], jobs[-1], causal, plan.pes, chip)
+            fill = head["dma"] + head["mlu"] + FILL_SHARE * (tail["simd"] + tail["dpe"])
+            if _DEBUG:
+                print(plan, {k_: int(v_) for k_, v_ in eng.items()}, int(fill))
+            worst = max(worst, max(eng.values()) + fill)
+        return int(worst)
+
     # ---- emission -------------------------------------------------------------------------
     def emit(self, call: KernelCall, plan: AttentionPlan, chip, builder) -> None:
         d = _dims(call)
         causal = bool(call.attrs.get("causal"))
+        if plan.ks:
+            lay = _layout_blocked(d, plan.lq, plan.ks)
+            for p, work in enumerate(_split(_items(d, plan.lq, causal), plan.pes)):
+                if work:
+                    self._emit_blocked(call, d, lay, work, _jobs(work, plan.ks), causal, builder.pe(p), builder)
+            return
         lay = _layout(d, plan.lq)
         for p, work in enumerate(_split(_items(d, plan.lq, causal), plan.pes)):
             if work:
                 self._emit_pe(call, d, lay, work, causal, builder.pe(p), builder)
 
+    def _emit_blocked(self, call: KernelCall, d: _Dims, lay: dict, work: list[_Item], jobs: list[_Job],
+                      causal: bool, pe, builder) -> None:
+        """Items whose key row does not fit: jobs (item, key block), pipelined as the whole-row
+        path pipelines items; per block the running row max m and sum l are updated, and the
+        block's P V (into T) is merged into the item's accumulator O = O * exp(m_old - m) + T."""
+        ldq, ldk, ldv, tr, sc, pr, pv, mg, fin, st = (builder.token() for _ in range(10))
+        q, k, v = call.inputs[:3]
+        out = call.output
+        it_, dt = d.item, d.dt
+        bf = it_ != 4
+        scale = float(call.attrs["scale"])
+        last_job = {}
+        for j, jb in enumerate(jobs):
+            last_job[jb.t] = j
+
+        def load(j: int) -> None:
+            jb = jobs[j]
+            w = work[jb.t]
+            if jb.first:
+                wait = (sc, last_job[jb.t - 2] + 1) if jb.t >= 2 else None
+                pe.dma(q.space, q.addr + (w.bh * d.l + w.q0) * d.e * it_, "local", lay["q"][jb.t % 2],
+                       nbytes=w.n * d.e * it_, wait=wait, signal=ldq)
+            # K's slot is free once transposed, V's once multiplied: separate waits let the
+            # next block's K land (and be transposed) while this block's P V waits
+            pe.dma(k.space, k.addr + (w.kv * d.s + jb.k0) * d.e * it_, "local", lay["k"][j % 2],
+                   nbytes=jb.sj * d.e * it_, wait=(tr, j - 1) if j >= 2 else None, signal=ldk)
+            pe.dma(v.space, v.addr + (w.kv * d.s + jb.k0) * d.ev * it_, "local", lay["v"][j % 2],
+                   nbytes=jb.sj * d.ev * it_, wait=(pv, j - 1) if j >= 2 else None, signal=ldv)
+
+        def store(t: int) -> None:
+            w = work[t]
+            pe.dma("local", lay["ob"][t % 2], out.space, out.addr + (w.bh * d.l + w.q0) * d.ev * it_,
+                   nbytes=w.n * d.ev * it_, wait=(fin, t + 1), signal=st)
+
+        def transpose(j: int) -> None:
+            if j >= 1:
+                pe.nop(Engine.MLU, wait=(sc, j))
+            pe.mlu_transpose(lay["k"][j % 2], lay["kt"], jobs[j].sj, d.e, dtype=dt,
+                             wait=(ldk, j + 1), signal=tr)
+
+        def scores(j: int) -> None:
+            jb = jobs[j]
+            pe.nop(Engine.DPE, wait=(ldq, jb.t + 1))
+            pe.dpe_matmul(lay["q"][jb.t % 2], lay["kt"], lay["sc"][j % 2], work[jb.t].n, d.e, jb.sj,
+                          dtype=dt, wait=(tr, j + 1), signal=sc)
+
+        def pv_(j: int) -> None:
+            jb = jobs[j]
+            if j >= 2:
+                pe.nop(Engine.DPE, wait=(mg, j - 1))       # T slot merged
+            pe.nop(Engine.DPE, wait=(ldv, j + 1))
+            pe.dpe_matmul(lay["p"][j % 2], lay["v"][j % 2], lay["t"][j % 2], work[jb.t].n, jb.sj, d.ev,
+                          dtype=dt, wait=(pr, j + 1), signal=pv)
+
+        def softmax(j: int) -> None:
+            jb = jobs[j]
+            w = work[jb.t]
+            n, sj, sl, u = w.n, jb.sj, j % 2, jb.t % 2
+            x, m, l_, a = lay["sc"][sl], lay["m"][u], lay["l"][u], lay["a"][sl]
+            cm, mn, cs = lay["cm"], lay["mn"], lay["cs"]
+            pe.simd_scalar("MUL", x, x, n * sj, scale, wait=(sc, j + 1))
+            if causal:
+                for r in range(n):
+                    c0 = max(0, w.q0 + r + 1 - jb.k0)
+                    if c0 < sj:
+                        at = x + (r * sj + c0) * 4
+                        pe.simd_scalar("MIN", at, at, sj - c0, NEG_BIG)
+            cmds = []
+            if jb.first:
+                pe.simd_row_reduce("MAX", x, m, n, sj)
+                pe.simd_row_bcast("SUB", x, m, x, n, sj)
+                pe.simd_unary("EXP", x, x, n * sj)
+                cmds.append(lambda sig: pe.simd_row_reduce("ADD", x, l_, n, sj, signal=sig))
+            else:
+                pe.simd_row_reduce("MAX", x, cm, n, sj)
+                pe.simd_binary("MAX", m, cm, mn, n)
+                pe.simd_row_bcast("SUB", x, mn, x, n, sj)
+                pe.simd_unary("EXP", x, x, n * sj)
+                pe.simd_binary("SUB", m, mn, a, n)
+                pe.simd_unary("EXP", a, a, n)
+                pe.simd_unary("COPY", mn, m, n)
+                pe.simd_row_reduce("ADD", x, cs, n, sj)
+                pe.simd_binary("MUL", l_, a, l_, n)
+                cmds.append(lambda sig: pe.simd_binary("ADD", l_, cs, l_, n, signal=sig))
+            if bf:
+                cmds[-1](None)
+                pe.simd_unary("COPY", x, lay["p"][sl], n * sj, out_dtype=dt, signal=pr)
+            else:
+                cmds[-1](pr)
+
+        def merge(j: int) -> None:
+            jb = jobs[j]
+            n, sl = work[jb.t].n * d.ev, j % 2
+            o, t_ = lay["o"], lay["t"][sl]
+            if jb.first:
+                pe.simd_unary("COPY", t_, o, n, wait=(pv, j + 1), signal=mg)
+            else:
+                pe.simd_row_bcast("MUL", o, lay["a"][sl], o, work[jb.t].n, d.ev, wait=(pv, j + 1))
+                pe.simd_binary("ADD", o, t_, o, n, signal=mg)
+
+        def final(t: int) -> None:
+            w, u = work[t], t % 2
+            pe.simd_unary("RECIP", lay["l"][u], lay["r"], w.n)
+            if t >= 2:
+                pe.nop(Engine.SIMD, wait=(st, t - 1))
+            pe.simd_row_bcast("MUL", lay["o"], lay["r"], lay["ob"][u], w.n, d.ev, out_dtype=dt, signal=fin)
+
+        nj = len(jobs)
+        for j in range(nj):
+            transpose(j)
+        scores(0)
+        for j in range(nj):
+            if j + 1 < nj:
+                scores(j + 1)
+            pv_(j)
+        softmax(0)
+        for j in range(nj):
+            if j + 1 < nj:
+                softmax(j + 1)
+            merge(j)
+            if jobs[j].last:
+                final(jobs[j].t)
+        for j in range(min(2, nj)):
+            load(j)
+        for j in range(nj):
+            if j + 2 < nj:
+                load(j + 2)
+            if jobs[j].last:
+                store(jobs[j].t)
+
     def _emit_pe(self, call: KernelCall, d: _Dims, lay: dict, work: list[_Item], causal: bool, pe,
                  builder) -> None:
-        ldq, ldkv, tr, sc, pr, pv, fin, st = (builder.token() for _ in range(8))
+        ldq, ldk, ldv, tr, sc, pr, pv, fin, st = (builder.token() for _ in range(9))
         q, k, v = call.inputs[:3]
         out = call.output
         it_, dt = d.item, d.dt
@@ -299,11 +560,12 @@ class AttentionKernel(KernelTemplate):
             """Q of item t, and K, V when it starts a run (into the run's slot)."""
             w, r = work[t], run[t]
             if first[r] == t:
-                wait = (pv, last[r - 2] + 1) if r >= 2 else None     # slot's previous run done
+                # the slot's K is free once the run two back is transposed, its V once that
+                # run's P V are done
                 pe.dma(k.space, k.addr + w.kv * d.s * d.e * it_, "local", lay["k"][r % 2],
-                       nbytes=w.s * d.e * it_, wait=wait, signal=ldkv)
+                       nbytes=w.s * d.e * it_, wait=(tr, r - 1) if r >= 2 else None, signal=ldk)
                 pe.dma(v.space, v.addr + w.kv * d.s * d.ev * it_, "local", lay["v"][r % 2],
-                       nbytes=w.s * d.ev * it_, signal=ldkv)
+                       nbytes=w.s * d.ev * it_, wait=(pv, last[r - 2] + 1) if r >= 2 else None, signal=ldv)
             pe.dma(q.space, q.addr + (w.bh * d.l + w.q0) * d.e * it_, "local", lay["q"][t % 2],
                    nbytes=w.n * d.e * it_, wait=(sc, t - 1) if t >= 2 else None, signal=ldq)
 
@@ -316,7 +578,7 @@ class AttentionKernel(KernelTemplate):
             w = work[first[r]]
             if first[r] >= 1:
                 pe.nop(Engine.MLU, wait=(sc, first[r]))     # K^T free: earlier scores done
-            pe.mlu_transpose(lay["k"][r % 2], lay["kt"], w.s, d.e, dtype=dt, wait=(ldkv, 2 * r + 2), signal=tr)
+            pe.mlu_transpose(lay["k"][r % 2], lay["kt"], w.s, d.e, dtype=dt, wait=(ldk, r + 1), signal=tr)
 
         def scores(t: int) -> None:
             w = work[t]
@@ -328,6 +590,7 @@ class AttentionKernel(KernelTemplate):
             w, sl = work[t], t % 2
             if t >= 2:   # output slot free: its previous block stored (fp32) or rounded (bf16)
                 pe.nop(Engine.DPE, wait=(fin, t - 1) if bf else (st, t - 1))
+            pe.nop(Engine.DPE, wait=(ldv, run[t] + 1))
             pe.dpe_matmul(lay["p"][sl], lay["v"][run[t] % 2], lay["o"][sl], w.n, w.s, d.ev, dtype=dt,
                           wait=(pr, t + 1), signal=pv)
 
