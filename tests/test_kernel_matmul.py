@@ -11,10 +11,10 @@ from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
 from simulator import ProgramBuilder, load_chip, simulate
 
 BF16 = ml_dtypes.bfloat16
-NP = {"fp32": np.float32, "bf16": BF16, "int8": np.int8, "int32": np.int32}
+NP = {"fp32": np.float32, "bf16": BF16, "fp16": np.float16, "int8": np.int8, "int32": np.int32}
 TINY = load_chip("tiny")
 MTIA = load_chip("mtia2i")
-TOL = {"fp32": 1e-4, "bf16": 2e-2}
+TOL = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 2e-3}
 
 
 def make_call(op, M, K, N, dtype, space="dram", batch=(), rhs_batch=None, bias=False, out=None):
@@ -91,6 +91,7 @@ def check_numbers(call, chip, plan=None, seed=0):
     ("linear", 33, 40, 50, "bf16", (2,), True),
     ("linear", 20, 64, 30, "int8", (), True),
     ("linear", 1, 31, 7, "fp32", (), False),
+    ("linear", 21, 37, 19, "fp16", (), True),
 ])
 def test_tiny_matches_torch(op, M, K, N, dtype, batch, bias):
     check_numbers(make_call(op, M, K, N, dtype, batch=batch, bias=bias), TINY)
