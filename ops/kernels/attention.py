@@ -250,8 +250,9 @@ class AttentionKernel(KernelTemplate):
         if call.attrs.get("causal"):
             # keys past the last query row are never read
             d = _dims(call)
-            unseen = max(0, d.s - d.l) * (d.e + d.ev) * d.item * d.batch * d.hk
-            moved[call.inputs[1].space] -= unseen
+            unseen = max(0, d.s - d.l) * d.item * d.batch * d.hk
+            moved[call.inputs[1].space] -= unseen * d.e
+            moved[call.inputs[2].space] -= unseen * d.ev
         return moved
 
     def _engine_cycles(self, d: _Dims, it: _Item, causal: bool, chip) -> dict[str, float]:
