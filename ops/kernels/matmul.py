@@ -453,19 +453,27 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
     active = min(R * C, g.batch * L.Tm * L.Tn)
     # fetching rotates over a row's / column's PEs job by job (see a_issuer)
     store_share = 1.0 if not shared else 1.0 / min(len(jobs), C if L.a_shared else R)
+    # a new N tile per job means a new bias tile: a fetch and a local copy in this PE's queue
+    # behind the previous store, then the widening on the SIMD engine, before the epilogue
+    bias_reload = 0.0
+    if g.has_bias and len({n for _, n in jobs}) > 1 or (g.has_bias and L.QN > 1):
+        nb = min(p.nt, g.N)
+        bias_reload = (2 * lat + nb * es / rt.link + min(BIAS_ROWS, p.mt, g.M) * nb * es / rt.local
+                       + _cdiv(min(BIAS_ROWS, p.mt, g.M) * nb, rt.simd) + rt.simd_lat)
     wave = {}
     for m, n in set(jobs):
         store[m, n] = rt.dma_alone(m * n * oes, o_sp, R // 2)
         wave[m, n] = max(store[m, n], active * m * n * oes / rt.mem[o_sp] + lat)
         per = [(c, step(m, k, n)) for k, c in kg]
         # the fetching queue also carries this PE's store of the job
-        period[m, n] = max(sum(c * s[0] for c, s in per), sum(c * s[2] for c, s in per) + store_share * store[m, n],
+        period[m, n] = max(sum(c * s[0] for c, s in per),
+                           sum(c * s[2] for c, s in per) + store_share * store[m, n] + bias_reload,
                            sum(c * s[3] for c, s in per))
     epi = {mn: _epilogue_cycles(g, rt, *mn) for mn in period}
     path = sum(period[j] for j in jobs)
     for t in range(len(jobs) - 1):      # the next job's DPE waits for this accumulator to drain
         if p.cbufs == 1:                # the DPE waits for the store
-            path += epi[jobs[t]] + wave[jobs[t]]
+            path += epi[jobs[t]] + wave[jobs[t]] + bias_reload
         elif o_sp in (a_sp, b_sp):      # the burst of stores holds up the next fetches (FCFS);
             # the DPE runs on what is already prefetched meanwhile
             nxt = jobs[t + 1]
