@@ -124,6 +124,16 @@ def test_random_shapes_and_plans(op, M, K, N, dtype, batch, bias, pick):
     check_numbers(call, TINY, plans[pick % len(plans)], seed=pick)
 
 
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(op=st.sampled_from(["matmul", "linear"]), M=st.integers(1, 300), K=st.integers(1, 300),
+       N=st.integers(1, 600), dtype=st.sampled_from(["fp32", "bf16", "int8"]), pick=st.integers(0, 10 ** 6))
+def test_mtia2i_random_plans(op, M, K, N, dtype, pick):
+    """On the 8x8 grid: multicast groups, idle PEs of edge tiles, rotating fetchers."""
+    call = make_call(op, M, K, N, dtype, space="sram", bias=op == "linear")
+    plans = list(kernel_for(op).plans(call, MTIA))
+    check_numbers(call, MTIA, plans[pick % len(plans)], seed=pick)
+
+
 @pytest.mark.parametrize("op,M,K,N,dtype,space", [
     ("matmul", 512, 512, 512, "bf16", "sram"),
     ("linear", 16, 4096, 4096, "bf16", "dram"),
