@@ -14,9 +14,10 @@ import torch
 
 from compiler.errors import EmberError, UnsupportedOpsError
 from compiler.pipeline import CompileOptions, compile_model
+from ember.check import CheckReport, check
 from ember.compiled import CompiledModel
 
-__all__ = ["compile", "load", "load_chip", "load_model", "mlir_context", "CompiledModel", "EmberError",
+__all__ = ["check", "compile", "load", "load_chip", "load_model", "mlir_context", "CheckReport", "CompiledModel", "EmberError",
            "UnsupportedOpsError"]
 
 

@@ -108,6 +108,27 @@ def run(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:fac
 
 
 @app.command()
+def check(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:factory"),
+          chip: str = typer.Option("mtia2i", help="chip name or YAML path"),
+          dtype: str = typer.Option("bf16", help="fp32 | bf16 | int8"),
+          format: str = typer.Option("text", "--format", help="text | json | html"),
+          simulate: bool = typer.Option(True, help="also run on the simulated chip (error and latency)")) -> None:
+    """Compatibility report: what runs on the accelerator, the error against PyTorch, latency, memory fit."""
+    import ember
+    if format not in ("text", "json", "html"):
+        _fail(f"--format must be text, json or html, got {format!r}")
+    try:
+        model, args = ember.load_model(spec)
+        report = ember.check(model, args, chip=chip, dtype=dtype, simulate=simulate)
+    except (ValueError, TypeError, ember.EmberError) as e:
+        _fail(str(e))
+    if format == "text":
+        console.print(str(report), markup=False, highlight=False)
+    else:
+        print(report.to_json() if format == "json" else report.to_html())
+
+
+@app.command()
 def demo(spec: str = typer.Option("models:multimodal-small", help="the model to show")) -> None:
     """The main job: compile the multimodal model, check it against PyTorch, simulate it on mtia2i."""
     from ember.demo import compare_with_torch
