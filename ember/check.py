@@ -58,8 +58,9 @@ class CheckReport:
         lines += [f"unsupported: {u}" for u in self.unsupported] or ["unsupported: none"]
         lines += [f"error vs PyTorch: reference {fmt(self.reference_error, '.2e')}, "
                   f"simulated chip {fmt(self.simulated_error, '.2e')}",
-                  f"estimated latency: {fmt(None if self.latency_s is None else self.latency_s * 1e3, '.3f')} ms "
-                  "(accelerator kernels and host-link transfers; host ops not timed)",
+                  "estimated latency: " + ("not measured" if self.latency_s is None else
+                                           f"{self.latency_s * 1e3:.3f} ms (accelerator kernels and host-link "
+                                           "transfers; host ops not timed)"),
                   f"weights: {_size(self.weight_bytes)} in {self.dtype}; "
                   f"fit SRAM ({_size(self.sram_bytes)}): {'yes' if self.fits_sram else 'no'}, "
                   f"fit DRAM ({_size(self.dram_bytes)}): {'yes' if self.fits_dram else 'no'}"]
