@@ -11,6 +11,7 @@ Templates live in `ops/kernels/<name>.py` and are found automatically.
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -114,6 +115,25 @@ def _load_kernels() -> None:
     import ops.kernels as pkg
     for m in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(f"ops.kernels.{m.name}")
+
+
+#: The share of the wait behind other PEs' transfers that a streaming DMA sees on average
+#: (fitted once against the simulator on row-wise and attention kernels).
+QUEUE_SHARE = 0.8
+
+
+def streaming_dma_cycles(nbytes: int, space: str, pes: int, chip: Any) -> float:
+    """Cycles of one DMA of `nbytes` between `space` ("dram" | "sram") and a PE while `pes` PEs
+    stream at once: its latency, its bytes at the rate one PE gets alone, and a share
+    (QUEUE_SHARE) of the wait behind the others on the shared memory and the column's NoC port."""
+    clk = chip.clock_hz
+    mem = {"dram": chip.dram_bytes_per_s, "sram": chip.sram.bytes_per_s}[space] / clk
+    link = chip.noc.link_bytes_per_s / clk
+    alone = min(mem, link, chip.local_mem.bytes_per_s / clk)
+    per_col = math.ceil(pes / chip.pe_grid.cols)
+    lat = chip.dma.latency_cycles + chip.noc.hop_latency_cycles * chip.pe_grid.rows
+    mine = nbytes / alone
+    return lat + mine + QUEUE_SHARE * max(0.0, nbytes * max(pes / mem, per_col / link) - mine)
 
 
 def roofline_cycles(call: KernelCall, template: KernelTemplate, chip: Any) -> float:

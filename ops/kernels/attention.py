@@ -37,6 +37,7 @@ from ops.kernel import (
     KernelCall,
     KernelTemplate,
     register_kernel,
+    streaming_dma_cycles,
 )
 from simulator.isa import Engine
 
@@ -48,7 +49,6 @@ ALIGN = 64
 NEG_BIG = -3.0e38
 #: Fraction of the other PEs' transfers that one DMA waits behind (as the row-wise kernels),
 #: and of the last item's compute that follows the busiest engine's work.
-QUEUE_SHARE = 0.8
 FILL_SHARE = 0.5
 _DEBUG = bool(__import__("os").environ.get("EMBER_ATTENTION_DEBUG"))
 LQ_CHOICES = (8, 16, 32, 64, 128, 256)
@@ -283,14 +283,7 @@ class AttentionKernel(KernelTemplate):
         """One DMA between `space` and a PE while every PE streams (as the row-wise kernels
         price it): latency, bytes at the rate one PE gets alone, and a share of the wait behind
         the other PEs' transfers on the shared memory and the column's NoC port."""
-        clk = chip.clock_hz
-        mem = {"dram": chip.dram_bytes_per_s, "sram": chip.sram.bytes_per_s}[space] / clk
-        link = chip.noc.link_bytes_per_s / clk
-        alone = min(mem, link, chip.local_mem.bytes_per_s / clk)
-        per_col = math.ceil(pes / chip.pe_grid.cols)
-        lat = chip.dma.latency_cycles + chip.noc.hop_latency_cycles * chip.pe_grid.rows
-        mine = nbytes / alone
-        return lat + mine + QUEUE_SHARE * max(0.0, nbytes * max(pes / mem, per_col / link) - mine)
+        return streaming_dma_cycles(nbytes, space, pes, chip)
 
     def _pe_cycles(self, call: KernelCall, d: _Dims, work: list[_Item], causal: bool, pes: int,
                    chip) -> dict[str, float]:

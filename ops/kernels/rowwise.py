@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, register_kernel
+from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, register_kernel, streaming_dma_cycles
 from simulator.isa import Engine
 
 #: `accepts` is not told the chip; batch norm (which has no chunked path) refuses rows whose
@@ -45,7 +45,6 @@ LOG_NEWTON_STEPS = 3
 MIN_CHUNK = 64
 #: Fraction of the other PEs' transfers in a round that one DMA waits behind, on average
 #: (fitted to simulated cycles of softmax, norms and reduce on the tiny and mtia2i chips).
-QUEUE_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -204,14 +203,7 @@ class RowwiseKernel(KernelTemplate):
         """One DMA of `nbytes` between `space` and a PE while every PE streams: its latency, its
         bytes at the rate one PE gets alone, and a share (QUEUE_SHARE) of the wait behind the
         other PEs' transfers on the shared memory and on the column's NoC port."""
-        clk = chip.clock_hz
-        mem = {"dram": chip.dram_bytes_per_s, "sram": chip.sram.bytes_per_s}[space] / clk
-        link = chip.noc.link_bytes_per_s / clk
-        alone = min(mem, link, chip.local_mem.bytes_per_s / clk)
-        per_col = math.ceil(pes / chip.pe_grid.cols)
-        lat = chip.dma.latency_cycles + chip.noc.hop_latency_cycles * chip.pe_grid.rows
-        mine = nbytes / alone
-        return lat + mine + QUEUE_SHARE * max(0.0, nbytes * max(pes / mem, per_col / link) - mine)
+        return streaming_dma_cycles(nbytes, space, pes, chip)
 
     def predict(self, call: KernelCall, plan: RowPlan, chip) -> int:
         """Pipelined tiles on one PE (the first load, then per tile the slower of its SIMD work
