@@ -93,6 +93,19 @@ class KernelTemplate(ABC):
         return best
 
 
+class LocalArena:
+    """Bump allocation of one kernel's local-memory buffers: `take(nbytes)` returns an offset
+    aligned to `align` bytes; `end` is the bytes used so far."""
+
+    def __init__(self, align: int = 64):
+        self.align, self.end = align, 0
+
+    def take(self, nbytes: int) -> int:
+        addr = self.end
+        self.end += -(-nbytes // self.align) * self.align
+        return addr
+
+
 _KERNELS: dict[str, KernelTemplate] = {}
 
 

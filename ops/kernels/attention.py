@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from ops.kernel import (
     ISA_DTYPE,
+    LocalArena,
     ISA_ITEMSIZE,
     KernelCall,
     KernelTemplate,
@@ -53,10 +54,6 @@ FILL_SHARE = 0.5
 _DEBUG = bool(__import__("os").environ.get("EMBER_ATTENTION_DEBUG"))
 LQ_CHOICES = (8, 16, 32, 64, 128, 256)
 KS_CHOICES = (16, 32, 64, 128, 256, 512)
-
-
-def _align(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
 
 
 @dataclass(frozen=True)
@@ -89,13 +86,8 @@ def _dims(call: KernelCall) -> _Dims:
 
 
 def _layout(d: _Dims, lq: int) -> dict:
-    pos = 0
-
-    def take(nbytes: int) -> int:
-        nonlocal pos
-        addr = pos
-        pos += _align(nbytes)
-        return addr
+    arena = LocalArena(ALIGN)
+    take = arena.take
 
     it = d.item
     lay = {"q": [take(lq * d.e * it) for _ in range(2)],
@@ -108,18 +100,13 @@ def _layout(d: _Dims, lq: int) -> dict:
     lay["ob"] = lay["o"] if it == 4 else [take(lq * d.ev * it) for _ in range(2)]
     lay["mx"] = take(lq * 4)
     lay["sm"] = take(lq * 4)
-    lay["end"] = pos
+    lay["end"] = arena.end
     return lay
 
 
 def _layout_blocked(d: _Dims, lq: int, ks: int) -> dict:
-    pos = 0
-
-    def take(nbytes: int) -> int:
-        nonlocal pos
-        addr = pos
-        pos += _align(nbytes)
-        return addr
+    arena = LocalArena(ALIGN)
+    take = arena.take
 
     it = d.item
     lay = {"q": [take(lq * d.e * it) for _ in range(2)],
@@ -135,7 +122,7 @@ def _layout_blocked(d: _Dims, lq: int, ks: int) -> dict:
         lay[name] = [take(lq * 4) for _ in range(2)]
     for name in ("cm", "mn", "cs", "r"):
         lay[name] = take(lq * 4)
-    lay["end"] = pos
+    lay["end"] = arena.end
     return lay
 
 

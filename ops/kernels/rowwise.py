@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, register_kernel, streaming_dma_cycles
+from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, LocalArena, register_kernel, streaming_dma_cycles
 from simulator.isa import Engine
 
 #: `accepts` is not told the chip; batch norm (which has no chunked path) refuses rows whose
@@ -163,13 +163,8 @@ class RowwiseKernel(KernelTemplate):
         _, cols = self.matrix(call)
         item = ISA_ITEMSIZE[call.inputs[0].dtype]
         out_item = ISA_ITEMSIZE[call.output.dtype]
-        pos = 0
-
-        def take(nbytes: int) -> int:
-            nonlocal pos
-            addr = pos
-            pos += -(-nbytes // ALIGN) * ALIGN
-            return addr
+        arena = LocalArena(ALIGN)
+        take = arena.take
 
         lay: dict = {"x": [take(m * cols * max(item, out_item)) for _ in range(2)]}
         oc = self.out_cols(call)
@@ -177,9 +172,9 @@ class RowwiseKernel(KernelTemplate):
         lay["w"] = take(m * cols * 4) if item != 4 else None
         lay["t"] = [take(m * cols * 4) for _ in range(self.scratch_tiles(call))]
         lay["vec"] = [take(m * 4) for _ in range(6)]
-        lay["param"] = pos
-        pos += self.param_bytes(call, m)
-        lay["end"] = pos
+        lay["param"] = arena.end
+        arena.end += self.param_bytes(call, m)
+        lay["end"] = arena.end
         return lay
 
     def fits(self, call: KernelCall, m: int, local_bytes: int) -> bool:
@@ -330,13 +325,8 @@ class RowwiseKernel(KernelTemplate):
     def chunk_layout(self, call: KernelCall, k: int) -> dict:
         item = ISA_ITEMSIZE[call.inputs[0].dtype]
         out_item = ISA_ITEMSIZE[call.output.dtype]
-        pos = 0
-
-        def take(nbytes: int) -> int:
-            nonlocal pos
-            addr = pos
-            pos += -(-nbytes // ALIGN) * ALIGN
-            return addr
+        arena = LocalArena(ALIGN)
+        take = arena.take
 
         lay: dict = {"x": [take(k * max(item, out_item)) for _ in range(2)]}
         lay["out"] = lay["x"] if self.out_cols(call) > 1 else [take(out_item) for _ in range(2)]
@@ -345,7 +335,7 @@ class RowwiseKernel(KernelTemplate):
         for i in self.chunk_operands(call):
             lay[f"in{i}"] = [take(k * ISA_ITEMSIZE[call.inputs[i].dtype]) for _ in range(2)]
         lay["vec"] = [take(4) for _ in range(12)]
-        lay["end"] = pos
+        lay["end"] = arena.end
         return lay
 
     def _chunk_jobs(self, call: KernelCall, plan: ChunkPlan, lay: dict, start: int, end: int) -> list[Job]:
