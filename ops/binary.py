@@ -8,8 +8,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ops.registry import (DTYPE_TO_TORCH, Attr, Sample, TORCH_TO_DTYPE, Unsupported, broadcast_shapes,
-                          define_op, lowers, samples)
+from ops.registry import (
+    DTYPE_TO_TORCH,
+    TORCH_TO_DTYPE,
+    Attr,
+    Sample,
+    Unsupported,
+    broadcast_shapes,
+    define_op,
+    lowers,
+    samples,
+    wide,
+)
 
 aten = torch.ops.aten
 
@@ -45,10 +55,8 @@ def _infer(lhs, rhs, kind):
 
 
 def _reference(lhs, rhs, kind):
-    if lhs.dtype.kind == "f" or lhs.dtype.name == "bfloat16":
-        lhs, rhs = lhs.astype(np.float64), rhs.astype(np.float64)
     with np.errstate(all="ignore"):
-        return BINARY_KINDS[kind](lhs, rhs)
+        return BINARY_KINDS[kind](wide(lhs), wide(rhs))   # one dtype (checked by _infer)
 
 
 binary = define_op(

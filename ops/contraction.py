@@ -4,13 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ops.registry import Sample, broadcast_shapes, define_op, lowers, samples
+from ops.registry import Sample, broadcast_shapes, define_op, lowers, samples, wide
 
 aten = torch.ops.aten
-
-
-def _wide(x):
-    return x.astype(np.float64) if x.dtype.kind == "f" or x.dtype.name == "bfloat16" else x
 
 
 def _matmul_infer(lhs, rhs):
@@ -26,7 +22,7 @@ def _matmul_infer(lhs, rhs):
 
 matmul = define_op(
     "matmul", operands=("lhs", "rhs"), infer=_matmul_infer,
-    reference=lambda lhs, rhs: np.matmul(_wide(lhs), _wide(rhs)),
+    reference=lambda lhs, rhs: np.matmul(wide(lhs), wide(rhs)),
     doc="lhs[..., M, K] @ rhs[..., K, N] with broadcast batch dimensions.")
 
 
@@ -41,8 +37,8 @@ def _linear_infer(x, w, bias):
 
 
 def _linear_reference(x, w, bias):
-    y = _wide(x) @ _wide(w).T
-    return y if bias is None else y + _wide(bias)
+    y = wide(x) @ wide(w).T
+    return y if bias is None else y + wide(bias)
 
 
 linear = define_op(

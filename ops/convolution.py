@@ -12,13 +12,9 @@ import numpy as np
 import torch
 
 from ops.pad import emit_pad
-from ops.registry import Attr, Sample, Unsupported, define_op, lowers, samples
+from ops.registry import Attr, Sample, Unsupported, define_op, lowers, samples, wide
 
 aten = torch.ops.aten
-
-
-def _wide(x):
-    return x.astype(np.float64) if x.dtype.kind == "f" or x.dtype.name == "bfloat16" else x
 
 
 def _check(x, w, bias, stride, padding, dilation, groups, out_channels):
@@ -63,7 +59,7 @@ def windows(x, kernel, stride, dilation):
 
 
 def conv_reference(x, w, bias, stride, padding, dilation, groups):
-    x, w = _wide(x), _wide(w)
+    x, w = wide(x), wide(w)
     nd = x.ndim - 2
     if any(padding):
         x = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
@@ -81,7 +77,7 @@ def conv_reference(x, w, bias, stride, padding, dilation, groups):
     y = np.matmul(cols, wg.transpose(0, 2, 1)[None])      # N, G, P, O/G
     y = y.transpose(0, 1, 3, 2).reshape(n, o, *out)
     if bias is not None:
-        y = y + _wide(bias).reshape(1, o, *([1] * nd))
+        y = y + wide(bias).reshape(1, o, *([1] * nd))
     return y
 
 
@@ -113,7 +109,7 @@ def _tconv_infer(x, w, bias, stride, padding, output_padding, dilation, groups):
 
 
 def _tconv_reference(x, w, bias, stride, padding, output_padding, dilation, groups):
-    x, w = _wide(x), _wide(w)
+    x, w = wide(x), wide(w)
     nd = x.ndim - 2
     n, c = x.shape[:2]
     og = w.shape[1]
@@ -132,7 +128,7 @@ def _tconv_reference(x, w, bias, stride, padding, output_padding, dilation, grou
     crop = tuple(slice(p, f - p) for p, f in zip(padding, full))
     y = y[(slice(None),) * 3 + crop].reshape(n, groups * og, *[f - 2 * p for f, p in zip(full, padding)])
     if bias is not None:
-        y = y + _wide(bias).reshape(1, -1, *([1] * nd))
+        y = y + wide(bias).reshape(1, -1, *([1] * nd))
     return y
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ops.registry import Attr, Sample, Unsupported, define_op, lowers, samples
+from ops.registry import Attr, Sample, Unsupported, define_op, lowers, samples, wide
 
 aten = torch.ops.aten
 
@@ -41,8 +41,7 @@ def _reference(x, low, high, value, mode):
     x = x[crop]
     widths = [(max(lo, 0), max(hi, 0)) for lo, hi in zip(low, high)]
     if mode == "constant":
-        wide = x.astype(np.float64) if x.dtype.kind == "f" or x.dtype.name == "bfloat16" else x
-        return np.pad(wide, widths, mode="constant", constant_values=value)
+        return np.pad(wide(x), widths, mode="constant", constant_values=value)
     return np.pad(x, widths, mode=MODES[mode])
 
 

@@ -14,15 +14,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ops.registry import Attr, Sample, define_op, lowers, samples
+from ops.registry import Attr, Sample, define_op, lowers, samples, wide
 
 aten = torch.ops.aten
 
 KINDS = ("max", "avg")
-
-
-def _wide(x):
-    return x.astype(np.float64) if x.dtype.kind == "f" or x.dtype.name == "bfloat16" else x
 
 
 def _out_size(size, k, s, p, d, ceil_mode):
@@ -77,7 +73,7 @@ def _pool_reference(x, kind, kernel, stride, padding, dilation, ceil_mode, count
             for n, size, k, s, p, d in zip(out, spatial, kernel, stride, padding, dilation)]
     widths = [(0, 0)] * lead + [(p, h) for p, h in zip(padding, high)]
     axes = tuple(range(x.ndim, x.ndim + nd))
-    x = _wide(x)
+    x = wide(x)
     if kind == "max":
         fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
         xp = np.ascontiguousarray(np.pad(x, widths, constant_values=fill))
@@ -122,7 +118,7 @@ def bins(size, n):
 
 
 def _adaptive_reference(x, kind, output_size):
-    x = _wide(x)
+    x = wide(x)
     nd = len(output_size)
     for axis, n in zip(range(x.ndim - nd, x.ndim), output_size):
         size = x.shape[axis]

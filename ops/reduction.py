@@ -12,13 +12,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ops.registry import Attr, Sample, Unsupported, define_op, lowers, norm_dim, samples
+from ops.registry import (
+    Attr,
+    Sample,
+    Unsupported,
+    define_op,
+    lowers,
+    norm_dim,
+    samples,
+    wide,
+)
 
 aten = torch.ops.aten
-
-
-def _wide(x):
-    return x.astype(np.float64) if x.dtype.kind == "f" or x.dtype.name == "bfloat16" else x
 
 
 def _var(x, axis, keepdims, correction):
@@ -83,7 +88,7 @@ def _reduce_reference(x, kind, dims, keepdim, correction):
     axes = tuple(dims) if dims else tuple(range(x.ndim))
     if x.ndim == 0:
         axes = ()
-    x = _wide(x)
+    x = wide(x)
     if kind in ("sum", "prod") and x.dtype.kind in "iub":
         x = x.astype(np.int64)
     with np.errstate(all="ignore"):
@@ -116,7 +121,7 @@ def _arg_infer(x, kind, dim, keepdim):
 def _arg_reference(x, kind, dim, keepdim):
     if x.ndim == 0:
         return np.zeros((), np.int64)
-    return ARG_KINDS[kind](_wide(x), axis=dim, keepdims=keepdim)
+    return ARG_KINDS[kind](wide(x), axis=dim, keepdims=keepdim)
 
 
 arg_reduce = define_op(
@@ -139,7 +144,7 @@ def _scan_infer(x, kind, dim):
 def _scan_reference(x, kind, dim):
     if x.ndim == 0:
         return x
-    x = _wide(x)
+    x = wide(x)
     if x.dtype.kind in "iub":
         x = x.astype(np.int64)
     return SCAN_KINDS[kind](x, axis=norm_dim(dim, x.ndim))
@@ -168,7 +173,7 @@ def _topk_infer(x, k, dim, largest):
 def _topk_reference(x, k, dim, largest):
     if x.ndim == 0:
         return np.zeros((), np.int64)
-    key = _wide(x)
+    key = wide(x)
     if key.dtype.kind in "iub":
         key = key.astype(np.int64)
     order = np.argsort(-key if largest else key, axis=dim, kind="stable")

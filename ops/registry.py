@@ -315,6 +315,12 @@ def to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
     return torch.from_numpy(np.array(a, order="C")).to(DTYPE_TO_TORCH[dtype])   # keeps 0-d shapes
 
 
+def wide(x: np.ndarray) -> np.ndarray:
+    """Floating arrays (bf16 included) as float64, the precision references compute in;
+    integer and bool arrays as they are."""
+    return x.astype(np.float64) if x.dtype.kind == "f" or x.dtype.name == "bfloat16" else x
+
+
 def as_dtype(array: np.ndarray, dtype: str) -> np.ndarray:
     """Cast a reference result to `dtype`, as the op's declared result type says."""
     return np.asarray(array).astype(numpy_dtype(dtype), copy=False)

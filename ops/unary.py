@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from ops.registry import Attr, Sample, Unsupported, define_op, lowers, samples
+from ops.registry import Attr, Sample, Unsupported, define_op, lowers, samples, wide
 
 aten = torch.ops.aten
 
@@ -75,9 +75,8 @@ def _infer(x, kind, alpha, beta):
 
 
 def _reference(x, kind, alpha, beta):
-    wide = x.astype(np.float64) if np.issubdtype(x.dtype, np.floating) or x.dtype.name == "bfloat16" else x
     with np.errstate(all="ignore"):
-        return UNARY_KINDS[kind](wide, alpha, beta)
+        return UNARY_KINDS[kind](wide(x), alpha, beta)
 
 
 unary = define_op(

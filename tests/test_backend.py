@@ -74,8 +74,6 @@ def test_program_file_round_trip_and_refusals(tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(out, again))
     # a flipped byte inside the file: refused before anything runs
     raw = bytearray(open(path, "rb").read())
-    with zipfile.ZipFile(path) as z:
-        info = z.getinfo("header.json")
     bad = str(tmp_path / "bad.ember")
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
         for item in src.infolist():
@@ -99,7 +97,6 @@ def test_program_file_round_trip_and_refusals(tmp_path):
         f.write(raw[: len(raw) // 2])          # truncated
     with pytest.raises(ProgramFileError):
         ember.load(bad)
-    assert info.file_size > 0
 
 
 def test_timing_only_on_meta_device():

@@ -27,14 +27,12 @@ class _Arena:
     def __init__(self, size: int, base: int = 0):
         self.size, self.base = size, base
         self.free = [(base, size)]
-        self.high = base
 
     def alloc(self, nbytes: int) -> int | None:
         nbytes = -(-nbytes // ALIGN) * ALIGN
         for i, (start, length) in enumerate(self.free):
             if length >= nbytes:
                 self.free[i] = (start + nbytes, length - nbytes)
-                self.high = max(self.high, start + nbytes)
                 return start
         return None
 
