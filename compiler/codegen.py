@@ -33,7 +33,8 @@ def build_program(graph: GraphOps, placements: dict[int, Placement], chip, dtype
     steps: list[dict[str, Any]] = []
     kernels = []
     for op in graph.ops:
-        record = {"op": op.name, "operands": op.operands, "results": op.results, "location": op.location}
+        record = {"op": op.name, "operands": op.operands, "results": op.results, "location": op.location,
+                  "attrs": {k: _jsonable(v) for k, v in op.attrs.items()}}
         if op.target == "view":
             steps.append({"kind": "view", **record})
         elif op.target == "accelerator":
@@ -47,8 +48,7 @@ def build_program(graph: GraphOps, placements: dict[int, Placement], chip, dtype
                           "roofline_cycles": float(roofline_cycles(call, template, chip)),
                           "flops": int(template.flops(call))})
         else:
-            steps.append({"kind": "host", **record, "host_call": op.host_call,
-                          "attrs": {k: _jsonable(v) for k, v in op.attrs.items()}})
+            steps.append({"kind": "host", **record, "host_call": op.host_call})
     return Program(chip=chip.model_dump(mode="json"), dtype=dtype, tensors=tensors, inputs=graph.inputs,
                    outputs=graph.outputs, steps=steps, kernels=kernels, constants=constants,
                    meta={"host_calls": len(host_calls)})
