@@ -115,18 +115,36 @@ PIPELINE: tuple[tuple[str, Callable[..., None]], ...] = (
 )
 
 
-def compile_model(model: torch.nn.Module, example_inputs: Any, options: CompileOptions, chip: Any) -> CompileResult:
-    """Run the pipeline's phases up to `options.to` for `chip` (a ChipSpec)."""
+def compile_model(model: torch.nn.Module, example_inputs: Any, options: CompileOptions, chip: Any,
+                  cache: Any = None) -> CompileResult:
+    """Run the pipeline's phases up to `options.to` for `chip` (a ChipSpec).
+
+    `cache` (see `runtime.cache.CompileCache`) is asked for a Program once the graph phase is done,
+    keyed by the graph, the options and the chip; on a miss the finished Program is offered to it.
+    """
     example_inputs = check_inputs(model, example_inputs)
     state: dict[str, Any] = {"chip": chip}
     ir_after: dict[str, str] = {}
+    key = None
     for phase, run in PIPELINE:
         run(model, example_inputs, options, state)
         with state["graph"].context:
             ir_after[phase] = str(state["graph"].module)
         if options.print_ir_after_all:
             print(f"// ----- IR after phase '{phase}' -----\n{ir_after[phase]}", file=sys.stderr)
+        if phase == "graph" and cache is not None and options.to == "program":
+            t0 = time.perf_counter()
+            key = cache.key(state["graph"], options, chip)
+            hit = cache.load(key)
+            state["timings"]["cache"] = time.perf_counter() - t0
+            if hit is not None:
+                state["program"] = hit
+                ir_after.update(hit.meta.get("ir", {}))
+                break
         if phase == options.to:
+            if key is not None:
+                state["program"].meta["ir"] = {p: ir_after[p] for p in PHASES[1:]}
+                cache.store(key, state["program"])
             break
     return CompileResult(options, state["graph"], state["out_spec"], ir_after, state.get("timings", {}),
                          state.get("program"))
