@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,8 +75,8 @@ class Program:
         try:
             with zipfile.ZipFile(path) as z:
                 members = {name: z.read(name) for name in z.namelist()}
-        except (OSError, zipfile.BadZipFile) as e:
-            raise ProgramFileError(f"{path}: not an Ember Program file ({e})") from e
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise ProgramFileError(f"{path}: not an Ember Program file, or a damaged one ({e})") from e
         if "header.json" not in members or "checksum" not in members:
             raise ProgramFileError(f"{path}: not an Ember Program file (no header or checksum)")
         header = json.loads(members["header.json"])
