@@ -1,0 +1,694 @@
+"""Convolution kernel template for `ember.conv` (1-D and 2-D, grouped, strided, dilated, padded,
+optional bias) as an implicit GEMM on the dot-product engine.
+
+Per image n and group g the convolution is a GEMM
+
+    Y[n, g*Og + o, p] = sum_k W[g*Og + o, k] * X_cols[k, p]     k = (c, i, j), p = (oh, ow)
+
+with M = output channels of the group (Og), K = C/groups * kh * kw and N = output pixels. The
+weight is the GEMM's A operand as it lies in memory ([O, C/g*kh*kw] row major), and the output
+tile [o, p] is a block of the NCHW result, so neither needs a layout change.
+
+Shape of the schedule (one plan):
+
+* Jobs are (image, group, ``mt`` output channels, ``nr`` whole output rows); PE q runs jobs
+  q, q + P, q + 2P, ... Inside a job, K is walked ``cc`` input channels at a time through
+  ``nbuf`` alternating local buffers, so the DMA and the memory layout unit (MLU) prepare step
+  s + 1 while the DPE multiplies step s.
+* Per step the DMA engine loads the weight tile [mt, cc*kh*kw] (one strided DMA) and an input
+  slab [cc, rows, W] holding the input rows the job's output rows read (one DMA when the slab
+  rows are whole input rows, else one per channel).
+* The MLU builds the patch matrix [cc*kh*kw, nr*OW] from the slab with strided 2-D copies,
+  one per (channel, tap): a tap's output rows are slab rows ``sh`` apart. A horizontal stride
+  first splits the slab into its ``sw`` column phases (one strided copy per phase), after
+  which a tap's pixels are contiguous again. Zero padding: slab rows above or below the input
+  are copied from a zero tile; pixels whose tap falls left or right of the input are never
+  written, and stay at the zeros the patch buffers are cleared to once at the start.
+  1x1 convolutions with stride 1 and no padding skip the MLU: the slab is the patch matrix.
+* The DPE accumulates in fp32 into [mt, nr*OW]; the epilogue on the SIMD engine adds the bias
+  per output channel and rounds to the output dtype in place; a strided DMA stores the tile.
+  ``cbufs`` accumulators let the next job's DPE run while the epilogue and store drain.
+* Full K steps are emitted as `PEStream.repeat` blocks, so a program grows with the jobs, not
+  with C.
+
+`predict` models the busiest PE as a software pipeline of the three stages (DMA, MLU, DPE),
+each step bounded by the slowest stage and by the buffers' round trip; see `_predict`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ops.kernel import (
+    ISA_DTYPE,
+    ISA_ITEMSIZE,
+    KernelCall,
+    KernelTemplate,
+    LocalArena,
+    Placement,
+    register_kernel,
+    streaming_dma_cycles,
+)
+from ops.kernels.matmul import ACC_DTYPE, _cdiv, _lin, _Rates
+from simulator.isa import Engine
+
+ALIGN = 64
+#: `accepts` is not told the chip: it refuses convolutions whose smallest plan does not fit
+#: the local memory of the smallest chip we ship ("tiny").
+MIN_LOCAL_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """One tiling: output channels per job, output rows per job, input channels per K step,
+    buffering of the K loop and of the accumulator."""
+    mt: int
+    nr: int
+    cc: int
+    nbuf: int = 2
+    cbufs: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.mt}ch x {self.nr}rows, {self.cc}ch/step b{self.nbuf}c{self.cbufs}"
+
+
+@dataclass(frozen=True)
+class _Geom:
+    """The call's convolution in 2-D terms (a 1-D convolution is one with H = kh = 1)."""
+    N: int
+    C: int
+    H: int
+    W: int
+    O: int
+    G: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    OH: int
+    OW: int
+    dtype: str
+    out_dtype: str
+    has_bias: bool
+
+    @property
+    def Cg(self) -> int:
+        return self.C // self.G
+
+    @property
+    def Og(self) -> int:
+        return self.O // self.G
+
+    @property
+    def es(self) -> int:
+        return ISA_ITEMSIZE[self.dtype]
+
+    @property
+    def taps(self) -> int:
+        return self.kh * self.kw
+
+    @property
+    def Ws(self) -> int:
+        """Slab row length: whole input rows, rounded up to a multiple of the stride so that
+        the column phases of all rows are one strided copy each."""
+        return _cdiv(self.W, self.sw) * self.sw
+
+    @property
+    def direct(self) -> bool:
+        """1x1, stride 1, no padding: the input slab is the patch matrix itself."""
+        return (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (1, 1, 1, 1, 0, 0)
+
+    def ow_range(self, j: int) -> tuple[int, int]:
+        """Output columns [a, b) whose tap j lands inside the input."""
+        off = j * self.dw - self.pw
+        a = max(0, _cdiv(-off, self.sw))
+        b = min(self.OW, (self.W - 1 - off) // self.sw + 1)
+        return a, max(a, b)
+
+    @property
+    def phases(self) -> list[int]:
+        """Column phases (mod sw) that some tap reads."""
+        return sorted({(j * self.dw - self.pw) % self.sw for j in range(self.kw)})
+
+    @property
+    def clipped(self) -> bool:
+        """Whether some tap misses the input for some output column (horizontal padding)."""
+        return any(self.ow_range(j) != (0, self.OW) for j in range(self.kw))
+
+
+def _geom(call: KernelCall) -> _Geom:
+    x, w = call.inputs[0], call.inputs[1]
+    a = call.attrs
+    stride, padding, dilation = list(a["stride"]), list(a["padding"]), list(a["dilation"])
+    if len(x.shape) == 3:          # 1-D: one input row
+        N, C, W = x.shape
+        H, kh, kw = 1, 1, w.shape[2]
+        (sw,), (pw,), (dw,) = stride, padding, dilation
+        sh, ph, dh = 1, 0, 1
+        OH, OW = 1, call.output.shape[2]
+    else:
+        N, C, H, W = x.shape
+        kh, kw = w.shape[2:]
+        sh, sw = stride
+        ph, pw = padding
+        dh, dw = dilation
+        OH, OW = call.output.shape[2:]
+    has_bias = len(call.inputs) > 2 and call.inputs[2] is not None
+    return _Geom(N, C, H, W, w.shape[0], int(a["groups"]), kh, kw, sh, sw, ph, pw, dh, dw, OH, OW,
+                 x.dtype, call.output.dtype, has_bias)
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """The output rows of one job and the input slab they read."""
+    oh0: int
+    rows: int          # output rows (nr, or fewer in the last row tile)
+    ih0: int           # first input row of the slab (negative: rows above the input)
+    rows_in: int       # slab rows
+    ztop: int          # slab rows above the input (zeros)
+    zbot: int          # slab rows below the input (zeros)
+
+    @property
+    def valid(self) -> int:
+        return self.rows_in - self.ztop - self.zbot
+
+
+def _row_tile(geo: _Geom, nr: int, pi: int) -> _Tile:
+    oh0 = pi * nr
+    rows = min(nr, geo.OH - oh0)
+    ih0 = oh0 * geo.sh - geo.ph
+    rows_in = (rows - 1) * geo.sh + (geo.kh - 1) * geo.dh + 1
+    ztop = min(rows_in, max(0, -ih0))
+    zbot = min(rows_in - ztop, max(0, ih0 + rows_in - geo.H))
+    return _Tile(oh0, rows, ih0, rows_in, ztop, zbot)
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """One MLU strided copy inside local memory (offsets from the slab, phase, patch and zero
+    buffers' bases are resolved by the caller)."""
+    src: tuple[str, int]
+    dst: tuple[str, int]
+    rows: int
+    row_bytes: int
+    src_stride: int
+    dst_stride: int
+
+
+def _im2col(geo: _Geom, t: _Tile, ccs: int, nt: int) -> list[_Copy]:
+    """The MLU copies that turn a slab of `ccs` channels into the patch matrix [ccs*kh*kw, nt]."""
+    es, Ws = geo.es, geo.Ws
+    chan = t.rows_in * Ws * es
+    out: list[_Copy] = []
+    if t.ztop:
+        out.append(_Copy(("zero", 0), ("slab", 0), ccs, t.ztop * Ws * es, 0, chan))
+    if t.zbot:
+        out.append(_Copy(("zero", 0), ("slab", (t.rows_in - t.zbot) * Ws * es), ccs, t.zbot * Ws * es, 0, chan))
+    Wq = Ws // geo.sw
+    plane = ccs * t.rows_in * Wq * es      # one column phase of the slab
+    if geo.sw > 1:
+        for b in geo.phases:
+            out.append(_Copy(("slab", b * es), ("phase", b * plane), ccs * t.rows_in * Wq, es, geo.sw * es, es))
+    chan = t.rows_in * Wq * es            # a channel's rows in the slab (or in one phase)
+    by_rows = t.rows <= ccs                  # one copy per output row (over channels), or per channel
+    for i in range(geo.kh):
+        for j in range(geo.kw):
+            a, e = geo.ow_range(j)
+            if a >= e:
+                continue
+            off = j * geo.dw - geo.pw
+            b = off % geo.sw
+            col = a + (off - b) // geo.sw
+            base = b * plane if geo.sw > 1 else 0
+            space = "phase" if geo.sw > 1 else "slab"
+            k = i * geo.kw + j
+            if by_rows:
+                for r in range(t.rows):
+                    src = base + ((r * geo.sh + i * geo.dh) * Wq + col) * es
+                    out.append(_Copy((space, src), ("patch", (k * nt + r * geo.OW + a) * es), ccs,
+                                     (e - a) * es, chan, geo.taps * nt * es))
+            else:
+                for c in range(ccs):
+                    src = base + c * chan + (i * geo.dh * Wq + col) * es
+                    out.append(_Copy((space, src), ("patch", ((c * geo.taps + k) * nt + a) * es), t.rows,
+                                     (e - a) * es, geo.sh * Wq * es, geo.OW * es))
+    return out
+
+
+class _Buffers:
+    """Local-memory map of one plan (the same on every PE)."""
+
+    def __init__(self, geo: _Geom, p: ConvPlan):
+        es, nt = geo.es, p.nr * geo.OW
+        kt = p.cc * geo.taps
+        rows_in = _row_tile(geo, p.nr, 0).rows_in
+        arena = LocalArena(ALIGN)
+        self.a = [arena.take(p.mt * kt * es) for _ in range(p.nbuf)]
+        self.slab_bytes = p.cc * rows_in * geo.Ws * es
+        if geo.direct:
+            self.patch = [arena.take(kt * nt * es) for _ in range(p.nbuf)]
+            self.slab = self.patch
+            self.phase = 0
+        else:
+            self.slab = [arena.take(self.slab_bytes) for _ in range(p.nbuf)]
+            self.phase = arena.take(self.slab_bytes) if geo.sw > 1 else 0
+            self.patch = [arena.take(kt * nt * es) for _ in range(p.nbuf)]
+        self.acc = [arena.take(p.mt * nt * 4) for _ in range(p.cbufs)]
+        self.zero_elems = self.zero_elems_of(geo, p)
+        self.zero = arena.take(self.zero_elems * es)
+        self.zero_raw = arena.take(self.zero_elems)          # int8 scratch it is made from
+        self.bias_raw = self.bias32 = 0
+        if geo.has_bias:
+            self.bias_raw = arena.take(geo.O * es)
+            self.bias32 = arena.take(geo.O * 4)
+        self.total = arena.end
+
+    @staticmethod
+    def zero_elems_of(geo: _Geom, p: ConvPlan) -> int:
+        """Elements of the zero tile: a patch row, or the most slab rows a tile pads with."""
+        first, last = _row_tile(geo, p.nr, 0), _row_tile(geo, p.nr, _cdiv(geo.OH, p.nr) - 1)
+        # the first tile starts highest; no tile reaches lower than the last one
+        zrows = max(first.ztop, min(first.rows_in, last.ih0 + last.rows_in - geo.H), 1)
+        return max(p.nr * geo.OW, zrows * geo.Ws)
+
+    def at(self, ref: tuple[str, int], slot: int) -> int:
+        name, off = ref
+        base = {"zero": self.zero, "slab": self.slab[slot], "phase": self.phase,
+                "patch": self.patch[slot]}[name]
+        return base + off
+
+
+def _jobs(geo: _Geom, p: ConvPlan) -> list[tuple[int, int, int, int]]:
+    """(image, group, output-channel tile, row tile) of every job, in order."""
+    return [(n, g, oi, pi) for n in range(geo.N) for g in range(geo.G)
+            for oi in range(_cdiv(geo.Og, p.mt)) for pi in range(_cdiv(geo.OH, p.nr))]
+
+
+def _k_steps(geo: _Geom, p: ConvPlan) -> list[int]:
+    """Input channels of each K step."""
+    return [min(p.cc, geo.Cg - c0) for c0 in range(0, geo.Cg, p.cc)]
+
+
+def _inits(geo: _Geom, p: ConvPlan) -> tuple[bool, bool]:
+    """Whether the patch buffers and the slabs need clearing before the first step."""
+    short = geo.OH % p.nr != 0
+    return short or (geo.clipped and not geo.direct), geo.Ws != geo.W and not geo.direct
+
+
+# --- the cost model ---------------------------------------------------------------------------
+
+def _mlu_cycles(geo: _Geom, t: _Tile, ccs: int, rt: _Rates) -> int:
+    """MLU cycles of one step's copies (`_im2col`), counted per tap rather than per copy."""
+    es, Ws = geo.es, geo.Ws
+
+    def copy(nbytes):
+        return _cdiv(nbytes, rt.mlu) + rt.mlu_lat
+
+    cyc = sum(copy(ccs * z * Ws * es) for z in (t.ztop, t.zbot) if z)
+    if geo.sw > 1:
+        cyc += len(geo.phases) * copy(ccs * t.rows_in * Ws // geo.sw * es)
+    for j in range(geo.kw):
+        a, e = geo.ow_range(j)
+        if a < e:
+            cyc += min(ccs, t.rows) * geo.kh * copy(max(ccs, t.rows) * (e - a) * es)
+    return cyc
+
+
+def _slab_dmas(geo: _Geom, t: _Tile, ccs: int) -> list[int]:
+    """Bytes of each DMA that loads one step's slab."""
+    if t.valid <= 0:
+        return []
+    if geo.Ws == geo.W:
+        return [ccs * t.valid * geo.W * geo.es]
+    return [t.valid * geo.W * geo.es] * ccs
+
+
+def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | None = None) -> int:
+    """Cycles of a plan: the busiest PE's jobs, each a software pipeline of its K steps.
+
+    A step's three stages are the DMA queue (weight tile and slab, each at the rate a PE gets
+    while every busy PE streams: `streaming_dma_cycles`), the MLU (patch copies) and the DPE.
+    With ``nbuf`` buffers a step takes max(slowest stage, (DMA + MLU + DPE) / nbuf); a PE's
+    first step waits for its whole chain (after the zero tile, when one is needed). Between
+    jobs the DPE waits for the accumulator's epilogue and store when ``cbufs`` is 1. The run
+    ends with the last epilogue and store; no run is faster than its bytes over the memories.
+    """
+    rt = rt or _Rates(chip)
+    P = chip.num_pes
+    n_o, n_r = _cdiv(geo.Og, p.mt), _cdiv(geo.OH, p.nr)
+    n_jobs = geo.N * geo.G * n_o * n_r
+    active = min(P, n_jobs)
+    es, oes = geo.es, ISA_ITEMSIZE[geo.out_dtype]
+    nt = p.nr * geo.OW
+    x, w, o = call.inputs[0], call.inputs[1], call.output
+    full, rem = divmod(geo.Cg, p.cc)
+    groups = [(p.cc, full)] * (full > 0) + [(rem, 1)] * (rem > 0)      # (channels, steps)
+    lat = chip.dma.latency_cycles + chip.noc.hop_latency_cycles * chip.pe_grid.rows
+    memo: dict = {}
+
+    def dma(nbytes, space):
+        return streaming_dma_cycles(nbytes, space, active, chip)
+
+    def job_cost(m: int, pi: int) -> tuple[float, float, float, float, dict]:
+        """(steady time of the job's steps, its first step's chain, epilogue, store, bytes)."""
+        key = (m, pi)
+        if key in memo:
+            return memo[key]
+        t = _row_tile(geo, p.nr, pi)
+        total = first = 0.0
+        by = {"dram": 0, "sram": 0}
+        for gi, (ccs, count) in enumerate(groups):
+            k = ccs * geo.taps
+            slab = _slab_dmas(geo, t, ccs)
+            d = dma(m * k * es, w.space) + (sum(dma(b, x.space) for b in slab) if slab else chip.dma.latency_cycles)
+            mlu = 0 if geo.direct else _mlu_cycles(geo, t, ccs, rt)
+            dpe = rt.dpe(m, k, nt, geo.dtype)
+            total += count * max(d, mlu, dpe, (d + mlu + dpe) / p.nbuf)
+            if gi == 0:
+                first = d + mlu
+            by[w.space] += count * m * k * es
+            by[x.space] += count * sum(slab)
+        epi = 0
+        if geo.has_bias:
+            epi = m * _cdiv(nt, rt.simd) + rt.simd_lat
+        elif geo.out_dtype != ACC_DTYPE[geo.dtype]:
+            epi = _cdiv(m * nt, rt.simd) + rt.simd_lat
+        store = dma(m * t.rows * geo.OW * oes, o.space)
+        by[o.space] += m * t.rows * geo.OW * oes
+        memo[key] = (total, first, epi, store, by)
+        return memo[key]
+
+    def job(j):
+        oi, pi = divmod(j % (n_o * n_r), n_r)
+        return min(p.mt, geo.Og - oi * p.mt), pi
+
+    setup = 0.0
+    init_patch, init_slab = _inits(geo, p)
+    if init_patch or init_slab:
+        zero = _Buffers.zero_elems_of(geo, p)
+        setup = dma(zero, x.space) + _cdiv(zero, rt.simd) + rt.simd_lat
+        kt = p.cc * geo.taps
+        setup += p.nbuf * (init_patch * (_cdiv(kt * nt * es, rt.mlu) + rt.mlu_lat)
+                           + init_slab * (_cdiv(p.cc * nt * es, rt.mlu) + rt.mlu_lat))
+    worst = 0.0
+    for q in range(active):
+        mine = range(q, n_jobs, P)
+        tm = 0.0
+        for idx, j in enumerate(mine):
+            steady, first, epi, store, _ = job_cost(*job(j))
+            tm += steady
+            if idx == 0:
+                tm += max(first, setup)
+            elif p.cbufs == 1:       # the DPE waits for the previous accumulator to drain
+                tm += epi + store
+        tm += epi + store
+        worst = max(worst, tm)
+        if n_jobs % P == 0 or q >= n_jobs % P:    # the other PEs run the same jobs shifted
+            break
+    by = {"dram": 0.0, "sram": 0.0}
+    for j in range(n_jobs // geo.N // geo.G):
+        for space, b in job_cost(*job(j))[4].items():
+            by[space] += b * geo.N * geo.G
+    mem = max(by["dram"] / rt.dram, by["sram"] / rt.sram) + lat
+    return int(max(worst + lat, mem))
+
+
+# --- emission ---------------------------------------------------------------------------------
+
+class _Emitter:
+    def __init__(self, call: KernelCall, geo: _Geom, p: ConvPlan, chip, builder):
+        self.call, self.geo, self.p, self.chip, self.b = call, geo, p, chip, builder
+        self.buf = _Buffers(geo, p)
+        self.steps = _k_steps(geo, p)
+        self.nk = len(self.steps)
+        self.nt = p.nr * geo.OW
+        self.jobs = _jobs(geo, p)
+        self.tiles = [_row_tile(geo, p.nr, i) for i in range(_cdiv(geo.OH, p.nr))]
+
+    def run(self) -> None:
+        P = self.chip.num_pes
+        for q in range(min(P, len(self.jobs))):
+            self.emit_pe(q, self.jobs[q::P])
+
+    def emit_pe(self, q: int, jobs) -> None:
+        b, p = self.b, self.p
+        pe = b.pe(q)
+        tok = {name: b.token() for name in ("zero", "bias", "dp", "ep", "st")}
+        for name in ("ld_a", "ld_s", "mlu", "dpe"):
+            tok[name] = [b.token() for _ in range(p.nbuf)]
+        self.tok = tok
+        self.emit_setup(pe)
+        self.emit_dma(pe, jobs)
+        if not self.geo.direct:
+            self.emit_mlu(pe, jobs)
+        self.emit_dpe(pe, jobs)
+        self.emit_epilogue(pe, jobs)
+
+    # --- setup: the zero tile, cleared patch buffers, the bias in fp32 ------------------------
+    def emit_setup(self, pe) -> None:
+        geo, buf, tok, p = self.geo, self.buf, self.tok, self.p
+        x = self.call.inputs[0]
+        es, nt = geo.es, self.nt
+        init_patch, init_slab = _inits(geo, p)
+        if init_patch or init_slab or any(t.ztop or t.zbot for t in self.tiles):
+            k = buf.zero_elems
+            n = min(x.nbytes, k)
+            # input bytes read as int8 are finite whatever they hold, so times 0 they are 0
+            pe.dma(x.space, x.addr, "local", buf.zero_raw, rows=_cdiv(k, n), row_bytes=n, src_stride=0,
+                   dst_stride=n, signal=tok["zero"])
+            pe.simd_scalar("MUL", buf.zero_raw, buf.zero, k, 0.0, dtype="int8", out_dtype=geo.dtype,
+                           wait=(tok["zero"], 1), signal=tok["zero"])
+            pe.nop(Engine.MLU, wait=(tok["zero"], 2))
+        # patch buffers start as zeros: pixels whose taps miss the input are never written, and
+        # columns past a short row tile are multiplied but not stored
+        for slot in range(p.nbuf):
+            if init_patch:
+                pe.mlu_copy2d(buf.zero, buf.patch[slot], p.cc * geo.taps, nt * es, src_stride=0,
+                              dst_stride=nt * es)
+            if init_slab:      # slab columns past the input are read by the phase split
+                pe.mlu_copy2d(buf.zero, buf.slab[slot], buf.slab_bytes // (geo.Ws * es), geo.Ws * es,
+                              src_stride=0, dst_stride=geo.Ws * es)
+        if geo.direct and init_patch or init_slab:   # the DMA writes these buffers next
+            pe.nop(Engine.MLU, signal=tok["zero"])
+            pe.nop(Engine.DMA, wait=(tok["zero"], 3))
+        if geo.has_bias:
+            bias = self.call.inputs[2]
+            pe.dma(bias.space, bias.addr, "local", buf.bias_raw, nbytes=geo.O * es, signal=tok["bias"])
+            pe.simd_unary("copy", buf.bias_raw, buf.bias32, geo.O, dtype=geo.dtype, out_dtype="fp32",
+                          wait=(tok["bias"], 1))
+
+    # --- helpers ----------------------------------------------------------------------------
+    def m_of(self, oi: int) -> int:
+        return min(self.p.mt, self.geo.Og - oi * self.p.mt)
+
+    def _steps(self, pe, s0: int, s1: int, emit_step, first_plain: bool = False) -> None:
+        """emit_step(s, looped) for steps s0..s1-1: whole groups of nbuf full-size steps as one
+        repeat block (operands advance per iteration), the rest plain."""
+        p = self.p
+        s = s0
+        if first_plain and s < s1:
+            emit_step(s, False)
+            s += 1
+        nfull = sum(1 for x in range(s, s1) if self.steps[x] == p.cc)
+        n_iter = nfull // p.nbuf
+        if n_iter >= 2:
+            with pe.repeat(n_iter):
+                for j in range(p.nbuf):
+                    emit_step(s + j, True)
+            s += n_iter * p.nbuf
+        for s in range(s, s1):  # noqa: B020 (the plain tail after the loop)
+            emit_step(s, False)
+
+    def _wait(self, token, use: int, looped: bool):
+        if looped:
+            return (token, _lin(use, 1, True))
+        return (token, use) if use else None
+
+    # --- DMA queue ----------------------------------------------------------------------------
+    def emit_dma(self, pe, jobs) -> None:
+        p = self.p
+        q0 = 0
+        for t, job in enumerate(jobs):
+            head = min(p.nbuf, self.nk) if t else self.nk
+            self._steps(pe, 0, head, lambda s, looped, job=job, q0=q0: self._load(pe, job, s, q0 + s, looped))
+            if t:
+                self._store(pe, jobs[t - 1], t - 1)
+            self._steps(pe, head, self.nk, lambda s, looped, job=job, q0=q0: self._load(pe, job, s, q0 + s, looped))
+            q0 += self.nk
+        self._store(pe, jobs[-1], len(jobs) - 1)
+
+    def _load(self, pe, job, s, q, looped) -> None:
+        geo, p, buf, tok = self.geo, self.p, self.buf, self.tok
+        n, g, oi, pi = job
+        es = geo.es
+        slot, use = q % p.nbuf, q // p.nbuf
+        stride_iter = p.nbuf * p.cc          # channels a loop iteration advances
+        c0 = s * p.cc
+        ccs = self.steps[s]
+        t = _row_tile(geo, p.nr, pi)
+        x, w = self.call.inputs[0], self.call.inputs[1]
+        # the slab: valid input rows of ccs channels, behind the MLU's (or DPE's) use of the slot
+        free = tok["dpe"] if geo.direct else tok["mlu"]
+        dmas = _slab_dmas(geo, t, ccs)
+        src = x.addr + ((n * geo.C + g * geo.Cg + c0) * geo.H * geo.W + (t.ih0 + t.ztop) * geo.W) * es
+        chan = geo.H * geo.W * es
+        dst = buf.slab[slot] + t.ztop * geo.Ws * es
+        if geo.direct:
+            rows, row_bytes, dst_stride = ccs, t.valid * geo.W * es, self.nt * es
+            pe.dma(x.space, _lin(src, stride_iter * chan, looped), "local", dst, rows=rows, row_bytes=row_bytes,
+                   src_stride=chan, dst_stride=dst_stride, wait=self._wait(free[slot], use, looped),
+                   signal=tok["ld_s"][slot])
+        elif not dmas:
+            pe.nop(Engine.DMA, wait=self._wait(free[slot], use, looped), signal=tok["ld_s"][slot])
+        elif geo.Ws == geo.W:
+            pe.dma(x.space, _lin(src, stride_iter * chan, looped), "local", dst, rows=ccs,
+                   row_bytes=t.valid * geo.W * es, src_stride=chan, dst_stride=t.rows_in * geo.W * es,
+                   wait=self._wait(free[slot], use, looped), signal=tok["ld_s"][slot])
+        else:
+            for c in range(ccs):
+                pe.dma(x.space, _lin(src + c * chan, stride_iter * chan, looped), "local",
+                       dst + c * t.rows_in * geo.Ws * es, rows=t.valid, row_bytes=geo.W * es,
+                       src_stride=geo.W * es, dst_stride=geo.Ws * es,
+                       wait=self._wait(free[slot], use, looped) if c == 0 else None,
+                       signal=tok["ld_s"][slot] if c == ccs - 1 else None)
+        # the weight tile [m, ccs*kh*kw], behind the DPE's use of the slot
+        m = self.m_of(oi)
+        kk = geo.Cg * geo.taps
+        wsrc = w.addr + ((g * geo.Og + oi * p.mt) * kk + c0 * geo.taps) * es
+        pe.dma(w.space, _lin(wsrc, stride_iter * geo.taps * es, looped), "local", buf.a[slot], rows=m,
+               row_bytes=ccs * geo.taps * es, src_stride=kk * es,
+               wait=self._wait(tok["dpe"][slot], use, looped), signal=tok["ld_a"][slot])
+
+    def _store(self, pe, job, i) -> None:
+        geo, p, buf, tok = self.geo, self.p, self.buf, self.tok
+        n, g, oi, pi = job
+        t = _row_tile(geo, p.nr, pi)
+        o = self.call.output
+        oes = ISA_ITEMSIZE[geo.out_dtype]
+        has_epi = geo.has_bias or geo.out_dtype != ACC_DTYPE[geo.dtype]
+        wait = (tok["ep"], i + 1) if has_epi else (tok["dp"], i + 1)
+        plane = geo.OH * geo.OW
+        dst = o.addr + ((n * geo.O + g * geo.Og + oi * p.mt) * plane + t.oh0 * geo.OW) * oes
+        pe.dma("local", buf.acc[i % p.cbufs], o.space, dst, rows=self.m_of(oi), row_bytes=t.rows * geo.OW * oes,
+               src_stride=self.nt * oes, dst_stride=plane * oes, wait=wait, signal=tok["st"])
+
+    # --- MLU queue ----------------------------------------------------------------------------
+    def emit_mlu(self, pe, jobs) -> None:
+        p, buf, tok = self.p, self.buf, self.tok
+        q0 = 0
+        for job in jobs:
+            t = _row_tile(self.geo, p.nr, job[3])
+
+            def step(s, looped, q0=q0, t=t):
+                q = q0 + s
+                slot, use = q % p.nbuf, q // p.nbuf
+                # the patch slot is free once the DPE has used it
+                pe.nop(Engine.MLU, wait=self._wait(tok["dpe"][slot], use, looped))
+                copies = _im2col(self.geo, t, self.steps[s], self.nt)
+                for ci, c in enumerate(copies):
+                    pe.mlu_copy2d(buf.at(c.src, slot), buf.at(c.dst, slot), c.rows, c.row_bytes,
+                                  src_stride=c.src_stride, dst_stride=c.dst_stride,
+                                  wait=(tok["ld_s"][slot], _lin(use + 1, 1, looped)) if ci == 0 else None)
+                pe.nop(Engine.MLU, signal=tok["mlu"][slot])
+
+            self._steps(pe, 0, self.nk, step)
+            q0 += self.nk
+
+    # --- DPE queue ----------------------------------------------------------------------------
+    def emit_dpe(self, pe, jobs) -> None:
+        geo, p, buf, tok = self.geo, self.p, self.buf, self.tok
+        ready = tok["ld_s"] if geo.direct else tok["mlu"]
+        q0 = 0
+        for i, job in enumerate(jobs):
+            m = self.m_of(job[2])
+            cb = buf.acc[i % p.cbufs]
+            if i >= p.cbufs:
+                pe.nop(Engine.DPE, wait=(tok["st"], i - p.cbufs + 1))
+
+            def step(s, looped, q0=q0, m=m, cb=cb):
+                q = q0 + s
+                slot, use = q % p.nbuf, q // p.nbuf
+                pe.nop(Engine.DPE, wait=(tok["ld_a"][slot], _lin(use + 1, 1, looped)))
+                pe.dpe_matmul(buf.a[slot], buf.patch[slot], cb, m, self.steps[s] * geo.taps, self.nt,
+                              dtype=geo.dtype, accumulate=s > 0,
+                              wait=(ready[slot], _lin(use + 1, 1, looped)), signal=tok["dpe"][slot])
+
+            self._steps(pe, 0, self.nk, step, first_plain=True)
+            pe.nop(Engine.DPE, signal=tok["dp"])
+            q0 += self.nk
+
+    # --- epilogue (SIMD) ----------------------------------------------------------------------
+    def emit_epilogue(self, pe, jobs) -> None:
+        geo, p, buf, tok = self.geo, self.p, self.buf, self.tok
+        if not (geo.has_bias or geo.out_dtype != ACC_DTYPE[geo.dtype]):
+            return
+        for i, job in enumerate(jobs):
+            m = self.m_of(job[2])
+            cb = buf.acc[i % p.cbufs]
+            if geo.has_bias:
+                o_abs = job[1] * geo.Og + job[2] * p.mt
+                pe.simd_row_bcast("add", cb, buf.bias32 + o_abs * 4, cb, m, self.nt, dtype="fp32",
+                                  out_dtype=geo.out_dtype, wait=(tok["dp"], i + 1), signal=tok["ep"])
+            else:
+                pe.simd_unary("copy", cb, cb, m * self.nt, dtype="fp32", out_dtype=geo.out_dtype,
+                              wait=(tok["dp"], i + 1), signal=tok["ep"])
+
+
+class ConvTemplate(KernelTemplate):
+    """Implicit GEMM convolution: weight tiles and input slabs by DMA, patches by the MLU, MACs
+    on the DPE, bias and rounding on the SIMD engine."""
+    ops = ("conv",)
+
+    def accepts(self, op: str, operands, result, attrs) -> bool:
+        x, w = operands[0], operands[1]
+        if x is None or w is None or len(x.shape) not in (3, 4):
+            return False
+        call = KernelCall(op, (_spec(x), _spec(w), None if len(operands) < 3 or operands[2] is None
+                               else _spec(operands[2])), _spec(result), dict(attrs))
+        geo = _geom(call)
+        return _Buffers(geo, ConvPlan(min(8, geo.Og), 1, 1)).total <= MIN_LOCAL_BYTES
+
+    def flops(self, call: KernelCall) -> int:
+        geo = _geom(call)
+        return 2 * geo.N * geo.O * geo.OH * geo.OW * geo.Cg * geo.taps
+
+    def plans(self, call: KernelCall, chip: Any) -> Iterator[ConvPlan]:
+        geo = _geom(call)
+        cap = chip.local_mem.bytes
+        ntile = chip.dpe.n_tile
+
+        def options(total, unit, mults):
+            out = {min(unit * x, total) for x in mults} | {total}
+            out |= {_cdiv(total, d) for d in (2, 4, 8) if total >= d}
+            return sorted(x for x in out if 0 < x <= max(unit * max(mults), 1))
+
+        mts = options(geo.Og, 8, (1, 2, 4, 8, 16, 32, 64))
+        nrs = sorted({min(geo.OH, r) for r in (1, 2, 4, 8, 16, 32, 64)} | {_cdiv(geo.OH, d) for d in (2, 4, 8)}
+                     | {max(1, min(geo.OH, _cdiv(ntile * x, geo.OW))) for x in (1, 2, 4, 8)})
+        ccs = sorted({min(geo.Cg, c) for c in (1, 2, 4, 8, 16, 32, 64, 128, 256)} | {geo.Cg})
+        for mt in mts:
+            for nr in nrs:
+                for cc in ccs:
+                    for nbuf, cbufs in ((2, 1), (2, 2), (3, 1)):
+                        p = ConvPlan(mt, nr, cc, nbuf, cbufs)
+                        if _Buffers(geo, p).total <= cap:
+                            yield p
+
+    def predict(self, call: KernelCall, plan: ConvPlan, chip: Any) -> int:
+        return _predict(call, _geom(call), plan, chip)
+
+    def emit(self, call: KernelCall, plan: ConvPlan, chip: Any, builder: Any) -> None:
+        _Emitter(call, _geom(call), plan, chip, builder).run()
+
+
+def _spec(t) -> Placement:
+    """A placement of a TensorSpec's shape (and ISA dtype) for `accepts`."""
+    return Placement("sram", 0, tuple(t.shape), ISA_DTYPE.get(t.dtype, "fp32"))
+
+
+register_kernel(ConvTemplate())
