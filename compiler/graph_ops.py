@@ -25,6 +25,7 @@ class GraphOp:
     target: str = "accelerator"       # set by the partition pass: "accelerator" | "host" | "view"
     plan: Any = None                  # set by the tiling pass for accelerator ops
     predicted_cycles: int | None = None   # the plan's cost-model cycles
+    quant: Any = None                 # set by the dtype pass for a quantized op (compiler.passes.dtype.QuantParams)
     operation: Any = None             # the MLIR operation, for annotating the IR
 
 
@@ -36,6 +37,13 @@ class GraphOps:
     outputs: list[int]
     weights: dict[int, str] = field(default_factory=dict)      # value id -> weight table name
     literals: dict[int, Any] = field(default_factory=dict)     # value id -> numpy array
+    storage: dict[int, str] = field(default_factory=dict)      # value id -> ISA dtype (set by the dtype pass)
+
+    def new_value(self, spec: TensorSpec) -> int:
+        """A fresh value id (for values a pass creates)."""
+        v = max(self.specs, default=-1) + 1
+        self.specs[v] = spec
+        return v
 
 
 def graph_ops(module: ir.Module) -> GraphOps:
