@@ -1,8 +1,10 @@
 """The compile pipeline: named phases in order, each one's IR kept for `cm.ir(phase)`.
 
     graph    capture (torch.export + decompositions) and import: graph-level `ember` ops
-    tiled    partition (accelerator / host), memory plan, tile and map each kernel (cost model);
-             the IR is the graph with each op's target and plan attached
+    tiled    partition (accelerator / host), dtype lowering (storage dtypes; for int8, calibration
+             on the example inputs and quantization), memory plan, tile and map each kernel
+             (cost model); the IR is the graph with each op's target, dtypes, quantization and
+             plan attached
     program  every kernel's per-PE commands, serialized into a Program
 
 `compile_model(..., to=PHASE)` stops after PHASE.
@@ -24,6 +26,9 @@ from compiler.errors import EmberError
 from compiler.codegen import build_program
 from compiler.graph_ops import graph_ops
 from compiler.importer import ImportResult, import_program
+from compiler.passes.calibrate import Calibrate
+from compiler.passes.dtype import DtypeLowering
+from compiler.passes.broadcast_operands import MaterializeBroadcasts
 from compiler.passes.memory_plan import MemoryPlan
 from compiler.passes.partition import Partition
 from compiler.passes.tile import TileAndMap
@@ -76,19 +81,66 @@ def _phase_graph(model: torch.nn.Module, example_inputs: tuple, options: Compile
                   timings={"capture": t1 - t0, "import": t2 - t1})
 
 
+def _constants(graph, graph_result) -> dict[int, Any]:
+    """Value id -> numpy array of every weight that has values, and every literal."""
+    constants = {}
+    for v, name in graph.weights.items():
+        tensor = graph_result.weights.get(name)
+        if tensor is not None and not tensor.is_meta:
+            constants[v] = to_numpy(tensor)
+    constants.update(graph.literals)
+    return constants
+
+
+def _calibration_amax(graph, graph_result, constants, example_inputs) -> dict[int, float]:
+    """Largest magnitudes of the GEMM inputs that int8 would quantize, over the example inputs
+    (empty when the model or its inputs carry no numbers)."""
+    wanted = {op.operands[0] for op in graph.ops
+              if op.target == "accelerator" and DtypeLowering._weight_axis(graph, op) is not None}
+    if not wanted or any(x.is_meta for x in example_inputs) or len(constants) < len(graph.weights):
+        return {}
+    calib = Calibrate().run(graph, constants, [to_numpy(x) for x in example_inputs], graph_result.host_calls,
+                            values=wanted)
+    return calib.amax
+
+
+def _annotate(graph) -> None:
+    """Attach each op's target, dtypes, quantization and plan to its MLIR operation."""
+    for op in graph.ops:
+        if op.operation is None:
+            continue
+        attrs = op.operation.attributes
+        attrs["ember.target"] = ir.StringAttr.get(op.target)
+        if op.target == "accelerator":
+            ins = ", ".join("none" if v is None else graph.storage[v] for v in op.operands)
+            attrs["ember.dtypes"] = ir.StringAttr.get(f"({ins}) -> {graph.storage[op.results[0]]}")
+        if op.quant is not None:
+            q = op.quant
+            attrs["ember.quant"] = ir.DictAttr.get({
+                "dtype": ir.StringAttr.get(q.dtype),
+                "act_amax": ir.FloatAttr.get_f32(q.act_amax),
+                "act_scale": ir.FloatAttr.get_f32(q.act_scale),
+                "weight_scale": ir.DenseElementsAttr.get(q.weight_scale.astype("float32"))})
+        if op.plan is not None:
+            attrs["ember.plan"] = ir.StringAttr.get(repr(op.plan))
+
+
 def _phase_tiled(model: torch.nn.Module, example_inputs: tuple, options: CompileOptions,
                  result: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     chip, graph_result = result["chip"], result["graph"]
     with graph_result.context:
+        MaterializeBroadcasts().run(graph_result.module)
         graph = graph_ops(graph_result.module)
         Partition().run(graph, chip, options.dtype)
-        placements = MemoryPlan().run(graph, chip, options.dtype)
+        constants = amax = None
+        if options.dtype == "int8":
+            constants = _constants(graph, graph_result)
+            amax = _calibration_amax(graph, graph_result, constants, example_inputs)
+        DtypeLowering().run(graph, options.dtype, constants, amax)
+        placements = MemoryPlan().run(graph, chip)
         TileAndMap().run(graph, placements, chip)
-        for op in graph.ops:
-            op.operation.attributes["ember.target"] = ir.StringAttr.get(op.target)
-            if op.plan is not None:
-                op.operation.attributes["ember.plan"] = ir.StringAttr.get(repr(op.plan))
+        _annotate(graph)
     result.update(ops=graph, placements=placements)
     result["timings"]["tile"] = time.perf_counter() - t0
 
@@ -97,12 +149,9 @@ def _phase_program(model: torch.nn.Module, example_inputs: tuple, options: Compi
                    result: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     graph, graph_result = result["ops"], result["graph"]
-    constants = {}
-    for v, name in graph.weights.items():
-        tensor = graph_result.weights[name]
-        if not tensor.is_meta:
-            constants[v] = to_numpy(tensor)
-    constants.update(graph.literals)
+    # the constants some op reads (an int8 GEMM reads its int8 copy of a weight, not the weight)
+    read = {v for op in graph.ops for v in op.operands if v is not None} | set(graph.outputs)
+    constants = {v: a for v, a in _constants(graph, graph_result).items() if v in read}
     result["program"] = build_program(graph, result["placements"], result["chip"], options.dtype, constants,
                                       graph_result.host_calls)
     result["timings"]["codegen"] = time.perf_counter() - t0

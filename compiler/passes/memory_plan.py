@@ -3,22 +3,16 @@
 Weights go to SRAM while they fit (the chip keeps weights on die when it can), else DRAM.
 Activations are allocated in SRAM by a first-fit allocator that reuses a buffer once its last
 reader has run (liveness), and spill to DRAM when SRAM is full. A reshape aliases its input.
+Each value is held in the ISA dtype the dtype pass chose for it (`GraphOps.storage`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from compiler.graph_ops import GraphOps
-from ops.kernel import ISA_DTYPE, ISA_ITEMSIZE, Placement
+from ops.kernel import ISA_ITEMSIZE, Placement
 
 ALIGN = 256   # bytes: one DRAM/SRAM interleave unit, so tiles start on a channel boundary
-
-
-def device_dtype(dtype: str, compute: str) -> str:
-    """The ISA dtype a tensor of element type `dtype` is held in when computing in `compute`."""
-    if dtype in ("f32", "f64", "f16", "bf16"):
-        return {"fp32": "fp32", "bf16": "bf16", "int8": "bf16"}[compute]
-    return ISA_DTYPE.get(dtype, "int32")
 
 
 class _Arena:
@@ -54,7 +48,7 @@ class MemoryPlan:
     """Placements for every value an accelerator op reads or writes."""
     name: str = "memory-plan"
 
-    def run(self, graph: GraphOps, chip, dtype: str) -> dict[int, Placement]:
+    def run(self, graph: GraphOps, chip) -> dict[int, Placement]:
         arenas = {"sram": _Arena(chip.sram_bytes), "dram": _Arena(chip.dram.bytes)}
         on_chip = [op for op in graph.ops if op.target in ("accelerator", "view")]
         touched = {v for op in on_chip for v in (*op.operands, *op.results) if v is not None}
@@ -74,7 +68,7 @@ class MemoryPlan:
 
         def place(v: int) -> Placement:
             spec = graph.specs[v]
-            isa = device_dtype(spec.dtype, dtype)
+            isa = graph.storage[v]
             nbytes = max(1, spec.numel) * ISA_ITEMSIZE[isa]
             for space in ("sram", "dram"):
                 addr = arenas[space].alloc(nbytes)

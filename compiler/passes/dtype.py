@@ -1,0 +1,184 @@
+"""dtype-lowering: decide the ISA dtype every on-chip value is held in, and quantize contractions.
+
+This is the one place of the dtype policy; memory-plan, tile-and-map and codegen read what it
+decides (`GraphOps.storage`, `GraphOp.quant`) and decide nothing of their own.
+
+The policy, for a compile dtype D ("fp32" | "bf16" | "int8"):
+
+* Only the operands of contractions are rounded: the data operands of matmul / linear /
+  attention / conv (and the GEMM bias, which its kernel reads in the operand dtype) are held in
+  the narrow dtype (bf16 for D = "bf16" or "int8", fp32 for "fp32"). Everything else -- the
+  residual stream, norm and softmax inputs and outputs, GEMM results, graph outputs -- stays in
+  fp32, as bf16 inference stacks keep their accumulations and residuals.
+* Kernels that cannot convert (data movement, attention, anything not listed in MIXED_OPS) hold
+  all their float operands and their result in one dtype. Such constraints join values into
+  classes; a class is narrow when any member must be. A view shares its input's class.
+* D = "int8": each linear (and 2-D matmul) whose weight is a constant becomes an int8 x int8 ->
+  int32 GEMM. Weights are quantized symmetrically per output channel (scale = max|W[n, :]| / 127);
+  the activation per tensor with the largest magnitude calibration saw (scale = amax / 127), by a
+  `quantize` op inserted before the GEMM (a SIMD multiply that rounds and saturates to int8). The
+  GEMM's epilogue dequantizes with one fp32 vector, act_scale * weight_scale[n], then adds the
+  bias in fp32. The int8 weight and that vector are new constant values of the graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from compiler.graph_ops import GraphOp, GraphOps
+from ops.kernel import ISA_DTYPE
+from ops.registry import TensorSpec
+
+#: Contractions: op name -> the operand positions the kernel reads in its compute dtype.
+CONTRACTION_OPERANDS = {"linear": (0, 1), "matmul": (0, 1), "attention": (0, 1, 2), "conv": (0, 1, 2)}
+#: Ops whose kernels read each operand in its own dtype and write the result in any float dtype
+#: (they widen to fp32 on the SIMD engine or accumulate in fp32 / int32).
+MIXED_OPS = frozenset({"unary", "binary", "softmax", "norm", "batch_norm", "reduce", "linear", "matmul",
+                       "quantize"})
+#: The narrow dtype contraction operands are held in, per compile dtype.
+NARROW = {"fp32": "fp32", "bf16": "bf16", "int8": "bf16"}
+#: Symmetric int8 range (-128 is left out so that the grid is symmetric about 0).
+INT8_MAX = 127.0
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """How a GEMM was quantized: its input x ~= act_scale * xq, its weight W[n] ~= weight_scale[n] * Wq[n],
+    and the dequantization vector (act_scale * weight_scale) its epilogue multiplies by."""
+    act_scale: float
+    act_amax: float
+    weight_scale: np.ndarray
+    dtype: str = "int8"
+
+    def __repr__(self) -> str:
+        ws = self.weight_scale
+        return (f"QuantParams({self.dtype}, act_scale={self.act_scale:.4g}, weight_scale[{ws.size}] in "
+                f"[{ws.min():.4g}, {ws.max():.4g}])")
+
+
+def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric int8: (Wq, scale) with W ~= scale * Wq, one scale per index of `axis`."""
+    w = np.asarray(w, dtype=np.float64)
+    reduce = tuple(a for a in range(w.ndim) if a != axis % w.ndim)
+    amax = np.max(np.abs(w), axis=reduce, keepdims=True)
+    scale = np.where(amax > 0, amax / INT8_MAX, 1.0)
+    q = np.clip(np.rint(w / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return q, scale.reshape(-1).astype(np.float32)
+
+
+def activation_scale(amax: float) -> float:
+    """Per-tensor symmetric int8 scale of an activation whose largest magnitude is `amax`."""
+    return float(amax) / INT8_MAX if amax > 0 else 1.0
+
+
+class _Classes:
+    """Union-find over value ids."""
+
+    def __init__(self):
+        self.parent: dict[int, int] = {}
+
+    def find(self, v: int) -> int:
+        self.parent.setdefault(v, v)
+        while self.parent[v] != v:
+            self.parent[v] = self.parent[self.parent[v]]
+            v = self.parent[v]
+        return v
+
+    def union(self, values: list[int]) -> None:
+        roots = [self.find(v) for v in values]
+        for r in roots[1:]:
+            self.parent[r] = roots[0]
+
+
+@dataclass(frozen=True)
+class DtypeLowering:
+    """Storage dtypes of every value an accelerator op touches, and int8 quantization of the
+    GEMMs when the compile dtype is "int8" (see the module docstring for the policy)."""
+    name: str = "dtype-lowering"
+
+    def run(self, graph: GraphOps, dtype: str, constants: dict[int, Any] | None = None,
+            amax: dict[int, float] | None = None) -> GraphOps:
+        """`constants`: value id -> numpy array of the weights and literals (None for weights that
+        have no values, e.g. on the meta device); `amax`: calibrated largest magnitudes (int8)."""
+        if dtype == "int8":
+            self._quantize(graph, constants or {}, amax or {})
+        narrow_dtype = NARROW[dtype]
+        classes = _Classes()
+        narrow: set[int] = set()
+        for op in graph.ops:
+            if op.target == "view":
+                classes.union([op.operands[0], op.results[0]])
+                continue
+            if op.target != "accelerator":
+                continue
+            floats = [v for v in (*op.operands, *op.results) if v is not None and graph.specs[v].is_float]
+            for i in CONTRACTION_OPERANDS.get(op.name, ()):
+                if i < len(op.operands) and op.operands[i] is not None and op.quant is None:
+                    narrow.add(op.operands[i])
+            if op.name not in MIXED_OPS and floats:
+                classes.union(floats)
+        narrow_roots = {classes.find(v) for v in narrow}
+        touched = {v for op in graph.ops if op.target in ("accelerator", "view")
+                   for v in (*op.operands, *op.results) if v is not None}
+        graph.storage = {}
+        for v in sorted(touched):
+            spec = graph.specs[v]
+            if spec.is_float:
+                graph.storage[v] = narrow_dtype if classes.find(v) in narrow_roots else "fp32"
+            else:
+                graph.storage[v] = ISA_DTYPE.get(spec.dtype, "int32")
+        return graph
+
+    # ------------------------------------------------------------------ int8
+    def _quantize(self, graph: GraphOps, constants: dict[int, Any], amax: dict[int, float]) -> None:
+        quantized: dict[int, int] = {}       # activation value id -> its int8 value id
+        ops: list[GraphOp] = []
+        for op in graph.ops:
+            w_axis = self._weight_axis(graph, op)
+            if w_axis is None:
+                ops.append(op)
+                continue
+            x, w = op.operands[0], op.operands[1]
+            a = amax.get(x, 0.0)
+            s_x = activation_scale(a)
+            if x not in quantized:
+                xq = graph.new_value(graph.specs[x].with_(dtype="i8"))
+                ops.append(GraphOp(-1, "quantize", None, {"scale": 1.0 / s_x}, [x], [xq],
+                                   op.location, target="accelerator"))
+                quantized[x] = xq
+            wq = graph.new_value(graph.specs[w].with_(dtype="i8"))
+            n = graph.specs[w].shape[w_axis]
+            dq = graph.new_value(TensorSpec((n,), "f32"))
+            w_values = constants.get(w)
+            if w_values is not None:
+                q, s_w = quantize_weight(w_values, w_axis)
+                graph.literals[wq] = q
+                graph.literals[dq] = (s_x * s_w.astype(np.float64)).astype(np.float32)
+            else:       # no numbers (meta weights): the plan and its timing only
+                s_w = np.ones(n, np.float32)
+                graph.weights[wq] = graph.weights.get(w, f"_int8.{w}") + ".int8"
+                graph.weights[dq] = graph.weights.get(w, f"_int8.{w}") + ".dequant"
+            bias = op.operands[2] if len(op.operands) > 2 else None
+            op.operands = [quantized[x], wq, bias, dq]
+            op.quant = QuantParams(s_x, a, s_w)
+            ops.append(op)
+        for i, op in enumerate(ops):
+            op.index = i
+        graph.ops = ops
+
+    @staticmethod
+    def _weight_axis(graph: GraphOps, op: GraphOp) -> int | None:
+        """The output-channel axis of the constant weight of a GEMM that int8 can run, else None."""
+        if op.target != "accelerator" or op.name not in ("linear", "matmul") or len(op.operands) < 2:
+            return None
+        x, w = op.operands[0], op.operands[1]
+        if x is None or w is None or not (w in graph.weights or w in graph.literals):
+            return None
+        if not (graph.specs[x].is_float and graph.specs[w].is_float) or graph.specs[w].rank != 2:
+            return None
+        bias = op.operands[2] if op.name == "linear" and len(op.operands) > 2 else None
+        if bias is not None and graph.specs[bias].rank > 1:
+            return None
+        return 0 if op.name == "linear" else 1      # linear: W[N, K]; matmul: B[K, N]
