@@ -16,7 +16,10 @@ Shape of the schedule (one plan):
 * linear's weight W[N, K] arrives as W-tiles [nt, kt] and the MLU transposes each into the
   DPE's [kt, nt] operand layout.
 * Epilogue in place on the fp32/int32 accumulator: bias add (SIMD, or the reduction engine for
-  int32), rounding to the output dtype, then a strided DMA of the tile to the output.
+  int32), rounding to the output dtype, then a strided DMA of the tile to the output. The bias
+  is read in its own dtype. A quantized GEMM (int8 operands and a fourth operand, the fp32
+  dequantization vector d[N]) instead widens the int32 accumulator to fp32, multiplies each
+  column n by d[n], and adds the bias in fp32.
   ``cbufs`` accumulators let the next job's DPE run while the epilogue and store drain.
 * K loops are emitted as `PEStream.repeat` blocks (``nbuf`` steps per iteration), so a
   program grows with the number of jobs, not with K.
@@ -82,6 +85,8 @@ class _Gemm:
     acc_dtype: str
     has_bias: bool
     scalar_bias: bool
+    bias_dtype: str = "fp32"
+    scaled: bool = False           # a dequantization vector d[N] multiplies the accumulator
 
     @property
     def es(self) -> int:
@@ -98,7 +103,8 @@ def _gemm(call: KernelCall) -> _Gemm:
         N = w.shape[0]
         M = int(np.prod(x.shape[:-1], dtype=np.int64))
         return _Gemm(1, M, K, N, (0,), (0,), True, dt, call.output.dtype, ACC_DTYPE[dt],
-                     bias is not None, bias is not None and len(bias.shape) == 0)
+                     bias is not None, bias is not None and len(bias.shape) == 0,
+                     dt if bias is None else bias.dtype, _dequant(call) is not None)
     lhs, rhs = call.inputs[0], call.inputs[1]
     M, K = lhs.shape[-2:]
     N = rhs.shape[-1]
@@ -117,7 +123,12 @@ def _gemm(call: KernelCall) -> _Gemm:
                      for idx in np.ndindex(*out_batch)) if out_batch else (0,)
 
     return _Gemm(max(batch, 1), M, K, N, offsets(lhs.shape, M * K * es), offsets(rhs.shape, K * N * es),
-                 False, dt, call.output.dtype, ACC_DTYPE[dt], False, False)
+                 False, dt, call.output.dtype, ACC_DTYPE[dt], False, False, dt, _dequant(call) is not None)
+
+
+def _dequant(call: KernelCall):
+    """The dequantization vector operand of a quantized GEMM (operand 3), or None."""
+    return call.inputs[3] if len(call.inputs) > 3 else None
 
 
 class _Layout:
@@ -191,10 +202,13 @@ class _Buffers:
             base += p.nbuf * b
         self.c = [base + i * c for i in range(p.cbufs)]
         base += p.cbufs * c
-        self.bias_raw = self.bias32 = base
+        self.bias_raw = self.bias32 = self.scale = base
         if g.has_bias:
-            self.bias32 = base + _align(BIAS_ROWS * p.nt * es)
+            self.bias32 = base + _align(BIAS_ROWS * p.nt * ISA_ITEMSIZE[g.bias_dtype])
             base = self.bias32 + _align(BIAS_ROWS * p.nt * 4)
+        if g.scaled:
+            self.scale = base
+            base += _align(BIAS_ROWS * p.nt * 4)
         self.total = base
 
 
@@ -250,6 +264,11 @@ def _epilogue_cycles(g: _Gemm, rt: _Rates, m: int, n: int) -> int:
     """SIMD / reduction-engine cycles of one job's epilogue (bias add and rounding)."""
     cyc = 0
     chunks = _cdiv(m, BIAS_ROWS)
+    if g.scaled:     # widen, scale, (widen the bias tile, add it)
+        cyc += 2 * _cdiv(m * n, rt.simd) + (1 + chunks) * rt.simd_lat
+        if g.has_bias:
+            cyc += _cdiv(min(m, BIAS_ROWS) * n, rt.simd) + _cdiv(m * n, rt.simd) + (1 + chunks) * rt.simd_lat
+        return cyc
     if g.has_bias:
         cyc += _cdiv(min(m, BIAS_ROWS) * n, rt.simd) + rt.simd_lat        # bias -> fp32/int32
         if g.acc_dtype == "int32":
@@ -456,7 +475,7 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
     # a new N tile per job means a new bias tile: a fetch and a local copy in this PE's queue
     # behind the previous store, then the widening on the SIMD engine, before the epilogue
     bias_reload = 0.0
-    if g.has_bias and len({n for _, n in jobs}) > 1 or (g.has_bias and L.QN > 1):
+    if (g.has_bias or g.scaled) and (len({n for _, n in jobs}) > 1 or L.QN > 1):
         nb = min(p.nt, g.N)
         bias_reload = (2 * lat + nb * es / rt.link + min(BIAS_ROWS, p.mt, g.M) * nb * es / rt.local
                        + _cdiv(min(BIAS_ROWS, p.mt, g.M) * nb, rt.simd) + rt.simd_lat)
@@ -592,7 +611,7 @@ class _Emitter:
         if pe.pe not in self.pe_tok:
             b = self.b
             self.pe_tok[pe.pe] = {"dp": b.token(), "ep": b.token(), "st": b.token(), "bias": b.token(),
-                                      "bconv": b.token(), "radd": b.token(),
+                                      "scale": b.token(), "bconv": b.token(), "radd": b.token(),
                                       "wt_full": [b.token() for _ in range(self.p.nbuf)],
                                       "wt_free": [b.token() for _ in range(self.p.nbuf)]}
         return self.pe_tok[pe.pe]
@@ -660,7 +679,7 @@ class _Emitter:
             # (stores stay in job order: the DPE counts completed stores to reuse an accumulator)
             key = (min(nxt * nk + p.nbuf, len(jobs) * nk) if nxt is not None else len(jobs) * nk + 1, 0, i, 0)
             events.append((key, "store", (t, i)))
-            if g.has_bias and jobs[t][2] != prev_n:
+            if (g.has_bias or g.scaled) and jobs[t][2] != prev_n:
                 # the bias tile of job i replaces that of job i-1 once i-1's epilogue is done,
                 # which its store (just before in this queue) waits for
                 bkey = (-1, 0, 0, 0) if i == 0 else prev_key[:3] + (1,)
@@ -693,7 +712,7 @@ class _Emitter:
                 self._store(pe, jobs[t], t, i, tok)
             else:
                 t, i = payload
-                self._bias_load(pe, jobs[t], tok)
+                self._column_params_load(pe, jobs[t], tok)
 
     def _emit_run(self, pe, job, t, s0, s1, la, lb, qa0, qb0, ka, kb, a_cons, b_cons):
         """The loads of steps [s0, s1) of one job; whole groups of nbuf full steps as a loop."""
@@ -727,23 +746,28 @@ class _Emitter:
                o.addr + (bi * g.M * g.N + m0 * g.N + n0) * oes, rows=m, row_bytes=n * oes,
                dst_stride=g.N * oes, wait=(wait_tok, i + 1), signal=tok["st"])
 
-    def _bias_load(self, pe, job, tok):
-        """Bias of the job's N tile, replicated over the rows the epilogue adds per command:
-        one row from memory, the copies local to local (memory carries n elements, not rows x n)."""
+    def _column_params_load(self, pe, job, tok):
+        """Bias (and dequantization vector) of the job's N tile, replicated over the rows the
+        epilogue adds per command: one row from memory, the copies local to local (memory
+        carries n elements, not rows x n)."""
         g, p = self.g, self.p
         n0, n = self.n_tile(job[2])
-        bias = self.call.inputs[2]
-        es = g.es
         rows = min(BIAS_ROWS, p.mt, g.M)
-        if g.scalar_bias:
-            row, copies, src = es, rows * n - 1, bias.addr
-        else:
-            row, copies, src = n * es, rows - 1, bias.addr + n0 * es
-        raw = self.buf.bias_raw
-        pe.dma(bias.space, src, "local", raw, nbytes=row, signal=None if copies else tok["bias"])
-        if copies:
-            pe.dma("local", raw, "local", raw + row, rows=copies, row_bytes=row, src_stride=0,
-                   signal=tok["bias"])
+        params = []
+        if g.has_bias:
+            params.append((self.call.inputs[2], self.buf.bias_raw, g.scalar_bias, tok["bias"]))
+        if g.scaled:
+            params.append((_dequant(self.call), self.buf.scale, False, tok["scale"]))
+        for src_p, raw, scalar, signal in params:
+            es = ISA_ITEMSIZE[src_p.dtype]
+            if scalar:
+                row, copies, src = es, rows * n - 1, src_p.addr
+            else:
+                row, copies, src = n * es, rows - 1, src_p.addr + n0 * es
+            pe.dma(src_p.space, src, "local", raw, nbytes=row, signal=None if copies else signal)
+            if copies:
+                pe.dma("local", raw, "local", raw + row, rows=copies, row_bytes=row, src_stride=0,
+                       signal=signal)
 
     # --- MLU queue (linear: transpose W tiles) --------------------------------------------------
     def _steps(self, pe, s0: int, emit_step) -> None:
@@ -853,7 +877,7 @@ class _Emitter:
 
     # --- epilogue -------------------------------------------------------------------------------
     def _has_epilogue(self) -> bool:
-        return self.g.has_bias or self.g.out_dtype != self.g.acc_dtype
+        return self.g.has_bias or self.g.scaled or self.g.out_dtype != self.g.acc_dtype
 
     def emit_epilogue(self, pe, jobs, real):
         """Per job, in place on the accumulator: + bias, round to the output dtype."""
@@ -873,6 +897,16 @@ class _Emitter:
             oes = ISA_ITEMSIZE[g.out_dtype]
             dp = (tok["dp"], i_real + 1)
             i_real += 1
+            if g.scaled:
+                if job[2] != last_n:
+                    n_bias += 1
+                    last_n = job[2]
+                    if g.has_bias:
+                        rows = min(BIAS_ROWS, p.mt, g.M)
+                        pe.simd_unary("copy", self.buf.bias_raw, self.buf.bias32, rows * n, dtype=g.bias_dtype,
+                                      out_dtype="fp32", wait=(tok["bias"], n_bias))
+                self._dequantize(pe, cb, m, n, dp, (tok["scale"], n_bias), tok["ep"])
+                continue
             if not g.has_bias:
                 pe.simd_unary("copy", cb, cb, m * n, dtype=g.acc_dtype, out_dtype=g.out_dtype,
                               wait=dp, signal=tok["ep"])
@@ -881,7 +915,7 @@ class _Emitter:
                 n_bias += 1
                 last_n = job[2]
                 rows = min(BIAS_ROWS, p.mt, g.M)
-                pe.simd_unary("copy", self.buf.bias_raw, self.buf.bias32, rows * n, dtype=g.dtype,
+                pe.simd_unary("copy", self.buf.bias_raw, self.buf.bias32, rows * n, dtype=g.bias_dtype,
                               out_dtype=g.acc_dtype, wait=(tok["bias"], n_bias), signal=tok["bconv"])
             chunks = list(range(0, m, BIAS_ROWS))
             if g.acc_dtype == "int32":     # exact integer add on the reduction engine
@@ -900,6 +934,26 @@ class _Emitter:
                                    min(BIAS_ROWS, m - r0) * n, dtype="fp32", out_dtype=g.out_dtype,
                                    wait=dp if ci == 0 else None,
                                    signal=tok["ep"] if ci == len(chunks) - 1 else None)
+
+
+    def _dequantize(self, pe, cb, m, n, dp, scale_ready, done):
+        """acc[m, n] (int32) -> fp32 -> * d[n] (+ bias[n]) -> the output dtype, packed in place."""
+        g = self.g
+        oes = ISA_ITEMSIZE[g.out_dtype]
+        pe.simd_unary("copy", cb, cb, m * n, dtype=g.acc_dtype, out_dtype="fp32", wait=dp)
+        chunks = list(range(0, m, BIAS_ROWS))
+        for ci, r0 in enumerate(chunks):
+            last = ci == len(chunks) - 1
+            count = min(BIAS_ROWS, m - r0) * n
+            src, dst = cb + r0 * n * 4, cb + r0 * n * oes
+            wait = scale_ready if ci == 0 else None
+            if g.has_bias:
+                pe.simd_binary("MUL", src, self.buf.scale, src, count, dtype="fp32", out_dtype="fp32", wait=wait)
+                pe.simd_binary("ADD", src, self.buf.bias32, dst, count, dtype="fp32", out_dtype=g.out_dtype,
+                               signal=done if last else None)
+            else:
+                pe.simd_binary("MUL", src, self.buf.scale, dst, count, dtype="fp32", out_dtype=g.out_dtype,
+                               wait=wait, signal=done if last else None)
 
 
 class MatmulTemplate(KernelTemplate):
