@@ -124,6 +124,7 @@ class ImportResult:
     output_specs: list[TensorSpec]
     unsupported: list[UnsupportedOp]
     host_calls: dict[int, HostCall] = field(default_factory=dict)
+    input_names: list[str] = field(default_factory=list)   # the model's names for its inputs, in order
 
 
 def source_line(node: torch.fx.Node) -> str:
@@ -237,7 +238,7 @@ class Importer:
                 results = [self._materialize(o) for o in user_outputs]
                 func.ReturnOp([r.mlir for r in results])
         return ImportResult(self.module, self.context, self.weights, in_specs, out_specs,
-                            self.unsupported_list(), self.host_calls)
+                            self.unsupported_list(), self.host_calls, [n.name for n in user_inputs])
 
     def unsupported_list(self) -> list[UnsupportedOp]:
         """Unsupported ops grouped by aten target, most frequent first, with their source lines."""

@@ -17,7 +17,7 @@ from compiler.pipeline import CompileOptions, compile_model
 from ember.check import CheckReport, check
 from ember.compiled import CompiledModel
 
-__all__ = ["check", "compile", "load", "load_chip", "load_model", "mlir_context", "CheckReport", "CompiledModel", "EmberError",
+__all__ = ["check", "compile", "load", "load_chip", "load_model", "mlir_context", "torch_compile_report", "CheckReport", "CompiledModel", "EmberError",
            "UnsupportedOpsError"]
 
 
@@ -41,14 +41,27 @@ def mlir_context():
 
 def compile(model: torch.nn.Module, example_inputs: Any, *, chip: Any = "mtia2i", dtype: str = "bf16",
             to: str = "program", allow_unsupported: bool = False,
-            print_ir_after_all: bool = False) -> CompiledModel:
-    """Compile `model` for `chip`, computing in `dtype`, up to phase `to` ("graph" | "tiled" | "program")."""
+            print_ir_after_all: bool = False, cache: Any = None) -> CompiledModel:
+    """Compile `model` for `chip`, computing in `dtype`, up to phase `to` ("graph" | "tiled" | "program").
+
+    `cache`: True for the compile cache in `$EMBER_CACHE_DIR` (else `~/.cache/ember`), a folder, or
+    a `runtime.cache.CompileCache`; a Program compiled before from the same graph, weights, options
+    and chip is loaded instead of rebuilt.
+    """
+    from runtime.cache import as_cache
     spec = load_chip(chip)
     chip_key = chip if isinstance(chip, str) and "/" not in chip and not chip.endswith((".yaml", ".yml")) \
         else spec.fingerprint()
     options = CompileOptions(chip=chip_key, dtype=dtype, to=to, allow_unsupported=allow_unsupported,
                              print_ir_after_all=print_ir_after_all)
-    return CompiledModel(compile_model(model, example_inputs, options, spec), chip=spec)
+    return CompiledModel(compile_model(model, example_inputs, options, spec, cache=as_cache(cache)), chip=spec)
+
+
+def torch_compile_report(reset: bool = False):
+    """What `torch.compile(..., backend="ember")` compiled in this process: per subgraph, the ops on
+    the device and on the host, runs, and the simulated cycles of the last run."""
+    from runtime.dynamo import report
+    return report(reset)
 
 
 def load(path: str) -> CompiledModel:

@@ -103,7 +103,7 @@ def run(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:fac
     from ember.demo import compare_with_torch
     try:
         compare_with_torch(spec, device=device, chip=chip, dtype=dtype, console=console)
-    except (ValueError, TypeError, NotImplementedError) as e:
+    except (ValueError, TypeError, NotImplementedError, RuntimeError) as e:   # EmberError is a ValueError
         _fail(str(e))
 
 

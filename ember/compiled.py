@@ -26,11 +26,24 @@ class CompiledModel:
         self.program = result.program
         self.last_run = None
         self._numpy_weights: dict[str, np.ndarray] | None = None
+        self._host_ops: list | None = None
 
     @property
     def host_calls(self):
         """The aten ops kept on the host, by call index (None for a model loaded from a file)."""
         return None if self.graph is None else self.graph.host_calls
+
+    def host_ops(self) -> list:
+        """The host calls ready to run (`runtime.host.HostOp`), by call index: from this process's
+        compile, or read back from the Program file."""
+        if self._host_ops is None:
+            from runtime.host import decode_host_call, host_op_of
+            if self.graph is not None:
+                calls = self.graph.host_calls
+                self._host_ops = [host_op_of(calls[i]) for i in range(len(calls))]
+            else:
+                self._host_ops = [decode_host_call(c) for c in self.program.meta.get("host_calls", [])]
+        return self._host_ops
 
     # ------------------------------------------------------------------ Program files
     def save(self, path: str) -> None:
@@ -38,9 +51,10 @@ class CompiledModel:
         if self.program is None:
             raise EmberError(f"only a Program can be saved: compile with to='program' (this model was "
                              f"compiled with to='{self.options.to}')")
-        if self.program.meta.get("host_calls"):
-            raise EmberError("this Program calls aten ops on the host, which a Program file cannot hold yet; "
-                             "run it in this process instead")
+        unwritable = [c for c in self.program.meta.get("host_calls", []) if isinstance(c, str)]
+        if unwritable:
+            raise EmberError(f"cannot save this Program: {unwritable[0]}; run it in this process instead")
+        self.program.meta["input_names"] = self.input_names
         self.program.meta["out_spec"] = torch.utils._pytree.treespec_dumps(self._result.out_spec)
         self.program.meta["options"] = dataclasses.asdict(self.options)
         self.program.save(path)
@@ -67,6 +81,12 @@ class CompiledModel:
             return [TensorSpec(tuple(self.program.tensors[t]["shape"]), self.program.tensors[t]["dtype"])
                     for t in self.program.inputs]
         return list(self.graph.input_specs)
+
+    @property
+    def input_names(self) -> list[str]:
+        """The model's names for its inputs (`input 0`, ... where it has none)."""
+        names = self.graph.input_names if self.graph is not None else self.program.meta.get("input_names", [])
+        return list(names) if len(names) == len(self.input_specs) else [f"input {i}" for i in range(len(self.input_specs))]
 
     @property
     def timings(self) -> dict[str, float]:
@@ -106,21 +126,27 @@ class CompiledModel:
         return self._numpy_weights
 
     # ------------------------------------------------------------------ running
-    def check_inputs(self, inputs: tuple[Any, ...]) -> None:
-        """Refuse inputs that do not match the compiled signature, naming the input at fault."""
-        specs = self.input_specs
+    def check_inputs(self, inputs: tuple[Any, ...], device: str = "reference") -> None:
+        """Refuse inputs that do not match the compiled signature or the device, naming the input
+        at fault and what was expected, before anything runs."""
+        specs, names = self.input_specs, self.input_names
         if len(inputs) != len(specs):
-            raise TypeError(f"the compiled model takes {len(specs)} input(s), got {len(inputs)}")
-        for i, (x, spec) in enumerate(zip(inputs, specs)):
+            raise TypeError(f"the compiled model takes {len(specs)} input(s) ({', '.join(names)}), got {len(inputs)}")
+        where = getattr(get_device(device), "INPUT_DEVICE", "cpu")
+        for i, (x, spec, name) in enumerate(zip(inputs, specs, names)):
+            label = f"input {i} ('{name}')"
             if not isinstance(x, torch.Tensor):
-                raise TypeError(f"input {i} must be a tensor {spec}, got {type(x).__name__}")
+                raise TypeError(f"{label} must be a tensor {spec}, got {type(x).__name__}")
             got = TensorSpec.of(x)
             if got != spec:   # meta tensors pass when shape and dtype match (timing-only runs)
-                raise ValueError(f"input {i} is {got}, but the model was compiled for {spec}")
+                raise ValueError(f"{label} is {got}, but the model was compiled for {spec}")
+            if x.device.type != where and not (x.is_meta and device == "sim"):
+                raise ValueError(f"{label} is on device '{x.device}', but device='{device}' takes its "
+                                 f"inputs on '{where}'")
 
     def run(self, *inputs: torch.Tensor, device: str = "reference", **options: Any) -> Any:
         """Run on `device` ("reference" | "sim" | "cpu" | "cuda"); outputs are shaped as the model's."""
-        self.check_inputs(inputs)
+        self.check_inputs(inputs, device)
         outs = get_device(device).run(self, inputs, **options)
         return torch.utils._pytree.tree_unflatten(list(outs), self._result.out_spec)
 

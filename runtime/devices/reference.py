@@ -14,6 +14,9 @@ from torch_mlir import ir
 from compiler.dialect import op_attrs, operand_segments, spec_of
 from compiler.importer import host_call_index, main_function
 from ops.registry import as_dtype, dtype_of_numpy, op as lookup_op, to_numpy, to_torch
+from runtime.host import HostOp, host_op_of
+
+INPUT_DEVICE = "cpu"
 
 
 def interpret(module: ir.Module, weights: dict[str, Any], inputs: Sequence[np.ndarray],
@@ -51,18 +54,10 @@ def interpret(module: ir.Module, weights: dict[str, Any], inputs: Sequence[np.nd
 
 
 def _host_call(call: Any, operands: list[np.ndarray]) -> list[np.ndarray]:
-    from compiler.importer import _HostArg
-
-    def fill(x: Any) -> Any:
-        if isinstance(x, _HostArg):
-            return to_torch(operands[x.index], dtype_of_numpy(operands[x.index].dtype))
-        if isinstance(x, (list, tuple)):
-            return type(x)(fill(a) for a in x)
-        return x
-
+    """Run a host call (a `runtime.host.HostOp`, or the compile's `HostCall`) on numpy operands."""
+    host_op = call if isinstance(call, HostOp) else host_op_of(call)
     with torch.no_grad():
-        out = call.target(*fill(call.args), **{k: fill(v) for k, v in call.kwargs.items()})
-    outs = out if isinstance(out, (tuple, list)) else [out]
+        outs = host_op([to_torch(o, dtype_of_numpy(o.dtype)) for o in operands])
     return [to_numpy(o) for o in outs]
 
 

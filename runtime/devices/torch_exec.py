@@ -1,0 +1,173 @@
+"""Run a compiled graph's `ember` ops through PyTorch kernels: the `cpu` and `cuda` devices.
+
+The executor reads the same step list the simulator runs (a Program's steps, or, for a model
+compiled only to the graph phase, the graph's ops in order) and turns it once into a list of
+closures over a value table, so a run costs one Python call per op, as eager does. Each `ember`
+op runs through its family's `torch_impl`; host calls run as the aten ops they are.
+
+Where the Program placed a value on the chip in a narrower type than the graph's (bf16 for a
+bf16 compile), a kernel step rounds its floating operands and its result to that type, as the
+chip does, so `cpu`, `cuda` and `sim` agree within the compile dtype's tolerance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ops.registry import DTYPE_TO_TORCH, op as lookup_op, to_torch
+from runtime.host import HostOp, decode_host_call, host_op_of
+
+#: ISA element types of the Program's tensor table, as torch dtypes (floating ones only: the
+#: rounding a kernel step applies).
+_ISA_FLOAT = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class StepList:
+    """What an executor runs: steps over numbered values (the Program's schema)."""
+    steps: list[dict[str, Any]]
+    tensors: dict[int, dict[str, Any]]          # id -> {"shape", "dtype", "isa_dtype"?}
+    inputs: list[int]
+    outputs: list[int]
+    constants: dict[int, Any]                   # id -> numpy array or torch tensor
+    host_ops: list[HostOp] = field(default_factory=list)
+
+
+def step_list(compiled: Any) -> StepList:
+    """The steps of `compiled`: its Program if it has one, else its graph-level ops."""
+    program = compiled.program
+    if program is not None:
+        return StepList(program.steps, program.tensors, list(program.inputs), list(program.outputs),
+                        dict(program.constants), compiled.host_ops())
+    from compiler.graph_ops import graph_ops
+    graph = compiled.graph
+    with graph.context:
+        ops = graph_ops(graph.module)
+    tensors = {v: {"shape": list(s.shape), "dtype": s.dtype} for v, s in ops.specs.items()}
+    constants: dict[int, Any] = {v: graph.weights[name] for v, name in ops.weights.items()}
+    constants.update(ops.literals)
+    steps = [{"kind": "host" if op.opdef is None else "op", "op": op.name, "operands": op.operands,
+              "results": op.results, "attrs": op.attrs, "host_call": op.host_call, "location": op.location}
+             for op in ops.ops]
+    return StepList(steps, tensors, ops.inputs, ops.outputs, constants, compiled.host_ops())
+
+
+def _attrs(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+
+
+class TorchExecutor:
+    """A step list prepared for one torch device: call it with the model's inputs."""
+
+    def __init__(self, steps: StepList, device: torch.device | str):
+        self.device = torch.device(device)
+        self.inputs = steps.inputs
+        self.outputs = steps.outputs
+        self.tensors = steps.tensors
+        self.constants = {v: self._constant(v, value) for v, value in steps.constants.items()}
+        last_use: dict[int, int] = {}
+        for i, step in enumerate(steps.steps):
+            for v in _flat(step["operands"]):
+                last_use[v] = i
+        keep = set(steps.outputs) | set(self.constants)
+        self._program: list[tuple[Callable[..., Any], Any, list[int], list[int]]] = []
+        for i, step in enumerate(steps.steps):
+            free = [v for v in set(_flat(step["operands"])) if last_use.get(v) == i and v not in keep]
+            self._program.append((self._closure(step, steps.host_ops), step["operands"], step["results"], free))
+
+    def _constant(self, v: int, value: Any) -> torch.Tensor:
+        dtype = self.tensors[v]["dtype"]
+        if isinstance(value, torch.Tensor):
+            if value.is_meta:
+                raise ValueError("the model's weights are on the meta device: there are no numbers to compute; "
+                                 "use device='sim' with timing_only=True")
+            return value.detach().to(self.device, DTYPE_TO_TORCH[dtype])
+        return to_torch(np.asarray(value), dtype).to(self.device)
+
+    def _closure(self, step: dict[str, Any], host_ops: list[HostOp]) -> Callable[..., Any]:
+        kind = step["kind"]
+        results = step["results"]
+        if kind == "view":
+            shape = tuple(self.tensors[results[0]]["shape"])
+            return lambda x: (x.reshape(shape),)
+        if step.get("host_call") is not None:
+            host_op = host_ops[step["host_call"]]
+            device = self.device
+            return lambda *xs: host_op([x for x in xs if x is not None], device)
+        opdef = lookup_op(step["op"])
+        if opdef.torch_impl is None:
+            raise NotImplementedError(f"ember.{opdef.name} has no torch implementation")
+        impl, attrs = opdef.torch_impl, _attrs(step["attrs"])
+        out_types = [DTYPE_TO_TORCH[self.tensors[r]["dtype"]] for r in results]
+
+        def call(*xs):
+            out = impl(*xs, **attrs)
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            return tuple(o if o.dtype == t else o.to(t) for o, t in zip(outs, out_types))
+
+        rounding = self._rounding(step) if kind == "kernel" else None
+        if rounding is None:
+            return call
+        operand_types, result_types = rounding
+
+        def rounded(*xs):
+            xs = [_round(x, t) for x, t in zip(xs, operand_types)]
+            return tuple(_round(o, t).to(g) for o, t, g in zip(call(*xs), result_types, out_types))
+        return rounded
+
+    def _rounding(self, step: dict[str, Any]) -> tuple[list[Any], list[Any]] | None:
+        """Per operand and result, the narrower float type the chip holds it in (None: as is)."""
+        def narrow(v: Any) -> Any:
+            if v is None or isinstance(v, list):
+                return None
+            entry = self.tensors[v]
+            isa = _ISA_FLOAT.get(entry.get("isa_dtype", ""))
+            graph = DTYPE_TO_TORCH[entry["dtype"]]
+            return isa if isa is not None and graph.is_floating_point and isa != graph else None
+
+        operands = [narrow(v) for v in step["operands"]]
+        results = [narrow(v) for v in step["results"]]
+        if not any(operands) and not any(results):
+            return None
+        return operands, results
+
+    @torch.inference_mode()
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        env: dict[int, torch.Tensor] = dict(self.constants)
+        env.update(zip(self.inputs, inputs))
+        for fn, operands, results, free in self._program:
+            args = [None if v is None else [env[u] for u in v] if isinstance(v, list) else env[v]
+                    for v in operands]
+            for v, out in zip(results, fn(*args)):
+                env[v] = out
+            for v in free:
+                del env[v]
+        return [env[v] for v in self.outputs]
+
+
+def _round(x: Any, dtype: Any) -> Any:
+    return x if dtype is None or x is None else x.to(dtype)
+
+
+def _flat(operands: Sequence[Any]) -> list[int]:
+    out: list[int] = []
+    for v in operands:
+        if isinstance(v, list):
+            out.extend(v)
+        elif v is not None:
+            out.append(v)
+    return out
+
+
+def run_on(compiled: Any, inputs: Sequence[torch.Tensor], device: str) -> list[torch.Tensor]:
+    """Run `compiled` on torch `device`, preparing (and keeping) its executor on first use."""
+    executors = compiled.__dict__.setdefault("_torch_executors", {})
+    if device not in executors:
+        executors[device] = TorchExecutor(step_list(compiled), device)
+    return executors[device](inputs)
+
+
+__all__ = ["StepList", "TorchExecutor", "step_list", "run_on", "decode_host_call", "host_op_of"]
