@@ -100,10 +100,11 @@ def run(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:fac
         chip: str = typer.Option("tiny", help="chip name or YAML path"),
         dtype: str = typer.Option("fp32", help="fp32 | bf16 | int8")) -> None:
     """Compile a model, run it on fresh random inputs, and compare with PyTorch."""
+    import ember
     from ember.demo import compare_with_torch
     try:
         compare_with_torch(spec, device=device, chip=chip, dtype=dtype, console=console)
-    except (ValueError, TypeError, NotImplementedError, RuntimeError) as e:   # EmberError is a ValueError
+    except (ValueError, TypeError, NotImplementedError, RuntimeError, ember.EmberError) as e:
         _fail(str(e))
 
 
