@@ -164,28 +164,50 @@ def _geom(call: KernelCall) -> _Geom:
 
 
 @dataclass(frozen=True)
-class _Tile:
-    """The output rows of one job and the input slab they read."""
+class RowTile:
+    """Output rows [oh0, oh0 + rows) of a windowed op and the input slab they read: `rows_in`
+    rows from `ih0`, the first `ztop` and last `zbot` of them outside the input (padding)."""
     oh0: int
-    rows: int          # output rows (nr, or fewer in the last row tile)
-    ih0: int           # first input row of the slab (negative: rows above the input)
-    rows_in: int       # slab rows
-    ztop: int          # slab rows above the input (zeros)
-    zbot: int          # slab rows below the input (zeros)
+    rows: int
+    ih0: int
+    rows_in: int
+    ztop: int
+    zbot: int
 
     @property
     def valid(self) -> int:
         return self.rows_in - self.ztop - self.zbot
 
+    @staticmethod
+    def of(oh0: int, rows: int, H: int, kh: int, sh: int, ph: int, dh: int) -> dict:
+        """The fields of the tile of `rows` output rows from `oh0` (kernel kh, stride sh,
+        padding ph, dilation dh over an input of H rows)."""
+        ih0 = oh0 * sh - ph
+        rows_in = (rows - 1) * sh + (kh - 1) * dh + 1
+        ztop = min(rows_in, max(0, -ih0))
+        zbot = min(rows_in - ztop, max(0, ih0 + rows_in - H))
+        return {"oh0": oh0, "rows": rows, "ih0": ih0, "rows_in": rows_in, "ztop": ztop, "zbot": zbot}
 
-def _row_tile(geo: _Geom, nr: int, pi: int) -> _Tile:
+
+def _row_tile(geo: _Geom, nr: int, pi: int) -> RowTile:
     oh0 = pi * nr
-    rows = min(nr, geo.OH - oh0)
-    ih0 = oh0 * geo.sh - geo.ph
-    rows_in = (rows - 1) * geo.sh + (geo.kh - 1) * geo.dh + 1
-    ztop = min(rows_in, max(0, -ih0))
-    zbot = min(rows_in - ztop, max(0, ih0 + rows_in - geo.H))
-    return _Tile(oh0, rows, ih0, rows_in, ztop, zbot)
+    return RowTile(**RowTile.of(oh0, min(nr, geo.OH - oh0), geo.H, geo.kh, geo.sh, geo.ph, geo.dh))
+
+
+def emit_fill_tile(pe, src: Placement, raw: int, dst: int, elems: int, value: float, dtype: str,
+                   signal: int) -> None:
+    """`elems` copies of `value` (as `dtype`) at `dst` in local memory, with no immediate-load
+    command: bytes of `src` read as int8 into `raw` (`elems` bytes) are finite whatever they
+    hold, so times 0 they are 0. Signals `signal` twice (DMA, then SIMD)."""
+    n = min(src.nbytes, elems)
+    pe.dma(src.space, src.addr, "local", raw, rows=_cdiv(elems, n), row_bytes=n, src_stride=0,
+           dst_stride=n, signal=signal)
+    if value:
+        pe.simd_scalar("MUL", raw, dst, elems, 0.0, dtype="int8", out_dtype="fp32", wait=(signal, 1))
+        pe.simd_scalar("ADD", dst, dst, elems, value, dtype="fp32", out_dtype=dtype, signal=signal)
+    else:
+        pe.simd_scalar("MUL", raw, dst, elems, 0.0, dtype="int8", out_dtype=dtype, wait=(signal, 1),
+                       signal=signal)
 
 
 @dataclass(frozen=True)
@@ -200,7 +222,7 @@ class _Copy:
     dst_stride: int
 
 
-def _im2col(geo: _Geom, t: _Tile, ccs: int, nt: int) -> list[_Copy]:
+def _im2col(geo: _Geom, t: RowTile, ccs: int, nt: int) -> list[_Copy]:
     """The MLU copies that turn a slab of `ccs` channels into the patch matrix [ccs*kh*kw, nt]."""
     es, Ws = geo.es, geo.Ws
     chan = t.rows_in * Ws * es
@@ -302,7 +324,7 @@ def _inits(geo: _Geom, p: ConvPlan) -> tuple[bool, bool]:
 
 # --- the cost model ---------------------------------------------------------------------------
 
-def _mlu_cycles(geo: _Geom, t: _Tile, ccs: int, rt: _Rates) -> int:
+def _mlu_cycles(geo: _Geom, t: RowTile, ccs: int, rt: _Rates) -> int:
     """MLU cycles of one step's copies (`_im2col`), counted per tap rather than per copy."""
     es, Ws = geo.es, geo.Ws
 
@@ -319,7 +341,7 @@ def _mlu_cycles(geo: _Geom, t: _Tile, ccs: int, rt: _Rates) -> int:
     return cyc
 
 
-def _slab_dmas(geo: _Geom, t: _Tile, ccs: int) -> list[int]:
+def _slab_dmas(geo: _Geom, t: RowTile, ccs: int) -> list[int]:
     """Bytes of each DMA that loads one step's slab."""
     if t.valid <= 0:
         return []
@@ -456,13 +478,7 @@ class _Emitter:
         es, nt = geo.es, self.nt
         init_patch, init_slab = _inits(geo, p)
         if init_patch or init_slab or any(t.ztop or t.zbot for t in self.tiles):
-            k = buf.zero_elems
-            n = min(x.nbytes, k)
-            # input bytes read as int8 are finite whatever they hold, so times 0 they are 0
-            pe.dma(x.space, x.addr, "local", buf.zero_raw, rows=_cdiv(k, n), row_bytes=n, src_stride=0,
-                   dst_stride=n, signal=tok["zero"])
-            pe.simd_scalar("MUL", buf.zero_raw, buf.zero, k, 0.0, dtype="int8", out_dtype=geo.dtype,
-                           wait=(tok["zero"], 1), signal=tok["zero"])
+            emit_fill_tile(pe, x, buf.zero_raw, buf.zero, buf.zero_elems, 0.0, geo.dtype, tok["zero"])
             pe.nop(Engine.MLU, wait=(tok["zero"], 2))
         # patch buffers start as zeros: pixels whose taps miss the input are never written, and
         # columns past a short row tile are multiplied but not stored
