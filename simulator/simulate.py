@@ -1,13 +1,16 @@
 """``simulate(program, chip)``: validate, time (C++ engine), execute (functional engine), report."""
 from __future__ import annotations
 
+import hashlib
+import math
+from collections import OrderedDict
 from typing import Any, Mapping
 
 import numpy as np
 
 from simulator.errors import DeadlockError
 from simulator.functional import Machine
-from simulator.isa import ChipProgram, Engine, Space, format_command
+from simulator.isa import ChipProgram, Engine, Op, RelocatedProgram, Space, format_command
 from simulator.spec import ChipSpec, load_chip
 from simulator.stats import build_stats
 from simulator.timing_params import timing_params
@@ -82,6 +85,102 @@ class SimResult:
         return f"SimResult(cycles={self.cycles}, seconds={self.seconds:.3e}, chip={self.chip.name})"
 
 
+#: Operand slots holding local-memory addresses, per opcode (the timing model does not read
+#: them); SIMD_SCALAR's a[3] (the immediate) is not read either.
+_UNTIMED_SLOTS = {Op.DPE_MATMUL: (0, 1, 2), Op.RE_ACC: (0, 1), Op.RE_SEND: (0, 1),
+                  Op.SIMD_UNARY: (0, 1), Op.SIMD_BINARY: (0, 1, 2), Op.SIMD_SCALAR: (0, 1, 3),
+                  Op.SIMD_ROW_REDUCE: (0, 1), Op.SIMD_ROW_BCAST: (0, 1, 2), Op.MLU_TRANSPOSE: (0, 1),
+                  Op.MLU_COPY2D: (0, 1), Op.MLU_CONCAT: (0, 1, 2)}
+
+
+class TimingCache:
+    """Timing-only results of programs, keyed by exactly what the timing model reads.
+
+    The timing engine reads an address only to pick the DRAM channel or SRAM bank a DMA
+    starts on: ``(addr // interleave) % channels``, a function of ``addr`` modulo
+    ``interleave * channels`` (also for every loop iteration, whose strides are in the key).
+    Local-memory and host addresses pick no server. So the key is the program with DMA
+    DRAM/SRAM addresses reduced modulo the least common multiple of the two memories'
+    ``interleave * channels``, and every other address (and SIMD immediates) zeroed. A
+    relocated program's key is its base's key plus its deltas reduced the same way.
+
+    Results of a hit are the first run's (cycles, engine busy time, trace, stats: none of
+    them depends on addresses). At most ``capacity`` results are kept (least recently used
+    go first).
+    """
+
+    def __init__(self, capacity: int = 512):
+        self.capacity = capacity
+        self._results: "OrderedDict[tuple, SimResult]" = OrderedDict()
+        self._base_keys: dict[int, tuple[ChipProgram, str]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def period(chip: ChipSpec) -> int:
+        return math.lcm(chip.dram.interleave_bytes * chip.dram.channels,
+                        chip.sram.interleave_bytes * chip.sram.banks)
+
+    def _content_key(self, program: ChipProgram, period: int) -> str:
+        cmds = program.commands.copy()
+        strides = program.strides.copy()
+        op = cmds["op"]
+        a = cmds["a"]
+        dma = op == int(Op.DMA)
+        for j, field in ((0, "src_space"), (1, "dst_space")):
+            space = cmds[field]
+            mem = dma & ((space == int(Space.DRAM)) | (space == int(Space.SRAM)))
+            a[mem, j] %= period
+            a[dma & ~mem, j] = 0
+            strides[dma & ~mem, j] = 0
+        for o, slots in _UNTIMED_SLOTS.items():
+            rows = np.flatnonzero(op == int(o))
+            for j in slots:
+                a[rows, j] = 0
+                strides[rows, j] = 0
+        cmds["a"] = a
+        h = hashlib.blake2b(digest_size=20)
+        h.update(np.int64(program.num_pes).tobytes())
+        for arr in (cmds, program.loops, strides):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
+
+    def key(self, program: ChipProgram, chip: ChipSpec) -> tuple:
+        period = self.period(chip)
+        chip_key = chip.fingerprint()
+        if isinstance(program, RelocatedProgram):
+            base = program.base
+            known = self._base_keys.get(id(base))
+            if known is None or known[0] is not base:
+                known = (base, self._content_key(base, period))
+                self._base_keys[id(base)] = known
+            return chip_key, known[1], tuple(int(d) % period for d in program.deltas)
+        return chip_key, self._content_key(program, period)
+
+    def get(self, key: tuple) -> "SimResult | None":
+        res = self._results.get(key)
+        if res is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._results.move_to_end(key)
+        return res
+
+    def put(self, key: tuple, res: "SimResult") -> None:
+        self._results[key] = res
+        self._results.move_to_end(key)
+        while len(self._results) > self.capacity:
+            self._results.popitem(last=False)
+
+    def clear(self) -> None:
+        self._results.clear()
+        self._base_keys.clear()
+
+
+#: The cache the runtime's timing-only runs share (bounded; keyed by content and chip).
+TIMING_CACHE = TimingCache(capacity=64)
+
+
 MemoryInit = "Mapping[tuple, np.ndarray] | Iterable[tuple[tuple, np.ndarray]]"
 
 
@@ -97,16 +196,31 @@ def _init_memory(machine: Machine, memory_init: Any) -> None:
 
 
 def simulate(program: ChipProgram, chip: "str | ChipSpec" = "mtia2i", memory_init: Any = None,
-             timing_only: bool = False, engine: str = "cpp") -> SimResult:
+             timing_only: bool = False, engine: str = "cpp", cache: TimingCache | None = None) -> SimResult:
     """Run a program on a chip.
 
     ``memory_init`` maps ``("dram"|"sram", addr)`` or ``("local", pe, addr)`` to an array whose
-    bytes are written there before the run. With ``timing_only`` no numbers are computed.
+    bytes are written there before the run. With ``timing_only`` no numbers are computed, and
+    a ``cache`` (TimingCache) answers a program whose timing it has already computed.
+    A relocated program (RelocatedProgram) found in the cache is not validated again: its
+    compiler checked that each moved address stays inside the operand it points into.
     """
     chip = load_chip(chip)
+    key = None
+    if timing_only and cache is not None:
+        key = cache.key(program, chip)
+        hit = cache.get(key)
+        if hit is not None:
+            if not isinstance(program, RelocatedProgram):
+                validate(program.expand(), chip)     # addresses differ from the cached run's
+            return hit
     program = program.expand()      # compact loops -> plain commands
     validate(program, chip)
     timing = run_timing(program, chip, engine)
+    if key is not None:
+        res = SimResult(program, chip, timing, None)
+        cache.put(key, res)
+        return res
     machine = None
     if not timing_only:
         machine = Machine(chip)

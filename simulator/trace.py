@@ -32,6 +32,29 @@ def trace_events(cmds: np.ndarray, start: np.ndarray, end: np.ndarray, chip: Chi
     return events
 
 
-def write_trace(path: str, events: list[dict]) -> None:
+class DeferredEvents:
+    """The events of one timed program, shifted by ``offset_cycles``, made only when a trace is
+    written: a long run keeps its programs' timings, not millions of event dicts."""
+
+    def __init__(self, cmds_of, start: np.ndarray, end: np.ndarray, chip: ChipSpec,
+                 offset_cycles: int = 0, max_events: int | None = None):
+        self._cmds_of = cmds_of            # () -> the command array (a relocated program's is made on demand)
+        self.start, self.end, self.chip = start, end, chip
+        self.offset_cycles, self.max_events = offset_cycles, max_events
+
+    def events(self) -> list[dict]:
+        events = trace_events(self._cmds_of(), self.start, self.end, self.chip, self.max_events)
+        shift = self.offset_cycles * 1e6 / self.chip.clock_hz
+        return [{**ev, "ts": ev["ts"] + shift} if "ts" in ev else ev for ev in events]
+
+
+def write_trace(path: str, events: list) -> None:
+    """Write events (dicts, or DeferredEvents expanded here) as a Chrome/Perfetto JSON trace."""
+    flat: list[dict] = []
+    for ev in events:
+        if isinstance(ev, DeferredEvents):
+            flat.extend(ev.events())
+        else:
+            flat.append(ev)
     with open(path, "w") as f:
-        json.dump({"traceEvents": events, "displayTimeUnit": "ns"}, f)
+        json.dump({"traceEvents": flat, "displayTimeUnit": "ns"}, f)

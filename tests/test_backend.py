@@ -9,7 +9,7 @@ import torch
 from torch_mlir import ir
 
 import ember
-from simulator.isa.artifact import ProgramFileError
+from simulator.isa.artifact import VERSION, ProgramFileError
 from tests.helpers import rel_err
 
 
@@ -89,7 +89,7 @@ def test_program_file_round_trip_and_refusals(tmp_path):
         for item in src.infolist():
             data = src.read(item.filename)
             if item.filename == "header.json":
-                data = data.replace(b'"version": 1', b'"version": 99')
+                data = data.replace(f'"version": {VERSION}'.encode(), b'"version": 99')
             dst.writestr(item, data)
     with pytest.raises(ProgramFileError, match="version 99"):
         ember.load(other)

@@ -16,6 +16,8 @@ import torch
 
 from ops.registry import DTYPE_TO_TORCH, as_dtype, op as lookup_op, to_numpy, to_torch
 from simulator import simulate
+from simulator.simulate import TIMING_CACHE
+from simulator.trace import DeferredEvents
 from simulator.isa import DType
 from simulator.spec import ChipSpec
 
@@ -146,7 +148,8 @@ def run(compiled: Any, inputs: Sequence[torch.Tensor], timing_only: bool = False
             if not timing_only:
                 memory_init = {(tensors[t]["space"], tensors[t]["addr"]): _device_array(store[t], tensors[t]["isa_dtype"])
                                for t in operands if t is not None}
-            res = simulate(program.kernels[step["kernel"]], chip, memory_init=memory_init, timing_only=timing_only)
+            res = simulate(program.kernels[step["kernel"]], chip, memory_init=memory_init, timing_only=timing_only,
+                           cache=TIMING_CACHE if timing_only else None)
             out = results[0]
             if not timing_only:
                 entry = tensors[out]
@@ -154,10 +157,10 @@ def run(compiled: Any, inputs: Sequence[torch.Tensor], timing_only: bool = False
                 store[out] = as_dtype(raw, entry["dtype"])
             on_chip.add(out)
             on_host.discard(out)
-            for ev in res.trace_events(max_events=20000):
-                if "ts" in ev:
-                    ev = {**ev, "ts": ev["ts"] + clock * 1e6 / chip.clock_hz}
-                result._events.append(ev)
+            # events are made when a trace is written, not for every kernel of every run
+            kernel_program = res.program
+            result._events.append(DeferredEvents(lambda p=kernel_program: p.commands, res.timing.start,
+                                                 res.timing.end, chip, clock, max_events=20000))
             acc.add(res.stats)
             result.steps.append(StepRecord("kernel", step["op"], step["location"], res.cycles,
                                            step.get("predicted_cycles"), step.get("roofline_cycles"), clock))

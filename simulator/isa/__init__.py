@@ -2,8 +2,9 @@
 from simulator.isa.encoding import CMD_DTYPE, FLAG_ACCUMULATE, NUM_ARGS, format_command
 from simulator.isa.opcodes import (ENGINE_OF_OP, LUT_FNS, NUM_ENGINES, DType, Dir, Engine,
                                    Mcast, Op, SimdFn, Space)
-from simulator.isa.program import LOOP_DTYPE, ChipProgram, PEStream, ProgramBuilder, Strided
+from simulator.isa.program import (LOOP_DTYPE, ChipProgram, PEStream, ProgramBuilder,
+                                    RelocatedProgram, Strided)
 
 __all__ = ["CMD_DTYPE", "FLAG_ACCUMULATE", "NUM_ARGS", "format_command", "ENGINE_OF_OP",
            "LUT_FNS", "NUM_ENGINES", "DType", "Dir", "Engine", "Mcast", "Op", "SimdFn", "Space",
-           "ChipProgram", "PEStream", "ProgramBuilder", "LOOP_DTYPE", "Strided"]
+           "ChipProgram", "PEStream", "ProgramBuilder", "LOOP_DTYPE", "RelocatedProgram", "Strided"]

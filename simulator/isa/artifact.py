@@ -10,6 +10,9 @@ torch. A Program holds:
 - the model's inputs and outputs (tensor ids), and its constants (weights), as arrays;
 - steps in order: `kernel` steps (an `ember` op run on the chip: its per-PE `ChipProgram`) and
   `host` steps (an op run on the host: the op name and attributes);
+- kernels as command arrays, or as another kernel's commands relocated (`RelocatedProgram`:
+  the base kernel's index and one address delta per operand; the base stores its address
+  slots), so a model's repeated layers are stored once;
 - a SHA-256 checksum over everything else.
 
 A file from another format version, or whose checksum does not match, is refused before
@@ -27,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from simulator.isa.program import ChipProgram
+from simulator.isa.program import ChipProgram, RelocatedProgram
 
 FORMAT = "ember-program"
-VERSION = 1
+VERSION = 2     # 2: relocated kernels (base + deltas), base kernels' address slots
 
 
 class ProgramFileError(ValueError):
@@ -90,9 +93,16 @@ class Program:
             raise ProgramFileError(f"{path}: checksum mismatch: the file is corrupted or was modified")
         arrays = {name[len("arrays/"):-len(".npy")]: np.load(io.BytesIO(data), allow_pickle=False)
                   for name, data in members.items() if name.startswith("arrays/")}
-        kernels = [ChipProgram(arrays[f"kernel{i}.commands"], int(k["num_pes"]), k["name"],
+        kernels: list[ChipProgram] = []
+        for i, k in enumerate(header["kernels"]):
+            if "base" in k:
+                kernels.append(RelocatedProgram(kernels[k["base"]], k["deltas"], name=k["name"]))
+                continue
+            prog = ChipProgram(arrays[f"kernel{i}.commands"], int(k["num_pes"]), k["name"],
                                arrays[f"kernel{i}.loops"], arrays[f"kernel{i}.strides"])
-                   for i, k in enumerate(header["kernels"])]
+            if f"kernel{i}.addr_slots" in arrays:
+                prog.addr_slots = arrays[f"kernel{i}.addr_slots"]
+            kernels.append(prog)
         constants = {int(name[len("const"):]): arr for name, arr in arrays.items() if name.startswith("const")}
         for tid, arr in constants.items():
             if header["tensors"][str(tid)]["dtype"] == "bf16":
@@ -105,12 +115,21 @@ class Program:
         header = {"format": FORMAT, "version": VERSION, "chip": self.chip, "dtype": self.dtype,
                   "tensors": {str(k): v for k, v in self.tensors.items()}, "inputs": self.inputs,
                   "outputs": self.outputs, "steps": self.steps, "meta": self.meta,
-                  "kernels": [{"name": k.name, "num_pes": k.num_pes} for k in self.kernels]}
-        members = {"header.json": json.dumps(header, sort_keys=True).encode()}
+                  "kernels": []}
+        members = {}
+        index = {id(k): i for i, k in enumerate(self.kernels)}
         for i, k in enumerate(self.kernels):
-            members[f"arrays/kernel{i}.commands.npy"] = _npy(k.commands)
-            members[f"arrays/kernel{i}.loops.npy"] = _npy(k.loops)
-            members[f"arrays/kernel{i}.strides.npy"] = _npy(k.strides)
+            entry = {"name": k.name, "num_pes": k.num_pes}
+            if isinstance(k, RelocatedProgram) and index.get(id(k.base), i) < i:
+                entry.update(base=index[id(k.base)], deltas=[int(d) for d in k.deltas])
+            else:       # a relocated kernel whose base is not stored before it is stored whole
+                members[f"arrays/kernel{i}.commands.npy"] = _npy(k.commands)
+                members[f"arrays/kernel{i}.loops.npy"] = _npy(k.loops)
+                members[f"arrays/kernel{i}.strides.npy"] = _npy(k.strides)
+                if k.addr_slots is not None:
+                    members[f"arrays/kernel{i}.addr_slots.npy"] = _npy(k.addr_slots)
+            header["kernels"].append(entry)
+        members["header.json"] = json.dumps(header, sort_keys=True).encode()
         for tid, arr in self.constants.items():
             # numpy files have no bf16: store its bits, the tensor table says what they are
             members[f"arrays/const{tid}.npy"] = _npy(arr.view(np.uint16) if arr.dtype.name == "bfloat16" else arr)

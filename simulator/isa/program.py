@@ -43,6 +43,9 @@ class ChipProgram:
         self.loops = np.zeros(0, LOOP_DTYPE) if loops is None else np.asarray(loops, LOOP_DTYPE)
         self.strides = (np.zeros((len(commands), NUM_STRIDES), np.int64) if strides is None
                         else np.asarray(strides, np.int64))
+        #: int16 [n, 2] or None: which operand's relocation delta moves a[0] / a[1] of each
+        #: record (-1: none); set by a compiler that relocates this kernel (RelocatedProgram)
+        self.addr_slots = None
         if self.strides.shape != (len(commands), NUM_STRIDES):
             raise ValueError("strides must be int64 [len(commands), 9]")
         ends = self.loops["first"] + self.loops["length"]
@@ -116,6 +119,50 @@ class ChipProgram:
     def load(cls, path: str) -> "ChipProgram":
         z = np.load(path)
         return cls(z["commands"], int(z["num_pes"]), str(z["name"]), z["loops"], z["strides"])
+
+
+class RelocatedProgram(ChipProgram):
+    """Another kernel's commands with its DRAM/SRAM addresses moved: what the same kernel
+    template emits for operands placed elsewhere (every layer of a transformer).
+
+    ``base.addr_slots`` (int16 [n, 2]) names, for the two address operands a[0] and a[1] of
+    each record, which entry of ``deltas`` (one per operand of the kernel call) moves it, or
+    -1 for an address that stays (local memory, or a command that is not a DMA). Loop strides
+    are the base's: a translated address keeps its per-iteration step. The commands are made
+    on demand (``commands``), so a model's many relocated kernels cost one delta vector each.
+    """
+
+    def __init__(self, base: ChipProgram, deltas, name: str | None = None):
+        if base.addr_slots is None:
+            raise ValueError("the base program has no address slots to relocate")
+        if isinstance(base, RelocatedProgram):
+            raise ValueError("relocate the base program, not a relocated copy")
+        self.base = base
+        self.deltas = np.asarray(deltas, np.int64)
+        if len(self.base.addr_slots) and int(self.base.addr_slots.max(initial=-1)) >= len(self.deltas):
+            raise ValueError("an address slot refers past the relocation deltas")
+        self.num_pes = base.num_pes
+        self.name = base.name if name is None else name
+        self.loops = base.loops
+        self.strides = base.strides
+        self.addr_slots = None
+
+    @property
+    def commands(self) -> np.ndarray:
+        cmds = self.base.commands.copy()
+        slots = self.base.addr_slots
+        for j in (0, 1):
+            rows = np.flatnonzero(slots[:, j] >= 0)
+            if len(rows):
+                cmds["a"][rows, j] += self.deltas[slots[rows, j]]
+        return cmds
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def expand(self) -> ChipProgram:
+        """Plain commands, loops unrolled (materialized once, not per access)."""
+        return ChipProgram(self.commands, self.num_pes, self.name, self.loops, self.strides).expand()
 
 
 class Strided(int):
