@@ -299,8 +299,7 @@ class _Stages:
                                 lambda pe, b=b, **kw: pe.mlu_copy2d(slab + b * 4, phase + b * buf.phase_stride,
                                                                     n // geo.sw, 4, src_stride=geo.sw * 4,
                                                                     dst_stride=4, **kw)))
-        if mlu:
-            stages.append(mlu)
+        stages.append(mlu)           # (empty for some jobs: every job has the same stages)
         fn = "MAX" if geo.kind == "max" else "ADD"
         nq = n // geo.sw                      # flat elements of one phase
         shift = [(j * geo.dw) // geo.sw for j in range(geo.kw)]
