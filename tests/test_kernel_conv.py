@@ -91,13 +91,13 @@ def check_numbers(call, chip, plan=None, seed=0):
 
 
 CONV_SHAPES = {
-    "1x1": dict(N=1, C=8, H=6, W=5, O=12, k=1),
-    "3x3/2 pad": dict(N=2, C=5, H=9, W=7, O=6, k=3, s=2, p=1, bias=True),
-    "7x7/2 stem": dict(N=1, C=3, H=20, W=18, O=8, k=7, s=2, p=3),
-    "depthwise dilated": dict(N=2, C=8, H=8, W=8, O=8, k=3, p=2, d=2, g=8),
-    "grouped non-square": dict(N=1, C=16, H=6, W=7, O=12, k=(3, 2), s=(1, 2), g=4),
-    "1x1/2 projection": dict(N=2, C=8, H=10, W=10, O=16, k=1, s=2, bias=True),
-    "1-D": dict(N=2, C=4, H=1, W=11, O=6, k=3, p=2, bias=True, one_d=True),
+    "1x1": {"N": 1, "C": 8, "H": 6, "W": 5, "O": 12, "k": 1},
+    "3x3/2 pad": {"N": 2, "C": 5, "H": 9, "W": 7, "O": 6, "k": 3, "s": 2, "p": 1, "bias": True},
+    "7x7/2 stem": {"N": 1, "C": 3, "H": 20, "W": 18, "O": 8, "k": 7, "s": 2, "p": 3},
+    "depthwise dilated": {"N": 2, "C": 8, "H": 8, "W": 8, "O": 8, "k": 3, "p": 2, "d": 2, "g": 8},
+    "grouped non-square": {"N": 1, "C": 16, "H": 6, "W": 7, "O": 12, "k": (3, 2), "s": (1, 2), "g": 4},
+    "1x1/2 projection": {"N": 2, "C": 8, "H": 10, "W": 10, "O": 16, "k": 1, "s": 2, "bias": True},
+    "1-D": {"N": 2, "C": 4, "H": 1, "W": 11, "O": 6, "k": 3, "p": 2, "bias": True, "one_d": True},
 }
 
 
@@ -127,14 +127,14 @@ def test_conv_random_shapes_and_plans(g, cpg, opg, kh, kw, sh, sw, dh, dw, extra
 
 
 POOLS = {
-    "max 3x3/2 pad": dict(shape=(2, 3, 11, 14), kind="max", k=(3, 3), s=(2, 2), p=1),
-    "avg 3x3/2 pad": dict(shape=(2, 3, 11, 14), kind="avg", k=(3, 3), s=(2, 2), p=1),
-    "max ceil dilated": dict(shape=(2, 3, 11, 14), kind="max", k=(2, 3), s=(2, 2), d=(1, 2), ceil=True),
-    "avg divisor": dict(shape=(2, 3, 11, 14), kind="avg", k=(2, 2), div=3),
-    "global avg": dict(shape=(2, 8, 7, 7), kind="avg", k=(7, 7)),
-    "global max": dict(shape=(2, 8, 7, 7), kind="max", k=(7, 7)),
-    "max 1-D": dict(shape=(2, 4, 13), kind="max", k=(3,), s=(2,), p=1),
-    "avg 3x3/1": dict(shape=(2, 16, 16, 16), kind="avg", k=(3, 3), s=(1, 1), p=1),
+    "max 3x3/2 pad": {"shape": (2, 3, 11, 14), "kind": "max", "k": (3, 3), "s": (2, 2), "p": 1},
+    "avg 3x3/2 pad": {"shape": (2, 3, 11, 14), "kind": "avg", "k": (3, 3), "s": (2, 2), "p": 1},
+    "max ceil dilated": {"shape": (2, 3, 11, 14), "kind": "max", "k": (2, 3), "s": (2, 2), "d": (1, 2), "ceil": True},
+    "avg divisor": {"shape": (2, 3, 11, 14), "kind": "avg", "k": (2, 2), "div": 3},
+    "global avg": {"shape": (2, 8, 7, 7), "kind": "avg", "k": (7, 7)},
+    "global max": {"shape": (2, 8, 7, 7), "kind": "max", "k": (7, 7)},
+    "max 1-D": {"shape": (2, 4, 13), "kind": "max", "k": (3,), "s": (2,), "p": 1},
+    "avg 3x3/1": {"shape": (2, 16, 16, 16), "kind": "avg", "k": (3, 3), "s": (1, 1), "p": 1},
 }
 
 
@@ -240,11 +240,11 @@ def test_meta_model_timing_only():
 # --- cost model -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", [
-    dict(N=1, C=64, H=56, W=56, O=64, k=3, p=1),
-    dict(N=1, C=128, H=56, W=56, O=128, k=3, s=2, p=1),
-    dict(N=1, C=256, H=14, W=14, O=1024, k=1),
-    dict(N=1, C=512, H=7, W=7, O=512, k=3, p=1),
-    dict(N=1, C=3, H=224, W=224, O=64, k=7, s=2, p=3),
+    {"N": 1, "C": 64, "H": 56, "W": 56, "O": 64, "k": 3, "p": 1},
+    {"N": 1, "C": 128, "H": 56, "W": 56, "O": 128, "k": 3, "s": 2, "p": 1},
+    {"N": 1, "C": 256, "H": 14, "W": 14, "O": 1024, "k": 1},
+    {"N": 1, "C": 512, "H": 7, "W": 7, "O": 512, "k": 3, "p": 1},
+    {"N": 1, "C": 3, "H": 224, "W": 224, "O": 64, "k": 7, "s": 2, "p": 3},
 ])
 def test_conv_cost_model_within_15_percent(shape):
     call = conv_call(**shape, dtype="bf16", space="sram")

@@ -1,0 +1,150 @@
+"""Convolution kernel template (ops/kernels/conv.py) on a chip: a sweep of ResNet-like layers.
+
+For each case: the plan the search chooses, simulated time (timing-only by default), the
+roofline bound (MACs at peak, or each operand moved once at its memory's bandwidth), the
+fraction of that bound achieved and of peak FLOPs, and the cost model's prediction against
+the simulation.
+
+    .venv/bin/python benchmarks/conv.py [--chip mtia2i] [--dtype bf16] [--functional] [--quick]
+
+Targets: never faster than the roofline; predicted within 15% of simulated.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
+from simulator import ProgramBuilder, load_chip, simulate
+
+NP = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    N: int
+    C: int
+    H: int
+    O: int
+    k: int
+    stride: int = 1
+    pad: int = 0
+    groups: int = 1
+    bias: bool = False
+    space: str = "sram"
+
+    @property
+    def out(self) -> int:
+        return (self.H + 2 * self.pad - self.k) // self.stride + 1
+
+
+CASES = [
+    Case("stem 7x7/2", 1, 3, 224, 64, 7, 2, 3),
+    Case("conv2 1x1 reduce", 1, 256, 56, 64, 1),
+    Case("conv2 3x3", 1, 64, 56, 64, 3, 1, 1),
+    Case("conv2 1x1 expand", 1, 64, 56, 256, 1),
+    Case("conv3 3x3/2", 1, 128, 56, 128, 3, 2, 1),
+    Case("conv3 downsample 1x1/2", 1, 256, 56, 512, 1, 2),
+    Case("conv3 3x3", 1, 128, 28, 128, 3, 1, 1),
+    Case("conv4 3x3", 1, 256, 14, 256, 3, 1, 1),
+    Case("conv4 1x1 expand", 1, 256, 14, 1024, 1),
+    Case("conv5 3x3", 1, 512, 7, 512, 3, 1, 1),
+    Case("conv5 1x1 expand", 1, 512, 7, 2048, 1),
+    Case("conv4 3x3 batch 8", 8, 256, 14, 256, 3, 1, 1),
+    Case("conv2 3x3 +bias, DRAM", 1, 64, 56, 64, 3, 1, 1, bias=True, space="dram"),
+    Case("depthwise 3x3", 1, 128, 28, 128, 3, 1, 1, groups=128),
+]
+QUICK = [0, 2, 4, 9]
+
+
+def build_call(case: Case, dtype: str) -> KernelCall:
+    """Placements packed one after another in the case's space."""
+    shapes = [(case.N, case.C, case.H, case.H), (case.O, case.C // case.groups, case.k, case.k),
+              (case.O,) if case.bias else None]
+    top, placements = 0, []
+    for shape in shapes:
+        if shape is None:
+            placements.append(None)
+            continue
+        placements.append(Placement(case.space, top, shape, dtype))
+        top += -(-placements[-1].nbytes // 4096) * 4096
+    out = Placement(case.space, top, (case.N, case.O, case.out, case.out), dtype)
+    attrs = {"stride": [case.stride] * 2, "padding": [case.pad] * 2, "dilation": [1, 1], "groups": case.groups}
+    return KernelCall("conv", tuple(placements), out, attrs)
+
+
+def run_case(case: Case, chip, dtype: str, functional: bool) -> dict:
+    call = build_call(case, dtype)
+    tmpl = kernel_for("conv")
+    t0 = time.perf_counter()
+    plan = tmpl.choose(call, chip)
+    t1 = time.perf_counter()
+    b = ProgramBuilder(chip)
+    tmpl.emit(call, plan, chip, b)
+    prog = b.build()
+    t2 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    init = ({(p.space, p.addr): rng.standard_normal(p.shape).astype(NP[dtype]) for p in call.inputs if p is not None}
+            if functional else None)
+    res = simulate(prog, chip, memory_init=init, timing_only=not functional)
+    t3 = time.perf_counter()
+    err = None
+    if functional:       # against torch in float64
+        o = call.output
+        y = res.read(o.space, o.addr, o.shape, NP[dtype]).astype(np.float64)
+        xs = [None if p is None else torch.from_numpy(init[(p.space, p.addr)].astype(np.float64))
+              for p in call.inputs]
+        ref = torch.nn.functional.conv2d(xs[0], xs[1], xs[2], case.stride, case.pad, 1, case.groups).numpy()
+        err = float(np.abs(y - ref).max() / np.abs(ref).max())
+    pred = tmpl.predict(call, plan, chip)
+    roof = roofline_cycles(call, tmpl, chip)
+    return {"plan": plan, "cycles": res.cycles, "us": res.seconds * 1e6, "roof_us": roof / chip.clock_hz * 1e6,
+            "of_bound": roof / res.cycles,
+            "of_peak": tmpl.flops(call) / res.seconds / chip.peak_ops_per_s(dtype),
+            "pred": pred, "err": (pred - res.cycles) / res.cycles, "num_err": err,
+            "records": len(prog), "commands": prog.num_commands, "t": (t1 - t0, t2 - t1, t3 - t2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chip", default="mtia2i")
+    ap.add_argument("--dtype", default="bf16", choices=sorted(NP))
+    ap.add_argument("--functional", action="store_true", help="compute numbers too (slow for big cases)")
+    ap.add_argument("--quick", action="store_true", help="four cases only")
+    args = ap.parse_args()
+    chip = load_chip(args.chip)
+    cases = [CASES[i] for i in QUICK] if args.quick else CASES
+    console = Console(width=200)
+    table = Table(title=f"conv kernel on {chip.name}, {args.dtype} "
+                        f"({'functional' if args.functional else 'timing-only'})")
+    for col in ("layer", "N,C,HxW -> O", "placement", "plan", "sim µs", "bound µs", "% bound", "% peak",
+                "predicted", "simulated", "error", "records/commands", "choose/emit/sim s"):
+        table.add_column(col, justify="left" if col in ("layer", "N,C,HxW -> O", "plan", "placement") else "right")
+    worst = 0.0
+    for case in cases:
+        r = run_case(case, chip, args.dtype, args.functional)
+        worst = max(worst, abs(r["err"]))
+        shape = (f"{case.N},{case.C},{case.H}x{case.H} -> {case.O} "
+                 f"k{case.k}/{case.stride}" + (f" g{case.groups}" if case.groups > 1 else ""))
+        table.add_row(case.name, shape, case.space, str(r["plan"]), f"{r['us']:.2f}", f"{r['roof_us']:.2f}",
+                      f"{100 * r['of_bound']:.1f}", f"{100 * r['of_peak']:.1f}", str(r["pred"]), str(r["cycles"]),
+                      f"{100 * r['err']:+.1f}%", f"{r['records']}/{r['commands']}",
+                      "/".join(f"{t:.2f}" for t in r["t"]))
+        if r["num_err"] is not None:
+            console.print(f"{case.name}: max relative error {r['num_err']:.2e}")
+        if r["of_bound"] > 1.0:
+            console.print(f"[red]{case.name}: simulated faster than its roofline bound[/red]")
+    console.print(table)
+    console.print(f"worst cost-model error: {100 * worst:.1f}%")
+
+
+if __name__ == "__main__":
+    main()
