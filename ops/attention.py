@@ -66,9 +66,23 @@ def _reference(q, k, v, mask, causal, scale):
     return np.matmul(stable_softmax(scores, -1), v)
 
 
+def _torch_impl(q, k, v, mask, causal, scale):
+    if causal and mask is not None:   # sdpa takes one or the other: fold causality into the mask
+        length, source = q.shape[-2], k.shape[-2]
+        keep = torch.ones(length, source, dtype=torch.bool, device=q.device).tril()
+        mask = mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
+        causal = False
+    gqa = q.dim() >= 3 and k.dim() >= 3 and k.shape[-3] != q.shape[-3]
+    if q.shape[:-3] != k.shape[:-3]:   # leading batch dims broadcast
+        batch = tuple(broadcast_shapes(q.shape[:-3], k.shape[:-3]))
+        q, k, v = q.expand(*batch, *q.shape[-3:]), k.expand(*batch, *k.shape[-3:]), v.expand(*batch, *v.shape[-3:])
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
+                                                            enable_gqa=gqa)
+
+
 attention = define_op(
     "attention", operands=("query", "key", "value", "mask?"), attrs={"causal": Attr.BOOL, "scale": Attr.FLOAT},
-    infer=_infer, reference=_reference,
+    infer=_infer, reference=_reference, torch_impl=_torch_impl,
     doc="softmax(query @ key^T * scale + mask) @ value, optionally causal (top-left aligned), with "
         "grouped-query heads when key/value have fewer heads than query.")
 

@@ -43,6 +43,17 @@ BINARY_KINDS = {
     "and": np.logical_and, "or": np.logical_or, "xor": np.logical_xor,
     "bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or,
 }
+#: kind -> the torch function, in the operands' dtype as eager computes it.
+TORCH_BINARY_KINDS = {
+    "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
+    "div_trunc": lambda a, b: torch.div(a, b, rounding_mode="trunc"),
+    "div_floor": lambda a, b: torch.div(a, b, rounding_mode="floor"),
+    "pow": torch.pow, "max": torch.maximum, "min": torch.minimum,
+    "remainder": torch.remainder, "fmod": torch.fmod, "atan2": torch.atan2,
+    "eq": torch.eq, "ne": torch.ne, "lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge,
+    "and": torch.logical_and, "or": torch.logical_or, "xor": torch.logical_xor,
+    "bitwise_and": torch.bitwise_and, "bitwise_or": torch.bitwise_or,
+}
 PREDICATES = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "and", "or", "xor"})
 
 
@@ -59,8 +70,14 @@ def _reference(lhs, rhs, kind):
         return BINARY_KINDS[kind](wide(lhs), wide(rhs))   # one dtype (checked by _infer)
 
 
+def _torch_impl(lhs, rhs, kind):
+    # one dtype in; an integer true division comes back as float and is truncated, as the reference is
+    return TORCH_BINARY_KINDS[kind](lhs, rhs).to(torch.bool if kind in PREDICATES else lhs.dtype)
+
+
 binary = define_op(
     "binary", operands=("lhs", "rhs"), attrs={"kind": Attr.STR}, infer=_infer, reference=_reference,
+    torch_impl=_torch_impl,
     doc="Elementwise `kind`(lhs, rhs) with numpy broadcasting; operands share one element type.")
 
 

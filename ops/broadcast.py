@@ -27,6 +27,7 @@ def _infer(x, shape):
 broadcast = define_op(
     "broadcast", operands=("input",), attrs={"shape": Attr.INTS}, infer=_infer,
     reference=lambda x, shape: np.broadcast_to(x, shape).copy(),
+    torch_impl=lambda x, shape: x.expand(shape),   # a view, as eager's expand
     doc="The input repeated along its size-1 dimensions (numpy broadcasting, new dims leading) to `shape`.")
 
 

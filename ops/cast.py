@@ -4,7 +4,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ops.registry import Attr, Sample, define_op, lowers, numpy_dtype, samples
+from ops.registry import (
+    DTYPE_TO_TORCH,
+    Attr,
+    Sample,
+    define_op,
+    lowers,
+    numpy_dtype,
+    samples,
+)
 
 aten = torch.ops.aten
 
@@ -22,6 +30,7 @@ cast = define_op(
     "cast", operands=("input",), attrs={"dtype": Attr.STR},
     infer=lambda x, dtype: x.with_(dtype=dtype),
     reference=_cast_reference,
+    torch_impl=lambda x, dtype: x.to(DTYPE_TO_TORCH[dtype]),   # torch also truncates and tests != 0
     doc="Convert every element to element type `dtype` (float to int truncates toward zero).")
 
 

@@ -37,6 +37,7 @@ def _infer(lhs, rhs, dim):
 concat = define_op(
     "concat", operands=("lhs", "rhs"), attrs={"dim": Attr.INT}, infer=_infer,
     reference=lambda lhs, rhs, dim: np.concatenate([lhs, rhs], axis=dim),
+    torch_impl=lambda lhs, rhs, dim: torch.cat([lhs, rhs], dim),
     doc="lhs then rhs along dimension `dim` (a non-negative index).")
 
 

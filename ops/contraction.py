@@ -23,6 +23,7 @@ def _matmul_infer(lhs, rhs):
 matmul = define_op(
     "matmul", operands=("lhs", "rhs"), infer=_matmul_infer,
     reference=lambda lhs, rhs: np.matmul(wide(lhs), wide(rhs)),
+    torch_impl=torch.matmul,
     doc="lhs[..., M, K] @ rhs[..., K, N] with broadcast batch dimensions.")
 
 
@@ -43,6 +44,7 @@ def _linear_reference(x, w, bias):
 
 linear = define_op(
     "linear", operands=("input", "weight", "bias?"), infer=_linear_infer, reference=_linear_reference,
+    torch_impl=torch.nn.functional.linear,
     doc="input[..., K] @ weight[N, K]^T + bias[N]: a layer with its weight in PyTorch's layout.")
 
 

@@ -81,10 +81,22 @@ def conv_reference(x, w, bias, stride, padding, dilation, groups):
     return y
 
 
+_F = torch.nn.functional
+TORCH_CONV = {1: _F.conv1d, 2: _F.conv2d, 3: _F.conv3d}
+TORCH_CONV_TRANSPOSE = {1: _F.conv_transpose1d, 2: _F.conv_transpose2d, 3: _F.conv_transpose3d}
+
+
+def _conv_torch(x, w, bias, stride, padding, dilation, groups):
+    nd = x.dim() - 2
+    if nd not in TORCH_CONV:
+        return torch.convolution(x, w, bias, stride, padding, dilation, False, [0] * nd, groups)
+    return TORCH_CONV[nd](x, w, bias, stride, padding, dilation, groups)
+
+
 conv = define_op(
     "conv", operands=("input", "weight", "bias?"),
     attrs={"stride": Attr.INTS, "padding": Attr.INTS, "dilation": Attr.INTS, "groups": Attr.INT},
-    infer=_conv_infer, reference=conv_reference,
+    infer=_conv_infer, reference=conv_reference, torch_impl=_conv_torch,
     doc="N-d cross-correlation of input [N, C, *S] with weight [O, C/groups, *K] (+ bias [O]), "
         "zero `padding` on both sides of each spatial dimension.")
 
@@ -132,11 +144,18 @@ def _tconv_reference(x, w, bias, stride, padding, output_padding, dilation, grou
     return y
 
 
+def _tconv_torch(x, w, bias, stride, padding, output_padding, dilation, groups):
+    nd = x.dim() - 2
+    if nd not in TORCH_CONV_TRANSPOSE:
+        return torch.convolution(x, w, bias, stride, padding, dilation, True, output_padding, groups)
+    return TORCH_CONV_TRANSPOSE[nd](x, w, bias, stride, padding, output_padding, groups, dilation)
+
+
 conv_transpose = define_op(
     "conv_transpose", operands=("input", "weight", "bias?"),
     attrs={"stride": Attr.INTS, "padding": Attr.INTS, "output_padding": Attr.INTS, "dilation": Attr.INTS,
            "groups": Attr.INT},
-    infer=_tconv_infer, reference=_tconv_reference,
+    infer=_tconv_infer, reference=_tconv_reference, torch_impl=_tconv_torch,
     doc="The transpose (gradient) of `ember.conv` with weight [C, O/groups, *K]: each input element "
         "scatters weight * value into a stride-spaced output window; `padding` crops both sides, "
         "`output_padding` adds to the high side.")

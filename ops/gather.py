@@ -25,6 +25,11 @@ def _as_i64(ix):
     return np.asarray(ix).astype(np.int64)
 
 
+def _long(index):
+    """An index tensor as torch's gathers take it (int64; a no-op when it already is)."""
+    return index.long()
+
+
 # ----------------------------------------------------------------------------- embedding
 
 def _embedding_infer(table, indices):
@@ -37,6 +42,7 @@ def _embedding_infer(table, indices):
 embedding = define_op(
     "embedding", operands=("table", "indices"), infer=_embedding_infer,
     reference=lambda table, indices: np.take(table, _as_i64(indices), axis=0),
+    torch_impl=lambda table, indices: torch.nn.functional.embedding(_long(indices), table),
     doc="Rows of table[V, D] picked by integer `indices` of any shape: result indices.shape + (D,).")
 
 
@@ -66,6 +72,8 @@ def _index_select_infer(x, index, dim):
 index_select = define_op(
     "index_select", operands=("input", "index"), attrs={"dim": Attr.INT}, infer=_index_select_infer,
     reference=lambda x, index, dim: np.take(x, _as_i64(index).reshape(-1), axis=dim),
+    # x[-1 - i] lowers here with negative positions: wrap them as indexing does
+    torch_impl=lambda x, index, dim: torch.index_select(x, dim, _long(index).reshape(-1).remainder(x.shape[dim])),
     doc="The slices of `input` along `dim` at the positions in the 1-d `index`, in index order.")
 
 
@@ -108,6 +116,7 @@ def _gather_reference(x, index, dim):
 gather = define_op(
     "gather", operands=("input", "index"), attrs={"dim": Attr.INT}, infer=_gather_infer,
     reference=_gather_reference,
+    torch_impl=lambda x, index, dim: x if x.dim() == 0 else torch.gather(x, dim, _long(index)),
     doc="torch.gather: result[i][j][k] = input[index[i][j][k]][j][k] for dim 0 (and so on); the "
         "result has index's shape.")
 
@@ -200,9 +209,13 @@ def _index_put_reference(x, index, values, dim, accumulate):
     return out
 
 
+def _index_put_torch(x, index, values, dim, accumulate):
+    return aten.index_put.default(x, [None] * dim + [_long(index)], values, accumulate)   # out of place
+
+
 index_put = define_op(
     "index_put", operands=("input", "index", "values"), attrs={"dim": Attr.INT, "accumulate": Attr.BOOL},
-    infer=_index_put_infer, reference=_index_put_reference,
+    infer=_index_put_infer, reference=_index_put_reference, torch_impl=_index_put_torch,
     doc="A copy of `input` whose slices along `dim` at the positions in the 1-d `index` are replaced "
         "by (or, with `accumulate`, increased by) `values`, broadcast to the indexed window.")
 
@@ -268,6 +281,7 @@ def _index_add(b, x, dim, index, source, *, alpha=1):
 # ----------------------------------------------------------------------------- scatter
 
 SCATTER_REDUCE = {"none": None, "add": np.add, "prod": np.multiply, "amax": np.maximum, "amin": np.minimum}
+TORCH_SCATTER_REDUCE = {"none": None, "add": "sum", "prod": "prod", "amax": "amax", "amin": "amin"}
 
 
 def _scatter_infer(x, index, src, dim, reduce):
@@ -307,9 +321,19 @@ def _scatter_reference(x, index, src, dim, reduce):
     return out
 
 
+def _scatter_torch(x, index, src, dim, reduce):
+    index = _long(index)
+    if src.dim() == 0:
+        src = src.expand(index.shape)
+    how = TORCH_SCATTER_REDUCE[reduce]
+    if how is None:
+        return torch.scatter(x, dim, index, src)
+    return torch.scatter_reduce(x, dim, index, src, how, include_self=True)
+
+
 scatter = define_op(
     "scatter", operands=("input", "index", "src"), attrs={"dim": Attr.INT, "reduce": Attr.STR},
-    infer=_scatter_infer, reference=_scatter_reference,
+    infer=_scatter_infer, reference=_scatter_reference, torch_impl=_scatter_torch,
     doc="torch.scatter: a copy of `input` with out[index[i][j]][j] = src[i][j] for dim 0 (and so "
         "on), or combined with the old value by `reduce` (add, prod, amax, amin); src is 0-d or "
         "covers index's shape.")

@@ -61,10 +61,20 @@ def _norm_reference(x, weight, bias, kind, axes, eps):
     return y
 
 
+_F = torch.nn.functional
+
+
+def _norm_torch(x, weight, bias, kind, axes, eps):
+    inner = x.shape[x.dim() - axes:]
+    if kind == "layer":
+        return _F.layer_norm(x, inner, weight, bias, eps)
+    return _F.rms_norm(x, inner, weight, eps)
+
+
 norm = define_op(
     "norm", operands=("input", "weight?", "bias?"),
     attrs={"kind": Attr.STR, "axes": Attr.INT, "eps": Attr.FLOAT},
-    infer=_norm_infer, reference=_norm_reference,
+    infer=_norm_infer, reference=_norm_reference, torch_impl=_norm_torch,
     doc="Normalize over the last `axes` dims: layer ((x - mean) / sqrt(var + eps)) or rms "
         "(x / sqrt(mean(x^2) + eps)), then * weight + bias.")
 
@@ -180,6 +190,7 @@ def _bn_reference(x, weight, bias, mean, var, eps):
 batch_norm = define_op(
     "batch_norm", operands=("input", "weight?", "bias?", "running_mean", "running_var"), attrs={"eps": Attr.FLOAT},
     infer=_bn_infer, reference=_bn_reference,
+    torch_impl=lambda x, weight, bias, mean, var, eps: _F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps),
     doc="Inference batch norm over channel dim 1: (x - running_mean) / sqrt(running_var + eps) * weight + bias.")
 
 
@@ -243,6 +254,7 @@ def _gn_reference(x, weight, bias, groups, eps):
 group_norm = define_op(
     "group_norm", operands=("input", "weight?", "bias?"), attrs={"groups": Attr.INT, "eps": Attr.FLOAT},
     infer=_gn_infer, reference=_gn_reference,
+    torch_impl=lambda x, weight, bias, groups, eps: _F.group_norm(x, groups, weight, bias, eps),
     doc="Group norm of an (N, C, *) input: each of `groups` channel groups normalized to zero mean and "
         "unit variance (+eps), then * weight[C] + bias[C].")
 

@@ -45,10 +45,26 @@ def _reference(x, low, high, value, mode):
     return np.pad(x, widths, mode=MODES[mode])
 
 
+def _torch_impl(x, low, high, value, mode):
+    padded = [d for d, (lo, hi) in enumerate(zip(low, high)) if lo or hi]
+    if not padded:
+        return x
+    k = x.dim() - padded[0]   # torch pads the last k dims, given last-dim-first
+    amounts = [a for lo, hi in zip(reversed(low), reversed(high)) for a in (lo, hi)][:2 * k]
+    if mode == "constant":
+        return torch.nn.functional.pad(x, amounts, value=value)
+    if k > 3:
+        raise NotImplementedError(f"{mode} padding of {k} dimensions (torch pads at most 3)")
+    # torch's reflect/replicate/circular take (N, C, *k dims): fold the leading dims into C
+    folded = x.reshape(1, -1, *x.shape[x.dim() - k:])
+    y = torch.nn.functional.pad(folded, amounts, mode=mode)
+    return y.reshape(*x.shape[:x.dim() - k], *y.shape[2:])
+
+
 pad = define_op(
     "pad", operands=("input",),
     attrs={"low": Attr.INTS, "high": Attr.INTS, "value": Attr.FLOAT, "mode": Attr.STR},
-    infer=_infer, reference=_reference,
+    infer=_infer, reference=_reference, torch_impl=_torch_impl,
     doc="Pad each dimension d with low[d] elements before and high[d] after (negative: crop), "
         "filled by `mode`: constant `value`, reflect, replicate or circular.")
 

@@ -92,11 +92,40 @@ def _pool_reference(x, kind, kernel, stride, padding, dilation, ceil_mode, count
     return total / count
 
 
+_F = torch.nn.functional
+TORCH_MAX_POOL = {1: _F.max_pool1d, 2: _F.max_pool2d, 3: _F.max_pool3d}
+TORCH_AVG_POOL = {2: _F.avg_pool2d, 3: _F.avg_pool3d}   # 1-d runs as 2-d: avg_pool1d has no divisor
+TORCH_ADAPTIVE = {
+    "max": {1: _F.adaptive_max_pool1d, 2: _F.adaptive_max_pool2d, 3: _F.adaptive_max_pool3d},
+    "avg": {1: _F.adaptive_avg_pool1d, 2: _F.adaptive_avg_pool2d, 3: _F.adaptive_avg_pool3d},
+}
+
+
+def _pool_folded(x, nd, fn):
+    """fn on x's trailing nd dims, its leading dims folded into torch's (N, C) (views both ways)."""
+    if nd > 3:
+        raise NotImplementedError(f"pooling over {nd} dimensions (torch pools at most 3)")
+    lead = x.shape[:x.dim() - nd]
+    y = fn(x.reshape(1, -1, *x.shape[x.dim() - nd:]))
+    return y.reshape(*lead, *y.shape[2:])
+
+
+def _pool_torch(x, kind, kernel, stride, padding, dilation, ceil_mode, count_include_pad, divisor):
+    nd = len(kernel)
+    if kind == "max":
+        return _pool_folded(x, nd, lambda t: TORCH_MAX_POOL[nd](t, kernel, stride, padding, dilation, ceil_mode))
+    if nd == 1:
+        return _pool_torch(x.unsqueeze(-2), kind, (1, *kernel), (1, *stride), (0, *padding), (1, 1), ceil_mode,
+                           count_include_pad, divisor).squeeze(-2)
+    return _pool_folded(x, nd, lambda t: TORCH_AVG_POOL[nd](t, kernel, stride, padding, ceil_mode,
+                                                            count_include_pad, divisor or None))
+
+
 pool = define_op(
     "pool", operands=("input",),
     attrs={"kind": Attr.STR, "kernel": Attr.INTS, "stride": Attr.INTS, "padding": Attr.INTS,
            "dilation": Attr.INTS, "ceil_mode": Attr.BOOL, "count_include_pad": Attr.BOOL, "divisor": Attr.INT},
-    infer=_pool_infer, reference=_pool_reference,
+    infer=_pool_infer, reference=_pool_reference, torch_impl=_pool_torch,
     doc="Max or average over windows of the trailing len(kernel) dimensions (torch's pooling rules; "
         "divisor 0 means the window count).")
 
@@ -136,6 +165,8 @@ def _adaptive_reference(x, kind, output_size):
 adaptive_pool = define_op(
     "adaptive_pool", operands=("input",), attrs={"kind": Attr.STR, "output_size": Attr.INTS},
     infer=_adaptive_infer, reference=_adaptive_reference,
+    torch_impl=lambda x, kind, output_size: _pool_folded(
+        x, len(output_size), lambda t: TORCH_ADAPTIVE[kind][len(output_size)](t, output_size)),
     doc="Max or average of the trailing len(output_size) dimensions over torch's adaptive bins "
         "[floor(i*in/out), ceil((i+1)*in/out)).")
 

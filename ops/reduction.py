@@ -95,15 +95,46 @@ def _reduce_reference(x, kind, dims, keepdim, correction):
         return REDUCE_KINDS[kind](x, axes, keepdim, correction)
 
 
+def _prod(x, dims, keepdim):
+    # torch.prod takes one dim at a time
+    for d in sorted(dims, reverse=True):
+        x = torch.prod(x, d, keepdim=keepdim)
+    return x
+
+
+TORCH_REDUCE_KINDS = {
+    "sum": lambda x, dims, kd, c: torch.sum(x, dims, keepdim=kd),
+    "mean": lambda x, dims, kd, c: torch.mean(x, dims, keepdim=kd),
+    "prod": lambda x, dims, kd, c: _prod(x, dims, kd),
+    "max": lambda x, dims, kd, c: torch.amax(x, dims, keepdim=kd),
+    "min": lambda x, dims, kd, c: torch.amin(x, dims, keepdim=kd),
+    "any": lambda x, dims, kd, c: torch.any(x, dims, keepdim=kd),
+    "all": lambda x, dims, kd, c: torch.all(x, dims, keepdim=kd),
+    "var": lambda x, dims, kd, c: torch.var(x, dims, correction=c, keepdim=kd),
+    "std": lambda x, dims, kd, c: torch.std(x, dims, correction=c, keepdim=kd),
+    "logsumexp": lambda x, dims, kd, c: torch.logsumexp(x, dims, keepdim=kd),
+}
+
+
+def _reduce_torch(x, kind, dims, keepdim, correction):
+    out = torch.bool if kind in ("any", "all") else x.dtype
+    if x.dim() == 0:
+        return x.to(out) if kind not in ("any", "all") else x != 0
+    dims = tuple(dims) if dims else tuple(range(x.dim()))
+    # integer sums and products come back as int64 in torch; the result keeps the input's type
+    return TORCH_REDUCE_KINDS[kind](x, dims, keepdim, correction).to(out)
+
+
 reduce = define_op(
     "reduce", operands=("input",),
     attrs={"kind": Attr.STR, "dims": Attr.INTS, "keepdim": Attr.BOOL, "correction": Attr.FLOAT},
-    infer=_reduce_infer, reference=_reduce_reference,
+    infer=_reduce_infer, reference=_reduce_reference, torch_impl=_reduce_torch,
     doc="Reduce `input` over `dims` (all when empty) with `kind`: sum, mean, prod, max, min, any, all, "
         "var, std (divisor N - correction), logsumexp. Reduced dims stay as size 1 when `keepdim`.")
 
 
 ARG_KINDS = {"argmax": np.argmax, "argmin": np.argmin}
+TORCH_ARG_KINDS = {"argmax": torch.argmax, "argmin": torch.argmin}
 
 
 def _arg_infer(x, kind, dim, keepdim):
@@ -124,14 +155,23 @@ def _arg_reference(x, kind, dim, keepdim):
     return ARG_KINDS[kind](wide(x), axis=dim, keepdims=keepdim)
 
 
+def _arg_torch(x, kind, dim, keepdim):
+    if x.dim() == 0:
+        return torch.zeros((), dtype=torch.int64, device=x.device)
+    if x.dtype == torch.bool:
+        x = x.to(torch.uint8)
+    return TORCH_ARG_KINDS[kind](x, dim, keepdim)
+
+
 arg_reduce = define_op(
     "arg_reduce", operands=("input",), attrs={"kind": Attr.STR, "dim": Attr.INT, "keepdim": Attr.BOOL},
-    infer=_arg_infer, reference=_arg_reference,
+    infer=_arg_infer, reference=_arg_reference, torch_impl=_arg_torch,
     doc="The i64 index of the largest (argmax) or smallest (argmin) element along `dim`; ties give "
         "the first index.")
 
 
 SCAN_KINDS = {"sum": np.cumsum, "prod": np.cumprod}
+TORCH_SCAN_KINDS = {"sum": torch.cumsum, "prod": torch.cumprod}
 
 
 def _scan_infer(x, kind, dim):
@@ -150,9 +190,15 @@ def _scan_reference(x, kind, dim):
     return SCAN_KINDS[kind](x, axis=norm_dim(dim, x.ndim))
 
 
+def _scan_torch(x, kind, dim):
+    if x.dim() == 0:
+        return x
+    return TORCH_SCAN_KINDS[kind](x, dim).to(x.dtype)   # integer scans come back as int64
+
+
 scan = define_op(
     "scan", operands=("input",), attrs={"kind": Attr.STR, "dim": Attr.INT}, infer=_scan_infer,
-    reference=_scan_reference,
+    reference=_scan_reference, torch_impl=_scan_torch,
     doc="Inclusive prefix `kind` (sum or prod) of `input` along `dim`.")
 
 
@@ -180,9 +226,20 @@ def _topk_reference(x, k, dim, largest):
     return np.take(order, np.arange(k), axis=dim)
 
 
+def _topk_torch(x, k, dim, largest):
+    if x.dim() == 0:
+        return torch.zeros((), dtype=torch.int64, device=x.device)
+    if x.dtype == torch.bool:
+        x = x.to(torch.uint8)
+    if k == x.shape[dim]:   # a sort: stable, as the reference
+        return torch.sort(x, stable=True, dim=dim, descending=largest).indices
+    # torch.topk, as eager runs it: equal elements may come in another order than the reference's
+    return torch.topk(x, k, dim, largest, sorted=True).indices
+
+
 topk = define_op(
     "topk", operands=("input",), attrs={"k": Attr.INT, "dim": Attr.INT, "largest": Attr.BOOL},
-    infer=_topk_infer, reference=_topk_reference,
+    infer=_topk_infer, reference=_topk_reference, torch_impl=_topk_torch,
     doc="The i64 indices of the `k` largest (or smallest) elements along `dim`, in order (equal "
         "elements keep their input order); `ember.gather` by them gives the values. A sort is "
         "topk with k = the dim's size.")

@@ -116,6 +116,7 @@ class Attr(enum.Enum):
 
 InferFn = Callable[..., "TensorSpec | tuple[TensorSpec, ...]"]
 ReferenceFn = Callable[..., "np.ndarray | tuple[np.ndarray, ...]"]
+TorchFn = Callable[..., "torch.Tensor | tuple[torch.Tensor, ...]"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,10 @@ class OpDef:
         (weights, host calls).
     reference(*arrays, **attrs): the op's meaning in numpy; `None` stands for an absent optional
         operand, a variadic operand arrives as a list.
+    torch_impl(*tensors, **attrs): the same op in PyTorch, as the cpu/cuda devices run it; called
+        as `reference` is, with torch tensors. It computes in the operands' dtype as eager PyTorch
+        does (no float64 widening), keeps the tensors on their device, and returns the declared
+        result dtype(s). `None` only for ops whose values the runtime supplies (weight, constant).
     """
     name: str
     operands: tuple[str, ...]
@@ -139,6 +144,7 @@ class OpDef:
     doc: str = ""
     num_results: int = 1   # -1: variadic
     family: str = ""
+    torch_impl: TorchFn | None = None
 
     def check_attrs(self, attrs: dict[str, Any]) -> dict[str, Any]:
         missing = set(self.attrs) - set(attrs)
@@ -171,15 +177,16 @@ _SAMPLES: dict[str, list["Sample"]] = {}
 
 
 def define_op(name: str, *, operands: Sequence[str], attrs: dict[str, Attr] | None = None,
-              infer: InferFn | None, reference: ReferenceFn | None, doc: str = "",
-              num_results: int = 1) -> OpDef:
+              infer: InferFn | None, reference: ReferenceFn | None, torch_impl: TorchFn | None = None,
+              doc: str = "", num_results: int = 1) -> OpDef:
     """Register an `ember` op. Defining the same op name twice is an error."""
     clash = {n.rstrip("?*") for n in operands} | set(attrs or {})
     if clash & _RESERVED_FIELDS:
         raise ValueError(f"ember.{name}: field names {sorted(clash & _RESERVED_FIELDS)} are reserved by MLIR's OpView")
     if name in _OPS:
         raise ValueError(f"ember.{name} is defined twice (in {_OPS[name].family} and {_caller_family()})")
-    op = OpDef(name, tuple(operands), dict(attrs or {}), infer, reference, doc, num_results, _caller_family())
+    op = OpDef(name, tuple(operands), dict(attrs or {}), infer, reference, doc, num_results, _caller_family(),
+               torch_impl)
     _OPS[name] = op
     return op
 

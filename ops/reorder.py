@@ -18,6 +18,7 @@ def _infer(x, dims):
 flip = define_op(
     "flip", operands=("input",), attrs={"dims": Attr.INTS}, infer=_infer,
     reference=lambda x, dims: np.flip(x, tuple(dims)).copy() if dims else x,
+    torch_impl=lambda x, dims: torch.flip(x, dims) if dims else x,
     doc="The input with the order of its elements reversed along each of `dims`.")
 
 

@@ -20,6 +20,7 @@ def _infer(x, shape):
 reshape = define_op(
     "reshape", operands=("input",), attrs={"shape": Attr.INTS}, infer=_infer,
     reference=lambda x, shape: np.reshape(x, shape),
+    torch_impl=lambda x, shape: x.reshape(shape),
     doc="The same elements, row-major, in `shape`.")
 
 

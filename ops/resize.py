@@ -108,10 +108,33 @@ def _reference(x, mode, size, align_corners, scales):
     return y
 
 
+#: (mode, spatial dims) -> the aten kernel; the linear and cubic ones take align_corners first.
+TORCH_RESIZE = {
+    ("nearest", 1): aten.upsample_nearest1d.default, ("nearest", 2): aten.upsample_nearest2d.default,
+    ("nearest", 3): aten.upsample_nearest3d.default,
+    ("nearest_exact", 1): aten._upsample_nearest_exact1d.default,
+    ("nearest_exact", 2): aten._upsample_nearest_exact2d.default,
+    ("nearest_exact", 3): aten._upsample_nearest_exact3d.default,
+    ("linear", 1): aten.upsample_linear1d.default, ("linear", 2): aten.upsample_bilinear2d.default,
+    ("linear", 3): aten.upsample_trilinear3d.default, ("cubic", 2): aten.upsample_bicubic2d.default,
+}
+
+
+def _torch_impl(x, mode, size, align_corners, scales):
+    kernel = TORCH_RESIZE.get((mode, len(size)))
+    if kernel is None:
+        raise NotImplementedError(f"{mode} resize of {len(size)} spatial dims (torch has no kernel for it)")
+    # the user's scale factors, not in/out, set the source step: pass them on as torch's F.interpolate does
+    given = [s if s > 0 else None for s in scales]
+    if mode in ("nearest", "nearest_exact"):
+        return kernel(x, list(size), *given)
+    return kernel(x, list(size), align_corners, *given)
+
+
 resize = define_op(
     "resize", operands=("input",),
     attrs={"mode": Attr.STR, "size": Attr.INTS, "align_corners": Attr.BOOL, "scales": Attr.FLOATS},
-    infer=_infer, reference=_reference,
+    infer=_infer, reference=_reference, torch_impl=_torch_impl,
     doc="Resize the spatial dims of (N, C, *spatial) `input` to `size` by `mode` (nearest, nearest_exact, "
         "linear, cubic). `scales` holds the user's scale factor per spatial dim (0: none given, the step is "
         "in/out); `align_corners` maps corner centers onto corner centers, as in torch.")

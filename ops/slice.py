@@ -34,7 +34,7 @@ def _reference(x, starts, ends, steps):
 
 slice_op = define_op(
     "slice", operands=("input",), attrs={"starts": Attr.INTS, "ends": Attr.INTS, "steps": Attr.INTS},
-    infer=_infer, reference=_reference,
+    infer=_infer, reference=_reference, torch_impl=_reference,   # basic indexing: a view in torch
     doc="input[starts[0]:ends[0]:steps[0], ...]: one clamped [start, end) range and step >= 1 per dimension.")
 
 

@@ -41,9 +41,15 @@ def _reference(x, dim, log):
     return stable_softmax(x.astype(np.float64), axis, log)
 
 
+def _torch_impl(x, dim, log):
+    if log:
+        return torch.log_softmax(x, dim)
+    return aten._safe_softmax(x, dim)   # zeros, not NaN, for a row of all -inf
+
+
 softmax = define_op(
     "softmax", operands=("input",), attrs={"dim": Attr.INT, "log": Attr.BOOL}, infer=_infer,
-    reference=_reference,
+    reference=_reference, torch_impl=_torch_impl,
     doc="softmax(input) along `dim` (log-softmax when `log`); a row of all -inf gives zeros.")
 
 

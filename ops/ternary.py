@@ -9,6 +9,7 @@ from ops.registry import Attr, Sample, broadcast_shapes, define_op, lowers, samp
 aten = torch.ops.aten
 
 TERNARY_KINDS = {"where": lambda c, x, y: np.where(c, x, y)}
+TORCH_TERNARY_KINDS = {"where": torch.where}
 
 
 def _infer(a, b, c, kind):
@@ -24,6 +25,7 @@ def _infer(a, b, c, kind):
 ternary = define_op(
     "ternary", operands=("first", "second", "third"), attrs={"kind": Attr.STR}, infer=_infer,
     reference=lambda a, b, c, kind: TERNARY_KINDS[kind](a, b, c),
+    torch_impl=lambda a, b, c, kind: TORCH_TERNARY_KINDS[kind](a, b, c),
     doc="Elementwise `kind`(first, second, third); `where` selects second where first is true, else third.")
 
 

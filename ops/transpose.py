@@ -21,6 +21,7 @@ def _infer(x, perm):
 transpose = define_op(
     "transpose", operands=("input",), attrs={"perm": Attr.INTS}, infer=_infer,
     reference=lambda x, perm: np.transpose(x, perm),
+    torch_impl=lambda x, perm: x.permute(perm),
     doc="Result dimension i is input dimension perm[i].")
 
 

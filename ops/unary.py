@@ -68,6 +68,55 @@ UNARY_KINDS = {
 }
 
 
+_F = torch.nn.functional
+
+
+def _torch_clamp(x, lo, hi):
+    # infinite bounds mean "no bound" (and keep integer inputs integer)
+    lo = None if lo == -math.inf else (lo if x.is_floating_point() else math.ceil(lo))
+    hi = None if hi == math.inf else (hi if x.is_floating_point() else math.floor(hi))
+    return torch.clamp(x, lo, hi)
+
+
+#: kind -> the torch function of (x, alpha, beta), in x's dtype as eager computes it.
+TORCH_UNARY_KINDS = {
+    "neg": lambda x, a, b: torch.neg(x),
+    "abs": lambda x, a, b: torch.abs(x),
+    "exp": lambda x, a, b: torch.exp(x),
+    "expm1": lambda x, a, b: torch.expm1(x),
+    "log": lambda x, a, b: torch.log(x),
+    "log1p": lambda x, a, b: torch.log1p(x),
+    "log2": lambda x, a, b: torch.log2(x),
+    "sqrt": lambda x, a, b: torch.sqrt(x),
+    "rsqrt": lambda x, a, b: torch.rsqrt(x),
+    "reciprocal": lambda x, a, b: torch.reciprocal(x),
+    "sin": lambda x, a, b: torch.sin(x),
+    "cos": lambda x, a, b: torch.cos(x),
+    "tan": lambda x, a, b: torch.tan(x),
+    "tanh": lambda x, a, b: torch.tanh(x),
+    "sigmoid": lambda x, a, b: torch.sigmoid(x),
+    "relu": lambda x, a, b: torch.relu(x),
+    "gelu": lambda x, a, b: _F.gelu(x),
+    "gelu_tanh": lambda x, a, b: _F.gelu(x, approximate="tanh"),
+    "silu": lambda x, a, b: _F.silu(x),
+    "erf": lambda x, a, b: torch.erf(x),
+    "floor": lambda x, a, b: torch.floor(x),
+    "ceil": lambda x, a, b: torch.ceil(x),
+    "round": lambda x, a, b: torch.round(x),
+    "trunc": lambda x, a, b: torch.trunc(x),
+    "sign": lambda x, a, b: torch.sign(x),
+    "logical_not": lambda x, a, b: torch.logical_not(x),
+    "leaky_relu": lambda x, a, b: _F.leaky_relu(x, a),
+    "elu": lambda x, a, b: _F.elu(x, a),
+    "clamp": _torch_clamp,
+    "hardsigmoid": lambda x, a, b: _F.hardsigmoid(x),
+    "hardswish": lambda x, a, b: _F.hardswish(x),
+    "softplus": lambda x, a, b: _F.softplus(x, a, b),
+    "mish": lambda x, a, b: _F.mish(x),
+    "pow": lambda x, a, b: torch.pow(x, a if x.is_floating_point() or a != int(a) else int(a)),
+}
+
+
 def _infer(x, kind, alpha, beta):
     if kind not in UNARY_KINDS:
         raise ValueError(f"unknown unary kind '{kind}' (known: {', '.join(sorted(UNARY_KINDS))})")
@@ -79,9 +128,14 @@ def _reference(x, kind, alpha, beta):
         return UNARY_KINDS[kind](wide(x), alpha, beta)
 
 
+def _torch_impl(x, kind, alpha, beta):
+    y = TORCH_UNARY_KINDS[kind](x, alpha, beta)
+    return y.to(torch.bool if kind == "logical_not" else x.dtype)
+
+
 unary = define_op(
     "unary", operands=("input",), attrs={"kind": Attr.STR, "alpha": Attr.FLOAT, "beta": Attr.FLOAT},
-    infer=_infer, reference=_reference,
+    infer=_infer, reference=_reference, torch_impl=_torch_impl,
     doc="Elementwise `kind`(input), with scalar parameters `alpha` and `beta` where the kind has them.")
 
 
