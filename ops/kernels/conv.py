@@ -68,9 +68,11 @@ class ConvPlan:
     cc: int
     nbuf: int = 2
     cbufs: int = 1
+    share: int = 1       # PEs of a column that fetch each weight tile together (1: each PE alone)
 
     def __str__(self) -> str:
-        return f"{self.mt}ch x {self.nr}rows, {self.cc}ch/step b{self.nbuf}c{self.cbufs}"
+        shared = f" shared/{self.share}" if self.share > 1 else ""
+        return f"{self.mt}ch x {self.nr}rows, {self.cc}ch/step b{self.nbuf}c{self.cbufs}{shared}"
 
 
 @dataclass(frozen=True)
@@ -353,18 +355,19 @@ def _slab_dmas(geo: _Geom, t: RowTile, ccs: int) -> list[int]:
 def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | None = None) -> int:
     """Cycles of a plan: the busiest PE's jobs, each a software pipeline of its K steps.
 
-    A step's three stages are the DMA queue (weight tile and slab, each at the rate a PE gets
-    while every busy PE streams: `streaming_dma_cycles`), the MLU (patch copies) and the DPE.
-    With ``nbuf`` buffers a step takes max(slowest stage, (DMA + MLU + DPE) / nbuf); a PE's
-    first step waits for its whole chain (after the zero tile, when one is needed). Between
-    jobs the DPE waits for the accumulator's epilogue and store when ``cbufs`` is 1. The run
-    ends with the last epilogue and store; no run is faster than its bytes over the memories.
+    A step's three stages are the DMA queue (this PE's weight tile, or its share of one, and
+    its slab, each at the rate a PE gets while every busy PE streams: `streaming_dma_cycles`),
+    the MLU (patch copies) and the DPE. With ``nbuf`` buffers a step takes max(slowest stage,
+    (DMA + MLU + DPE) / nbuf); a PE's first step waits for its whole chain (after the zero
+    tile, when one is needed). Between jobs the DPE waits for the accumulator's epilogue and
+    store when ``cbufs`` is 1. The run ends with the last epilogue and store; no run is faster
+    than its bytes over the memories. PEs that share weight tiles run in step, so a column
+    goes at the pace of its first row's jobs.
     """
     rt = rt or _Rates(chip)
-    P = chip.num_pes
-    n_o, n_r = _cdiv(geo.Og, p.mt), _cdiv(geo.OH, p.nr)
-    n_jobs = geo.N * geo.G * n_o * n_r
-    active = min(P, n_jobs)
+    R, C = chip.pe_grid.rows, chip.pe_grid.cols
+    pe_jobs = _pe_jobs(geo, p, R, C)
+    active = sum(1 for jobs in pe_jobs if jobs)
     es, oes = geo.es, ISA_ITEMSIZE[geo.out_dtype]
     nt = p.nr * geo.OW
     x, w, o = call.inputs[0], call.inputs[1], call.output
@@ -376,38 +379,38 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
     def dma(nbytes, space):
         return streaming_dma_cycles(nbytes, space, active, chip)
 
-    def job_cost(m: int, pi: int) -> tuple[float, float, float, float, dict]:
+    def job_cost(m: int, pi: int | None) -> tuple[float, float, float, float, dict]:
         """(steady time of the job's steps, its first step's chain, epilogue, store, bytes)."""
         key = (m, pi)
         if key in memo:
             return memo[key]
-        t = _row_tile(geo, p.nr, pi)
         total = first = 0.0
         by = {"dram": 0, "sram": 0}
+        part = _cdiv(m, p.share)
+        t = None if pi is None else _row_tile(geo, p.nr, pi)
         for gi, (ccs, count) in enumerate(groups):
             k = ccs * geo.taps
-            slab = _slab_dmas(geo, t, ccs)
-            d = dma(m * k * es, w.space) + (sum(dma(b, x.space) for b in slab) if slab else chip.dma.latency_cycles)
-            mlu = 0 if geo.direct else _mlu_cycles(geo, t, ccs, rt)
-            dpe = rt.dpe(m, k, nt, geo.dtype)
-            total += count * max(d, mlu, dpe, (d + mlu + dpe) / p.nbuf)
-            if gi == 0:
-                first = d + mlu
-            by[w.space] += count * m * k * es
-            by[x.space] += count * sum(slab)
-        epi = 0
-        if geo.has_bias:
-            epi = m * _cdiv(nt, rt.simd) + rt.simd_lat
-        elif geo.out_dtype != ACC_DTYPE[geo.dtype]:
-            epi = _cdiv(m * nt, rt.simd) + rt.simd_lat
-        store = dma(m * t.rows * geo.OW * oes, o.space)
-        by[o.space] += m * t.rows * geo.OW * oes
+            d = dma(part * k * es, w.space)
+            by[w.space] += count * part * k * es
+            if t is not None:
+                slab = _slab_dmas(geo, t, ccs)
+                d += sum(dma(b, x.space) for b in slab) if slab else chip.dma.latency_cycles
+                mlu = 0 if geo.direct else _mlu_cycles(geo, t, ccs, rt)
+                dpe = rt.dpe(m, k, nt, geo.dtype)
+                total += count * max(d, mlu, dpe, (d + mlu + dpe) / p.nbuf)
+                by[x.space] += count * sum(slab)
+                if gi == 0:
+                    first = d + mlu
+        epi = store = 0.0
+        if t is not None:
+            if geo.has_bias:
+                epi = m * _cdiv(nt, rt.simd) + rt.simd_lat
+            elif geo.out_dtype != ACC_DTYPE[geo.dtype]:
+                epi = _cdiv(m * nt, rt.simd) + rt.simd_lat
+            store = dma(m * t.rows * geo.OW * oes, o.space)
+            by[o.space] += m * t.rows * geo.OW * oes
         memo[key] = (total, first, epi, store, by)
         return memo[key]
-
-    def job(j):
-        oi, pi = divmod(j % (n_o * n_r), n_r)
-        return min(p.mt, geo.Og - oi * p.mt), pi
 
     setup = 0.0
     init_patch, init_slab = _inits(geo, p)
@@ -418,11 +421,20 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
         setup += p.nbuf * (init_patch * (_cdiv(kt * nt * es, rt.mlu) + rt.mlu_lat)
                            + init_slab * (_cdiv(p.cc * nt * es, rt.mlu) + rt.mlu_lat))
     worst = 0.0
-    for q in range(active):
-        mine = range(q, n_jobs, P)
+    by = {"dram": 0.0, "sram": 0.0}
+    seen: dict = {}
+    for q, jobs in enumerate(pe_jobs):
+        for g, oi, _, pi in jobs:
+            for space, b in job_cost(min(p.mt, geo.Og - oi * p.mt), pi)[4].items():
+                by[space] += b
+        lead = pe_jobs[q % C] if p.share > 1 else jobs      # the pace of a sharing column
+        key = tuple((oi, pi) for _, oi, _, pi in lead)
+        if not lead or key in seen:
+            continue
+        seen[key] = True
         tm = 0.0
-        for idx, j in enumerate(mine):
-            steady, first, epi, store, _ = job_cost(*job(j))
+        for idx, (_, oi, _, pi) in enumerate(lead):
+            steady, first, epi, store, _ = job_cost(min(p.mt, geo.Og - oi * p.mt), pi)
             tm += steady
             if idx == 0:
                 tm += max(first, setup)
@@ -430,46 +442,82 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
                 tm += epi + store
         tm += epi + store
         worst = max(worst, tm)
-        if n_jobs % P == 0 or q >= n_jobs % P:    # the other PEs run the same jobs shifted
-            break
-    by = {"dram": 0.0, "sram": 0.0}
-    for j in range(n_jobs // geo.N // geo.G):
-        for space, b in job_cost(*job(j))[4].items():
-            by[space] += b * geo.N * geo.G
     mem = max(by["dram"] / rt.dram, by["sram"] / rt.sram) + lat
     return int(max(worst + lat, mem))
 
 
 # --- emission ---------------------------------------------------------------------------------
 
+def _pe_jobs(geo: _Geom, p: ConvPlan, R: int, C: int) -> list[list[tuple]]:
+    """Per PE, its jobs in order as (group, output-channel tile, image, row tile).
+
+    ``share`` 1: jobs round robin over the PEs. ``share`` R: work units (a weight tile, R row
+    tiles) round robin over the PE columns, the unit's row tiles one per PE of the column, so a
+    column's PEs run jobs on the same weight tiles in step; a PE past the last row tile gets
+    (group, tile, None, None): it only takes part in fetching the column's weights.
+    """
+    P = R * C
+    if p.share == 1:
+        jobs = _jobs(geo, p)
+        return [[(g, oi, n, pi) for n, g, oi, pi in jobs[q::P]] for q in range(P)]
+    units = [(g, oi) for g in range(geo.G) for oi in range(_cdiv(geo.Og, p.mt))]
+    rows = [(n, pi) for n in range(geo.N) for pi in range(_cdiv(geo.OH, p.nr))]
+    work = [(u, vb) for u in units for vb in range(_cdiv(len(rows), R))]
+    out: list[list[tuple]] = [[] for _ in range(P)]
+    for c in range(C):
+        for u, vb in work[c::C]:
+            for r in range(R):
+                j = vb * R + r
+                out[r * C + c].append(u + (rows[j] if j < len(rows) else (None, None)))
+    return out
+
+
 class _Emitter:
     def __init__(self, call: KernelCall, geo: _Geom, p: ConvPlan, chip, builder):
         self.call, self.geo, self.p, self.chip, self.b = call, geo, p, chip, builder
+        self.R, self.C = chip.pe_grid.rows, chip.pe_grid.cols
         self.buf = _Buffers(geo, p)
         self.steps = _k_steps(geo, p)
         self.nk = len(self.steps)
         self.nt = p.nr * geo.OW
-        self.jobs = _jobs(geo, p)
         self.tiles = [_row_tile(geo, p.nr, i) for i in range(_cdiv(geo.OH, p.nr))]
 
     def run(self) -> None:
-        P = self.chip.num_pes
-        for q in range(min(P, len(self.jobs))):
-            self.emit_pe(q, self.jobs[q::P])
+        b, p = self.b, self.p
+        pe_jobs = _pe_jobs(self.geo, p, self.R, self.C)
+        # weight-tile tokens per sharing group (a PE, or a PE column): "full" counts the parts
+        # fetched, "free" the consumers done with a slot
+        self.a_full, self.a_free = {}, {}
+        for q in range(self.R * self.C):
+            key = self.group(q)
+            if key not in self.a_full:
+                self.a_full[key] = [b.token() for _ in range(p.nbuf)]
+                self.a_free[key] = [b.token() for _ in range(p.nbuf)]
+        for q, jobs in enumerate(pe_jobs):
+            if jobs:
+                self.emit_pe(q, jobs)
+
+    def group(self, q: int):
+        return ("pe", q) if self.p.share == 1 else ("col", q % self.C)
 
     def emit_pe(self, q: int, jobs) -> None:
         b, p = self.b, self.p
         pe = b.pe(q)
         tok = {name: b.token() for name in ("zero", "bias", "dp", "ep", "st")}
-        for name in ("ld_a", "ld_s", "mlu", "dpe"):
+        for name in ("ld_s", "mlu", "dpe"):
             tok[name] = [b.token() for _ in range(p.nbuf)]
         self.tok = tok
-        self.emit_setup(pe)
+        self.part = q // self.C if p.share > 1 else 0     # which rows of a weight tile this PE fetches
+        self.a_full_pe, self.a_free_pe = self.a_full[self.group(q)], self.a_free[self.group(q)]
+        real = [j for j in jobs if j[2] is not None]
+        if real:
+            self.emit_setup(pe)
         self.emit_dma(pe, jobs)
-        if not self.geo.direct:
-            self.emit_mlu(pe, jobs)
+        if real and not self.geo.direct:
+            self.emit_mlu(pe, real)
         self.emit_dpe(pe, jobs)
-        self.emit_epilogue(pe, jobs)
+        if real:
+            self.emit_epilogue(pe, real)
 
     # --- setup: the zero tile, cleared patch buffers, the bias in fp32 ------------------------
     def emit_setup(self, pe) -> None:
@@ -528,62 +576,87 @@ class _Emitter:
     # --- DMA queue ----------------------------------------------------------------------------
     def emit_dma(self, pe, jobs) -> None:
         p = self.p
-        q0 = 0
-        for t, job in enumerate(jobs):
-            head = min(p.nbuf, self.nk) if t else self.nk
-            self._steps(pe, 0, head, lambda s, looped, job=job, q0=q0: self._load(pe, job, s, q0 + s, looped))
-            if t:
-                self._store(pe, jobs[t - 1], t - 1)
-            self._steps(pe, head, self.nk, lambda s, looped, job=job, q0=q0: self._load(pe, job, s, q0 + s, looped))
-            q0 += self.nk
-        self._store(pe, jobs[-1], len(jobs) - 1)
+        qa = qr = 0              # steps so far: all (weight slots), of real jobs (slab/patch slots)
+        pending = None           # (job, index among real jobs) whose store is still to emit
+        n_real = 0
+        for job in jobs:
+            real = job[2] is not None
+            head = min(p.nbuf, self.nk) if pending is not None else self.nk
 
-    def _load(self, pe, job, s, q, looped) -> None:
+            def load(s, looped, job=job, qa=qa, qr=qr, real=real):
+                if real:
+                    self._load_slab(pe, job, s, qr + s, looped)
+                self._load_weights(pe, job, s, qa + s, looped)
+
+            self._steps(pe, 0, head, load)
+            if pending is not None:
+                self._store(pe, *pending)
+                pending = None
+            self._steps(pe, head, self.nk, load)
+            qa += self.nk
+            if real:
+                qr += self.nk
+                pending = (job, n_real)
+                n_real += 1
+        if pending is not None:
+            self._store(pe, *pending)
+
+    def _load_slab(self, pe, job, s, q, looped) -> None:
         geo, p, buf, tok = self.geo, self.p, self.buf, self.tok
-        n, g, oi, pi = job
+        g, _, n, pi = job
         es = geo.es
         slot, use = q % p.nbuf, q // p.nbuf
         stride_iter = p.nbuf * p.cc          # channels a loop iteration advances
         c0 = s * p.cc
         ccs = self.steps[s]
-        t = _row_tile(geo, p.nr, pi)
-        x, w = self.call.inputs[0], self.call.inputs[1]
-        # the slab: valid input rows of ccs channels, behind the MLU's (or DPE's) use of the slot
+        t = self.tiles[pi]
+        x = self.call.inputs[0]
+        # the valid input rows of ccs channels, behind the MLU's (or DPE's) use of the slot
         free = tok["dpe"] if geo.direct else tok["mlu"]
-        dmas = _slab_dmas(geo, t, ccs)
+        wait = self._wait(free[slot], use, looped)
         src = x.addr + ((n * geo.C + g * geo.Cg + c0) * geo.H * geo.W + (t.ih0 + t.ztop) * geo.W) * es
         chan = geo.H * geo.W * es
         dst = buf.slab[slot] + t.ztop * geo.Ws * es
-        if geo.direct:
-            rows, row_bytes, dst_stride = ccs, t.valid * geo.W * es, self.nt * es
-            pe.dma(x.space, _lin(src, stride_iter * chan, looped), "local", dst, rows=rows, row_bytes=row_bytes,
-                   src_stride=chan, dst_stride=dst_stride, wait=self._wait(free[slot], use, looped),
-                   signal=tok["ld_s"][slot])
-        elif not dmas:
-            pe.nop(Engine.DMA, wait=self._wait(free[slot], use, looped), signal=tok["ld_s"][slot])
+        if t.valid <= 0:
+            pe.nop(Engine.DMA, wait=wait, signal=tok["ld_s"][slot])
         elif geo.Ws == geo.W:
             pe.dma(x.space, _lin(src, stride_iter * chan, looped), "local", dst, rows=ccs,
-                   row_bytes=t.valid * geo.W * es, src_stride=chan, dst_stride=t.rows_in * geo.W * es,
-                   wait=self._wait(free[slot], use, looped), signal=tok["ld_s"][slot])
+                   row_bytes=t.valid * geo.W * es, src_stride=chan,
+                   dst_stride=self.nt * es if geo.direct else t.rows_in * geo.W * es,
+                   wait=wait, signal=tok["ld_s"][slot])
         else:
             for c in range(ccs):
                 pe.dma(x.space, _lin(src + c * chan, stride_iter * chan, looped), "local",
                        dst + c * t.rows_in * geo.Ws * es, rows=t.valid, row_bytes=geo.W * es,
-                       src_stride=geo.W * es, dst_stride=geo.Ws * es,
-                       wait=self._wait(free[slot], use, looped) if c == 0 else None,
+                       src_stride=geo.W * es, dst_stride=geo.Ws * es, wait=wait if c == 0 else None,
                        signal=tok["ld_s"][slot] if c == ccs - 1 else None)
-        # the weight tile [m, ccs*kh*kw], behind the DPE's use of the slot
+
+    def _load_weights(self, pe, job, s, q, looped) -> None:
+        """This PE's part of the weight tile [m, ccs*kh*kw] of step s: all of it, or (shared) a
+        block of its rows, multicast down the PE column."""
+        geo, p, buf = self.geo, self.p, self.buf
+        g, oi = job[0], job[1]
+        es = geo.es
+        slot, use = q % p.nbuf, q // p.nbuf
         m = self.m_of(oi)
+        per = _cdiv(m, p.share)
+        r0, r1 = min(m, self.part * per), min(m, (self.part + 1) * per)
+        k = self.steps[s] * geo.taps
         kk = geo.Cg * geo.taps
-        wsrc = w.addr + ((g * geo.Og + oi * p.mt) * kk + c0 * geo.taps) * es
-        pe.dma(w.space, _lin(wsrc, stride_iter * geo.taps * es, looped), "local", buf.a[slot], rows=m,
-               row_bytes=ccs * geo.taps * es, src_stride=kk * es,
-               wait=self._wait(tok["dpe"][slot], use, looped), signal=tok["ld_a"][slot])
+        w = self.call.inputs[1]
+        wait = (self.a_free_pe[slot], _lin(p.share * use, p.share, looped)) if use or looped else None
+        if r1 <= r0:
+            pe.nop(Engine.DMA, wait=wait, signal=self.a_full_pe[slot])
+            return
+        src = w.addr + ((g * geo.Og + oi * p.mt + r0) * kk + s * p.cc * geo.taps) * es
+        pe.dma(w.space, _lin(src, p.nbuf * p.cc * geo.taps * es, looped), "local", buf.a[slot] + r0 * k * es,
+               rows=r1 - r0, row_bytes=k * es, src_stride=kk * es, dst_pe=pe.pe,
+               mcast="col" if p.share > 1 else "none", wait=wait, signal=self.a_full_pe[slot])
 
     def _store(self, pe, job, i) -> None:
         geo, p, buf, tok = self.geo, self.p, self.buf, self.tok
-        n, g, oi, pi = job
-        t = _row_tile(geo, p.nr, pi)
+        g, oi, n, pi = job
+        t = self.tiles[pi]
         o = self.call.output
         oes = ISA_ITEMSIZE[geo.out_dtype]
         has_epi = geo.has_bias or geo.out_dtype != ACC_DTYPE[geo.dtype]
@@ -598,7 +671,7 @@ class _Emitter:
         p, buf, tok = self.p, self.buf, self.tok
         q0 = 0
         for job in jobs:
-            t = _row_tile(self.geo, p.nr, job[3])
+            t = self.tiles[job[3]]
 
             def step(s, looped, q0=q0, t=t):
                 q = q0 + s
@@ -619,24 +692,37 @@ class _Emitter:
     def emit_dpe(self, pe, jobs) -> None:
         geo, p, buf, tok = self.geo, self.p, self.buf, self.tok
         ready = tok["ld_s"] if geo.direct else tok["mlu"]
-        q0 = 0
-        for i, job in enumerate(jobs):
-            m = self.m_of(job[2])
+        full, free = self.a_full_pe, self.a_free_pe
+        qa = qr = i = 0
+        for job in jobs:
+            if job[2] is None:       # no rows of this unit: consume the shared weight tiles
+                def skip(s, looped, qa=qa):
+                    slot, use = (qa + s) % p.nbuf, (qa + s) // p.nbuf
+                    pe.nop(Engine.DPE, wait=(full[slot], _lin(p.share * (use + 1), p.share, looped)),
+                           signal=free[slot])
+
+                self._steps(pe, 0, self.nk, skip)
+                qa += self.nk
+                continue
+            m = self.m_of(job[1])
             cb = buf.acc[i % p.cbufs]
             if i >= p.cbufs:
                 pe.nop(Engine.DPE, wait=(tok["st"], i - p.cbufs + 1))
 
-            def step(s, looped, q0=q0, m=m, cb=cb):
-                q = q0 + s
-                slot, use = q % p.nbuf, q // p.nbuf
-                pe.nop(Engine.DPE, wait=(tok["ld_a"][slot], _lin(use + 1, 1, looped)))
-                pe.dpe_matmul(buf.a[slot], buf.patch[slot], cb, m, self.steps[s] * geo.taps, self.nt,
+            def step(s, looped, qa=qa, qr=qr, m=m, cb=cb):
+                sa, ua = (qa + s) % p.nbuf, (qa + s) // p.nbuf
+                slot, use = (qr + s) % p.nbuf, (qr + s) // p.nbuf
+                pe.nop(Engine.DPE, wait=(full[sa], _lin(p.share * (ua + 1), p.share, looped)))
+                pe.dpe_matmul(buf.a[sa], buf.patch[slot], cb, m, self.steps[s] * geo.taps, self.nt,
                               dtype=geo.dtype, accumulate=s > 0,
                               wait=(ready[slot], _lin(use + 1, 1, looped)), signal=tok["dpe"][slot])
+                pe.nop(Engine.DPE, signal=free[sa])
 
             self._steps(pe, 0, self.nk, step, first_plain=True)
             pe.nop(Engine.DPE, signal=tok["dp"])
-            q0 += self.nk
+            qa += self.nk
+            qr += self.nk
+            i += 1
 
     # --- epilogue (SIMD) ----------------------------------------------------------------------
     def emit_epilogue(self, pe, jobs) -> None:
@@ -644,10 +730,10 @@ class _Emitter:
         if not (geo.has_bias or geo.out_dtype != ACC_DTYPE[geo.dtype]):
             return
         for i, job in enumerate(jobs):
-            m = self.m_of(job[2])
+            m = self.m_of(job[1])
             cb = buf.acc[i % p.cbufs]
             if geo.has_bias:
-                o_abs = job[1] * geo.Og + job[2] * p.mt
+                o_abs = job[0] * geo.Og + job[1] * p.mt
                 pe.simd_row_bcast("add", cb, buf.bias32 + o_abs * 4, cb, m, self.nt, dtype="fp32",
                                   out_dtype=geo.out_dtype, wait=(tok["dp"], i + 1), signal=tok["ep"])
             else:
@@ -691,9 +777,10 @@ class ConvTemplate(KernelTemplate):
             for nr in nrs:
                 for cc in ccs:
                     for nbuf, cbufs in ((2, 1), (2, 2), (3, 1)):
-                        p = ConvPlan(mt, nr, cc, nbuf, cbufs)
-                        if _Buffers(geo, p).total <= cap:
-                            yield p
+                        for share in sorted({1, chip.pe_grid.rows}):
+                            p = ConvPlan(mt, nr, cc, nbuf, cbufs, share)
+                            if _Buffers(geo, p).total <= cap:
+                                yield p
 
     def predict(self, call: KernelCall, plan: ConvPlan, chip: Any) -> int:
         return _predict(call, _geom(call), plan, chip)
