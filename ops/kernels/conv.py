@@ -446,6 +446,23 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
     return int(max(worst + lat, mem))
 
 
+def _dpe_floor(geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates) -> float:
+    """A lower bound of `_predict`: the busiest PE's (or sharing column's) count of jobs, each
+    at least the DPE time of the narrowest output-channel tile."""
+    R, C = chip.pe_grid.rows, chip.pe_grid.cols
+    n_o, n_r = _cdiv(geo.Og, p.mt), _cdiv(geo.OH, p.nr)
+    if p.share == 1:
+        per_pe = _cdiv(geo.N * geo.G * n_o * n_r, R * C)
+    else:
+        per_pe = _cdiv(geo.G * n_o * _cdiv(geo.N * n_r, R), C)
+    m = min(p.mt, geo.Og - (n_o - 1) * p.mt)
+    full, rem = divmod(geo.Cg, p.cc)
+    job = full * rt.dpe(m, p.cc * geo.taps, p.nr * geo.OW, geo.dtype)
+    if rem:
+        job += rt.dpe(m, rem * geo.taps, p.nr * geo.OW, geo.dtype)
+    return per_pe * job
+
+
 # --- emission ---------------------------------------------------------------------------------
 
 def _pe_jobs(geo: _Geom, p: ConvPlan, R: int, C: int) -> list[list[tuple]]:
@@ -784,6 +801,18 @@ class ConvTemplate(KernelTemplate):
 
     def predict(self, call: KernelCall, plan: ConvPlan, chip: Any) -> int:
         return _predict(call, _geom(call), plan, chip)
+
+    def choose(self, call: KernelCall, chip: Any) -> ConvPlan:
+        """The plan with the fewest predicted cycles; plans whose busiest PE's DPE work alone
+        cannot beat the best so far are not predicted."""
+        geo, rt = _geom(call), _Rates(chip)
+        best, best_c = None, float("inf")
+        for p in self.plans(call, chip):
+            if _dpe_floor(geo, p, chip, rt) < best_c:
+                c = _predict(call, geo, p, chip, rt)
+                if c < best_c:
+                    best, best_c = p, c
+        return best if best is not None else super().choose(call, chip)
 
     def emit(self, call: KernelCall, plan: ConvPlan, chip: Any, builder: Any) -> None:
         _Emitter(call, _geom(call), plan, chip, builder).run()
