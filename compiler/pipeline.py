@@ -97,7 +97,7 @@ def _calibration_amax(graph, graph_result, constants, example_inputs) -> dict[in
     (empty when the model or its inputs carry no numbers)."""
     wanted = {op.operands[0] for op in graph.ops
               if op.target == "accelerator" and DtypeLowering._weight_axis(graph, op) is not None}
-    if not wanted or any(x.is_meta for x in example_inputs) or len(constants) < len(graph.weights):
+    if not wanted or any(x.is_meta for x in example_inputs) or any(v not in constants for v in graph.weights):
         return {}
     calib = Calibrate().run(graph, constants, [to_numpy(x) for x in example_inputs], graph_result.host_calls,
                             values=wanted)

@@ -6,7 +6,7 @@ decides (`GraphOps.storage`, `GraphOp.quant`) and decide nothing of their own.
 The policy, for a compile dtype D ("fp32" | "bf16" | "int8"):
 
 * Only the operands of contractions are rounded: the data operands of matmul / linear /
-  attention / conv (and the GEMM bias, which its kernel reads in the operand dtype) are held in
+  attention / conv (and the conv bias, which its kernel reads in the operand dtype) are held in
   the narrow dtype (bf16 for D = "bf16" or "int8", fp32 for "fp32"). Everything else -- the
   residual stream, norm and softmax inputs and outputs, GEMM results, graph outputs -- stays in
   fp32, as bf16 inference stacks keep their accumulations and residuals.
