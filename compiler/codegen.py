@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from compiler.graph_ops import GraphOps
+from compiler.hostcalls import encode_host_calls
 from compiler.passes.tile import kernel_call
 from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
 from simulator.isa import ChipProgram, Op, ProgramBuilder, RelocatedProgram, Space
@@ -204,4 +205,4 @@ def build_program(graph: GraphOps, placements: dict[int, Placement], chip, dtype
             steps.append({"kind": "host", **record, "host_call": op.host_call})
     return Program(chip=chip.model_dump(mode="json"), dtype=dtype, tensors=tensors, inputs=graph.inputs,
                    outputs=graph.outputs, steps=steps, kernels=kernels, constants=constants,
-                   meta={"host_calls": len(host_calls), "relocated_kernels": emitter.relocated})
+                   meta={"host_calls": encode_host_calls(host_calls), "relocated_kernels": emitter.relocated})
