@@ -94,7 +94,7 @@ def test_partitioned_program_saves_loads_and_runs_its_host_segments(tmp_path):
     loaded = ember.load(path)
     assert loaded.host_calls is None and loaded.graph is None     # nothing from the compile but the file
     fresh = torch.randn(4, 16)
-    ref = _eager(model, fresh)
+    ref = _eager(model, (fresh,))
     for device in ("cpu", "sim"):
         assert rel_err(loaded.run(fresh, device=device), ref) <= 1e-4, device
     run = loaded.last_run

@@ -6,8 +6,9 @@ closures over a value table, so a run costs one Python call per op, as eager doe
 op runs through its family's `torch_impl`; host calls run as the aten ops they are.
 
 Where the Program placed a value on the chip in a narrower type than the graph's (bf16 for a
-bf16 compile), a kernel step rounds its floating operands and its result to that type, as the
-chip does, so `cpu`, `cuda` and `sim` agree within the compile dtype's tolerance.
+bf16 compile), a kernel step rounds its floating operands and its result to that type and
+computes in the graph's type between (the chip multiplies bf16 and accumulates in fp32), so
+`cpu`, `cuda` and `sim` agree within the compile dtype's tolerance.
 """
 from __future__ import annotations
 
@@ -113,9 +114,9 @@ class TorchExecutor:
             return call
         operand_types, result_types = rounding
 
-        def rounded(*xs):
+        def rounded(*xs):   # values are rounded to the chip's type, computed in the graph's
             xs = [_round(x, t) for x, t in zip(xs, operand_types)]
-            return tuple(_round(o, t).to(g) for o, t, g in zip(call(*xs), result_types, out_types))
+            return tuple(_round(o, t) for o, t in zip(call(*xs), result_types))
         return rounded
 
     def _rounding(self, step: dict[str, Any]) -> tuple[list[Any], list[Any]] | None:
@@ -149,7 +150,8 @@ class TorchExecutor:
 
 
 def _round(x: Any, dtype: Any) -> Any:
-    return x if dtype is None or x is None else x.to(dtype)
+    """`x` rounded to `dtype` and back (None: as is)."""
+    return x if dtype is None or x is None else x.to(dtype).to(x.dtype)
 
 
 def _flat(operands: Sequence[Any]) -> list[int]:
