@@ -111,20 +111,35 @@ class _Linear(torch.nn.Module):
         return self.fc(x)
 
 
-def test_int8_linear_is_the_quantized_product():
-    """One linear layer in int8 equals (round(x / s_x) s_x) (round(W / s_w) s_w)^T + b, with s_x
-    from the calibration input's max-abs and s_w per output channel."""
+class _MatmulWeight(torch.nn.Module):
+    """x @ B with a constant B[K, N]: a matmul whose output channels are B's columns."""
+
+    def __init__(self, k: int, n: int):
+        super().__init__()
+        self.fc = torch.nn.Linear(k, n)      # holds the numbers (B = W^T); unused in forward
+        self.b = torch.nn.Parameter(torch.empty(k, n))
+
+    def forward(self, x):
+        return x @ self.b
+
+
+@pytest.mark.parametrize("kind", ["linear", "matmul"])
+def test_int8_gemm_is_the_quantized_product(kind):
+    """One GEMM in int8 equals (round(x / s_x) s_x) (round(W / s_w) s_w)^T (+ b), with s_x from
+    the calibration input's max-abs and s_w per output channel."""
     torch.manual_seed(0)
-    model = _Linear(96, 40).eval()
+    model = (_Linear if kind == "linear" else _MatmulWeight)(96, 40).eval()
     with torch.no_grad():
         model.fc.weight[3] *= 20          # one loud output channel: a per-tensor weight scale would hurt
+        if kind == "matmul":
+            model.b.copy_(model.fc.weight.T)
     example = (torch.randn(3, 24, 96),)
     fresh = (torch.randn(3, 24, 96),)
     cm = ember.compile(model, example, chip="tiny", dtype="int8", to="program")
     out = cm.run(*fresh, device="sim").double().numpy()
 
     w = model.fc.weight.detach().double().numpy()
-    b = model.fc.bias.detach().double().numpy()
+    b = model.fc.bias.detach().double().numpy() if kind == "linear" else 0.0
     s_x = np.abs(example[0].numpy()).max() / 127
     s_w = np.abs(w).max(axis=1, keepdims=True) / 127
     xq = np.clip(np.rint(fresh[0].double().numpy() / s_x), -128, 127)
@@ -137,7 +152,7 @@ def test_int8_linear_is_the_quantized_product():
 
     found = re.findall(r"act_scale = ([0-9.eE+-]+) : f32", cm.ir("tiled"))
     assert len(found) == 1 and float(found[0]) == pytest.approx(s_x, rel=1e-6)
-    (gemm,) = [s for s in cm.program.steps if s["op"] == "linear"]
+    (gemm,) = [s for s in cm.program.steps if s["op"] == kind]
     np.testing.assert_allclose(cm.program.constants[gemm["operands"][3]], s_x * s_w[:, 0], rtol=1e-6)
 
 
