@@ -418,8 +418,9 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
         zero = _Buffers.zero_elems_of(geo, p)
         setup = dma(zero, x.space) + _cdiv(zero, rt.simd) + rt.simd_lat
         kt = p.cc * geo.taps
-        setup += p.nbuf * (init_patch * (_cdiv(kt * nt * es, rt.mlu) + rt.mlu_lat)
-                           + init_slab * (_cdiv(p.cc * nt * es, rt.mlu) + rt.mlu_lat))
+        # every slot before the first load in direct mode, else the first slot before its patch
+        setup += (p.nbuf if geo.direct else 1) * init_patch * (_cdiv(kt * nt * es, rt.mlu) + rt.mlu_lat)
+        setup += p.nbuf * init_slab * (_cdiv(p.cc * nt * es, rt.mlu) + rt.mlu_lat)
     worst = 0.0
     by = {"dram": 0.0, "sram": 0.0}
     seen: dict = {}
@@ -548,7 +549,7 @@ class _Emitter:
         # patch buffers start as zeros: pixels whose taps miss the input are never written, and
         # columns past a short row tile are multiplied but not stored
         for slot in range(p.nbuf):
-            if init_patch:
+            if init_patch and geo.direct:     # (else the MLU clears each slot before its first use)
                 pe.mlu_copy2d(buf.zero, buf.patch[slot], p.cc * geo.taps, nt * es, src_stride=0,
                               dst_stride=nt * es)
             if init_slab:      # slab columns past the input are read by the phase split
@@ -685,7 +686,8 @@ class _Emitter:
 
     # --- MLU queue ----------------------------------------------------------------------------
     def emit_mlu(self, pe, jobs) -> None:
-        p, buf, tok = self.p, self.buf, self.tok
+        geo, p, buf, tok = self.geo, self.p, self.buf, self.tok
+        clear = _inits(geo, p)[0] and not geo.direct
         q0 = 0
         for job in jobs:
             t = self.tiles[job[3]]
@@ -695,14 +697,19 @@ class _Emitter:
                 slot, use = q % p.nbuf, q // p.nbuf
                 # the patch slot is free once the DPE has used it
                 pe.nop(Engine.MLU, wait=self._wait(tok["dpe"][slot], use, looped))
-                copies = _im2col(self.geo, t, self.steps[s], self.nt)
+                if clear and q < p.nbuf:     # a slot's first use: clear it (see emit_setup)
+                    pe.mlu_copy2d(buf.zero, buf.patch[slot], p.cc * geo.taps, self.nt * geo.es, src_stride=0,
+                                  dst_stride=self.nt * geo.es)
+                copies = _im2col(geo, t, self.steps[s], self.nt)
                 for ci, c in enumerate(copies):
                     pe.mlu_copy2d(buf.at(c.src, slot), buf.at(c.dst, slot), c.rows, c.row_bytes,
                                   src_stride=c.src_stride, dst_stride=c.dst_stride,
                                   wait=(tok["ld_s"][slot], _lin(use + 1, 1, looped)) if ci == 0 else None)
                 pe.nop(Engine.MLU, signal=tok["mlu"][slot])
 
-            self._steps(pe, 0, self.nk, step)
+            first = min(p.nbuf, self.nk) if q0 == 0 else 0      # plain, for the clearing
+            self._steps(pe, 0, first, step)
+            self._steps(pe, first, self.nk, step)
             q0 += self.nk
 
     # --- DPE queue ----------------------------------------------------------------------------
