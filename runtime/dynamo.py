@@ -8,7 +8,10 @@ device, the ops it lacks run on the host. Options come through `options=`:
     torch.compile(model, backend="ember",
                   options={"chip": "mtia2i", "dtype": "bf16", "device": "sim", "cache": True})
 
-`device` is "sim" (the simulated chip; the default), "cpu", "cuda" or "reference". Parameters and
+`device` is "sim" (the simulated chip; the default), "cpu", "cuda" or "reference". `cache`
+(default True) keeps finished Programs in the compile cache (`runtime/cache.py`), so a new
+process compiles a seen subgraph in the time of capture and import; False turns it off, a path
+picks the folder. `timing_only` runs the simulator without computing numbers. Parameters and
 buffers are frozen into the compiled subgraph as weights (this is an inference backend).
 `ember.torch_compile_report()` says, after a run, what ran where and the simulated cycles.
 """
@@ -20,7 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
-_OPTIONS = {"chip": "mtia2i", "dtype": "bf16", "device": "sim", "cache": False, "timing_only": False}
+_OPTIONS = {"chip": "mtia2i", "dtype": "bf16", "device": "sim", "cache": True, "timing_only": False}
 
 
 @dataclass

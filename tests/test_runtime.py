@@ -185,6 +185,21 @@ def test_torch_compile_puts_missing_ops_on_the_host_and_says_so(report):
     assert "host:aten.i0.default x1" in str(ember.torch_compile_report())
 
 
+def test_torch_compile_in_bf16_and_from_the_compile_cache(report, tmp_path):
+    model, _ = ember.load_model("models:multimodal-tiny")
+    options = {"chip": "tiny", "dtype": "bf16", "device": "sim", "cache": str(tmp_path)}
+    fresh = _fresh("models:multimodal-tiny")
+    ref = _eager(model, fresh)
+    first = _eager(torch.compile(model, backend="ember", options=options), fresh)
+    torch._dynamo.reset()                    # as a new process would: dynamo compiles again
+    second = _eager(torch.compile(model, backend="ember", options=options), fresh)
+    assert rel_err(first, ref) <= 2e-2 and torch.equal(first, second)
+    subs = ember.torch_compile_report().subgraphs
+    built = [s.compiled.timings for s in subs[: len(subs) // 2]]
+    loaded = [s.compiled.timings for s in subs[len(subs) // 2:]]
+    assert all("codegen" in t for t in built) and not any("codegen" in t for t in loaded)
+
+
 def test_torch_compile_with_a_graph_break(report):
     class Breaks(torch.nn.Module):
         def __init__(self):
