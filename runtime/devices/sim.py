@@ -14,12 +14,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ops.registry import DTYPE_TO_TORCH, as_dtype, op as lookup_op, to_numpy, to_torch
+from ops.registry import DTYPE_TO_TORCH, as_dtype, dtype_of_numpy, op as lookup_op, to_numpy, to_torch
 from simulator import simulate
 from simulator.simulate import TIMING_CACHE
 from simulator.trace import DeferredEvents
 from simulator.isa import DType
 from simulator.spec import ChipSpec
+
+INPUT_DEVICE = "cpu"     # or "meta", for timing-only runs
 
 
 @dataclass
@@ -193,11 +195,10 @@ def _torch_dtype(dtype: str) -> torch.dtype:
 
 def _host_step(compiled: Any, step: dict[str, Any], operands: list[np.ndarray | None]) -> list[np.ndarray]:
     if step.get("host_call") is not None:
-        from runtime.devices.reference import _host_call
-        calls = compiled.host_calls
-        if calls is None:
-            raise ValueError(f"host step {step['op']} needs the host-call table of the compile that made it")
-        return _host_call(calls[step["host_call"]], [o for o in operands if o is not None])
+        host_op = compiled.host_ops()[step["host_call"]]
+        tensors = [to_torch(o, dtype_of_numpy(o.dtype)) for o in operands if o is not None]
+        with torch.no_grad():
+            return [to_numpy(out) for out in host_op(tensors)]
     opdef = lookup_op(step["op"])
     attrs = {k: tuple(v) if isinstance(v, list) else v for k, v in step["attrs"].items()}
     res = opdef.reference(*operands, **attrs)
