@@ -193,7 +193,7 @@ def test_torch_compile_in_bf16_and_from_the_compile_cache(report, tmp_path):
     first = _eager(torch.compile(model, backend="ember", options=options), fresh)
     torch._dynamo.reset()                    # as a new process would: dynamo compiles again
     second = _eager(torch.compile(model, backend="ember", options=options), fresh)
-    assert rel_err(first, ref) <= 2e-2 and torch.equal(first, second)
+    assert rel_err(first, ref) <= 2e-2 and rel_err(second, first) == 0.0
     subs = ember.torch_compile_report().subgraphs
     built = [s.compiled.timings for s in subs[: len(subs) // 2]]
     loaded = [s.compiled.timings for s in subs[len(subs) // 2:]]
