@@ -21,7 +21,8 @@ def _fail(message: str) -> None:
 
 @app.command()
 def dialect(irdl: Path = typer.Option(..., "--irdl", help="write the IRDL definition of `ember` to this file")) -> None:
-    """Write the `ember` dialect's IRDL definition, for `torch-mlir-opt --irdl-file=FILE`."""
+    """Write the `ember` dialect's IRDL definition (graph-level and lowered ops), for
+    `torch-mlir-opt --irdl-file=FILE`."""
     from compiler.dialect import irdl_text
     irdl.write_text(irdl_text())
     console.print(f"wrote {irdl}")
@@ -62,12 +63,14 @@ def compile(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py
 @app.command()
 def simulate(program: Path = typer.Argument(..., help="a Program file written by `ember compile --to program -o`"),
              timing_only: bool = typer.Option(False, "--timing-only", help="time the run, compute no numbers"),
-             trace: Optional[Path] = typer.Option(None, "--trace", help="write a Chrome/Perfetto trace here")) -> None:
+             trace: Optional[Path] = typer.Option(None, "--trace", help="write a Chrome/Perfetto trace here"),
+             per_op: bool = typer.Option(False, "--per-op", help="list every accelerator op: predicted, simulated "
+                                                                  "and roofline cycles")) -> None:
     """Run a Program on the simulator (random inputs) and show where the time goes."""
     import torch
 
     import ember
-    from ember.report import run_summary_tables
+    from ember.report import per_op_table, run_summary_tables
     from ops.registry import DTYPE_TO_TORCH
     try:
         cm = ember.load(str(program))
@@ -88,6 +91,8 @@ def simulate(program: Path = typer.Argument(..., help="a Program file written by
     wall = time.perf_counter() - t0
     for table in run_summary_tables(cm.last_run):
         console.print(table)
+    if per_op:
+        console.print(per_op_table(cm.last_run))
     console.print(f"simulated in {wall:.2f} s of wall time")
     if trace is not None:
         cm.last_run.write_trace(str(trace))

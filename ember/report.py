@@ -54,3 +54,28 @@ def run_summary_tables(run, top: int = 10) -> list[Table]:
     for engine, u in run.stats["engine_utilization"].items():
         engines.add_row(engine, f"{100 * u:.1f}%")
     return [ops, engines]
+
+
+def per_op_table(run, limit: int | None = None) -> Table:
+    """Every accelerator op of a simulated run in program order: its source line, the cost
+    model's predicted cycles, the simulated cycles, the roofline bound max(ops / peak, bytes /
+    bandwidth), and how far the simulation is from each."""
+    table = Table(title="Per op: predicted, simulated and roofline cycles")
+    for col in ("#", "op", "source", "predicted", "simulated", "roofline", "pred. error", "of roofline"):
+        table.add_column(col, justify="left" if col in ("op", "source") else "right")
+    kernels = [s for s in run.steps if s.kind == "kernel"]
+    for i, s in enumerate(kernels[:limit]):
+        error = f"{100 * (s.predicted_cycles - s.cycles) / max(s.cycles, 1):+.1f}%" if s.predicted_cycles else ""
+        bound = f"{100 * s.roofline_cycles / max(s.cycles, 1):.0f}%" if s.roofline_cycles else ""
+        table.add_row(str(i), s.op, _short_location(s.location), f"{s.predicted_cycles:,}" if s.predicted_cycles else "",
+                      f"{s.cycles:,}", f"{s.roofline_cycles:,.0f}" if s.roofline_cycles else "", error, bound)
+    if limit is not None and len(kernels) > limit:
+        table.caption = f"first {limit} of {len(kernels)} accelerator ops"
+    return table
+
+
+def _short_location(location: str) -> str:
+    """`loc("file.py":12:3)` -> `file.py:12`."""
+    import re
+    m = re.search(r'"([^"]+)":(\d+)', location or "")
+    return f"{m.group(1).rsplit('/', 1)[-1]}:{m.group(2)}" if m else ""
