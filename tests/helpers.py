@@ -35,3 +35,16 @@ class Fn(torch.nn.Module):
 
 def as_module(fn) -> torch.nn.Module:
     return fn.eval() if isinstance(fn, torch.nn.Module) else Fn(fn).eval()
+
+
+class Mlp(torch.nn.Module):
+    """Two linear layers around an activation: the smallest model with real kernels in it."""
+
+    def __init__(self, act=torch.nn.functional.gelu):
+        super().__init__()
+        self.up = torch.nn.Linear(32, 64)
+        self.down = torch.nn.Linear(64, 16)
+        self.act = act
+
+    def forward(self, x):
+        return self.down(self.act(self.up(x)))

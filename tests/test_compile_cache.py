@@ -11,19 +11,9 @@ import torch
 
 import ember
 from runtime.cache import CompileCache
-from tests.helpers import rel_err
+from tests.helpers import Mlp, rel_err
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class Mlp(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.up = torch.nn.Linear(32, 64)
-        self.down = torch.nn.Linear(64, 16)
-
-    def forward(self, x):
-        return self.down(torch.nn.functional.gelu(self.up(x)))
 
 
 def _model(seed: int = 0) -> torch.nn.Module:
