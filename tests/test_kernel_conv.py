@@ -126,6 +126,16 @@ def test_conv_random_shapes_and_plans(g, cpg, opg, kh, kw, sh, sw, dh, dw, extra
     check_numbers(call, TINY, plans[pick % len(plans)], seed=pick)
 
 
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(C=st.integers(1, 16), O=st.integers(1, 24), k=st.sampled_from([1, 3, 5]), s=st.integers(1, 2),
+       H=st.integers(5, 9), bias=st.booleans(), pick=st.integers(0, 10 ** 6))
+def test_conv_mtia2i_random_plans(C, O, k, s, H, bias, pick):
+    """On the 8x8 grid: weight tiles shared down PE columns, PEs with no rows of a unit, idle PEs."""
+    call = conv_call(1 + pick % 2, C, H, H + pick % 5, O, k, s, k // 2, bias=bias, dtype="bf16", space="sram")
+    plans = [p for p in kernel_for("conv").plans(call, MTIA) if p.share == (8 if pick % 3 else 1)]
+    check_numbers(call, MTIA, plans[pick % len(plans)], seed=pick)
+
+
 POOLS = {
     "max 3x3/2 pad": {"shape": (2, 3, 11, 14), "kind": "max", "k": (3, 3), "s": (2, 2), "p": 1},
     "avg 3x3/2 pad": {"shape": (2, 3, 11, 14), "kind": "avg", "k": (3, 3), "s": (2, 2), "p": 1},

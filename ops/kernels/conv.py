@@ -366,8 +366,16 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
     """
     rt = rt or _Rates(chip)
     R, C = chip.pe_grid.rows, chip.pe_grid.cols
-    pe_jobs = _pe_jobs(geo, p, R, C)
-    active = sum(1 for jobs in pe_jobs if jobs)
+    n_o, n_r = _cdiv(geo.Og, p.mt), _cdiv(geo.OH, p.nr)
+    n_jobs = geo.N * geo.G * n_o * n_r
+    if p.share == 1:
+        active = min(R * C, n_jobs)
+        last = (n_jobs - 1) % (R * C)                  # the PE with the last job
+    else:
+        n_vb = _cdiv(geo.N * n_r, R)
+        units = geo.G * n_o * n_vb
+        active = R * min(C, units)
+        last = (units - 1) % C                        # row 0 of the column with the last unit
     es, oes = geo.es, ISA_ITEMSIZE[geo.out_dtype]
     nt = p.nr * geo.OW
     x, w, o = call.inputs[0], call.inputs[1], call.output
@@ -380,7 +388,8 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
         return streaming_dma_cycles(nbytes, space, active, chip)
 
     def job_cost(m: int, pi: int | None) -> tuple[float, float, float, float, dict]:
-        """(steady time of the job's steps, its first step's chain, epilogue, store, bytes)."""
+        """(steady time of the job's steps, its first step's chain, epilogue, store, and the
+        bytes of this PE's part of its weight tiles)."""
         key = (m, pi)
         if key in memo:
             return memo[key]
@@ -398,7 +407,6 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
                 mlu = 0 if geo.direct else _mlu_cycles(geo, t, ccs, rt)
                 dpe = rt.dpe(m, k, nt, geo.dtype)
                 total += count * max(d, mlu, dpe, (d + mlu + dpe) / p.nbuf)
-                by[x.space] += count * sum(slab)
                 if gi == 0:
                     first = d + mlu
         epi = store = 0.0
@@ -408,7 +416,6 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
             elif geo.out_dtype != ACC_DTYPE[geo.dtype]:
                 epi = _cdiv(m * nt, rt.simd) + rt.simd_lat
             store = dma(m * t.rows * geo.OW * oes, o.space)
-            by[o.space] += m * t.rows * geo.OW * oes
         memo[key] = (total, first, epi, store, by)
         return memo[key]
 
@@ -421,19 +428,12 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
         # every slot before the first load in direct mode, else the first slot before its patch
         setup += (p.nbuf if geo.direct else 1) * init_patch * (_cdiv(kt * nt * es, rt.mlu) + rt.mlu_lat)
         setup += p.nbuf * init_slab * (_cdiv(p.cc * nt * es, rt.mlu) + rt.mlu_lat)
+    # the busiest PE: the first one (the most jobs) or the one with the last (edge) jobs; PEs
+    # that share weight tiles go at the pace of their column's first row
     worst = 0.0
-    by = {"dram": 0.0, "sram": 0.0}
-    seen: dict = {}
-    for q, jobs in enumerate(pe_jobs):
-        for g, oi, _, pi in jobs:
-            for space, b in job_cost(min(p.mt, geo.Og - oi * p.mt), pi)[4].items():
-                by[space] += b
-        lead = pe_jobs[q % C] if p.share > 1 else jobs      # the pace of a sharing column
-        key = tuple((oi, pi) for _, oi, _, pi in lead)
-        if not lead or key in seen:
-            continue
-        seen[key] = True
+    for q in sorted({0, last}):
         tm = 0.0
+        lead = _jobs_of(geo, p, R, C, q)
         for idx, (_, oi, _, pi) in enumerate(lead):
             steady, first, epi, store, _ = job_cost(min(p.mt, geo.Og - oi * p.mt), pi)
             tm += steady
@@ -441,8 +441,17 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
                 tm += max(first, setup)
             elif p.cbufs == 1:       # the DPE waits for the previous accumulator to drain
                 tm += epi + store
-        tm += epi + store
-        worst = max(worst, tm)
+        worst = max(worst, tm + epi + store)
+    # bytes: every job's weights (shared: once per column and unit) and slab, and the output
+    by = {"dram": 0.0, "sram": 0.0}
+    fetches = geo.N * n_r if p.share == 1 else n_vb * R      # weight-tile fetches per tile, by part
+    for oi in range(n_o):
+        for space, b in job_cost(min(p.mt, geo.Og - oi * p.mt), None)[4].items():
+            by[space] += b * geo.G * fetches
+    for pi in range(n_r):
+        t = _row_tile(geo, p.nr, pi)
+        by[x.space] += geo.N * geo.G * n_o * sum(count * sum(_slab_dmas(geo, t, ccs)) for ccs, count in groups)
+    by[o.space] += geo.N * geo.O * geo.OH * geo.OW * oes
     mem = max(by["dram"] / rt.dram, by["sram"] / rt.sram) + lat
     return int(max(worst + lat, mem))
 
@@ -466,27 +475,31 @@ def _dpe_floor(geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates) -> float:
 
 # --- emission ---------------------------------------------------------------------------------
 
-def _pe_jobs(geo: _Geom, p: ConvPlan, R: int, C: int) -> list[list[tuple]]:
-    """Per PE, its jobs in order as (group, output-channel tile, image, row tile).
+def _jobs_of(geo: _Geom, p: ConvPlan, R: int, C: int, q: int) -> list[tuple]:
+    """The jobs of PE q in order, as (group, output-channel tile, image, row tile).
 
     ``share`` 1: jobs round robin over the PEs. ``share`` R: work units (a weight tile, R row
     tiles) round robin over the PE columns, the unit's row tiles one per PE of the column, so a
     column's PEs run jobs on the same weight tiles in step; a PE past the last row tile gets
     (group, tile, None, None): it only takes part in fetching the column's weights.
     """
-    P = R * C
+    n_o, n_r = _cdiv(geo.Og, p.mt), _cdiv(geo.OH, p.nr)
     if p.share == 1:
-        jobs = _jobs(geo, p)
-        return [[(g, oi, n, pi) for n, g, oi, pi in jobs[q::P]] for q in range(P)]
-    units = [(g, oi) for g in range(geo.G) for oi in range(_cdiv(geo.Og, p.mt))]
-    rows = [(n, pi) for n in range(geo.N) for pi in range(_cdiv(geo.OH, p.nr))]
-    work = [(u, vb) for u in units for vb in range(_cdiv(len(rows), R))]
-    out: list[list[tuple]] = [[] for _ in range(P)]
-    for c in range(C):
-        for u, vb in work[c::C]:
-            for r in range(R):
-                j = vb * R + r
-                out[r * C + c].append(u + (rows[j] if j < len(rows) else (None, None)))
+        out = []
+        for j in range(q, geo.N * geo.G * n_o * n_r, R * C):
+            rest, pi = divmod(j, n_r)
+            rest, oi = divmod(rest, n_o)
+            n, g = divmod(rest, geo.G)
+            out.append((g, oi, n, pi))
+        return out
+    r, c = divmod(q, C)
+    n_vb = _cdiv(geo.N * n_r, R)
+    out = []
+    for w in range(c, geo.G * n_o * n_vb, C):
+        u, vb = divmod(w, n_vb)
+        g, oi = divmod(u, n_o)
+        j = vb * R + r
+        out.append((g, oi) + (divmod(j, n_r) if j < geo.N * n_r else (None, None)))
     return out
 
 
@@ -502,7 +515,7 @@ class _Emitter:
 
     def run(self) -> None:
         b, p = self.b, self.p
-        pe_jobs = _pe_jobs(self.geo, p, self.R, self.C)
+        pe_jobs = [_jobs_of(self.geo, p, self.R, self.C, q) for q in range(self.R * self.C)]
         # weight-tile tokens per sharing group (a PE, or a PE column): "full" counts the parts
         # fetched, "free" the consumers done with a slot
         self.a_full, self.a_free = {}, {}
