@@ -11,19 +11,24 @@ tile [o, p] is a block of the NCHW result, so neither needs a layout change.
 
 Shape of the schedule (one plan):
 
-* Jobs are (image, group, ``mt`` output channels, ``nr`` whole output rows); PE q runs jobs
-  q, q + P, q + 2P, ... Inside a job, K is walked ``cc`` input channels at a time through
-  ``nbuf`` alternating local buffers, so the DMA and the memory layout unit (MLU) prepare step
-  s + 1 while the DPE multiplies step s.
-* Per step the DMA engine loads the weight tile [mt, cc*kh*kw] (one strided DMA) and an input
-  slab [cc, rows, W] holding the input rows the job's output rows read (one DMA when the slab
-  rows are whole input rows, else one per channel).
+* Jobs are (image, group, ``mt`` output channels, ``nr`` whole output rows). With ``share``
+  1, PE q runs jobs q, q + P, q + 2P, ... and fetches its own weight tiles. With ``share`` R
+  (the PE rows), a PE column runs a weight tile on R row tiles at once, one per PE, and each
+  PE fetches a block of the tile's rows and multicasts it down the column, so the weights
+  cross memory once per column instead of once per PE (a PE past the last row tile only
+  fetches and releases its block). Inside a job, K is walked ``cc`` input channels at a
+  time through ``nbuf`` alternating local buffers, so the DMA and the memory layout unit (MLU)
+  prepare step s + 1 while the DPE multiplies step s.
+* Per step the DMA engine loads the weight tile [mt, cc*kh*kw] (or its block of it; one
+  strided DMA) and an input slab [cc, rows, W] holding the input rows the job's output rows
+  read (one DMA when the slab rows are whole input rows, else one per channel).
 * The MLU builds the patch matrix [cc*kh*kw, nr*OW] from the slab with strided 2-D copies,
-  one per (channel, tap): a tap's output rows are slab rows ``sh`` apart. A horizontal stride
+  one per tap and output row (over channels) or per tap and channel (over output rows),
+  whichever is fewer: a tap's output rows are slab rows ``sh`` apart. A horizontal stride
   first splits the slab into its ``sw`` column phases (one strided copy per phase), after
   which a tap's pixels are contiguous again. Zero padding: slab rows above or below the input
   are copied from a zero tile; pixels whose tap falls left or right of the input are never
-  written, and stay at the zeros the patch buffers are cleared to once at the start.
+  written, and stay at the zeros each patch buffer is cleared to before its first use.
   1x1 convolutions with stride 1 and no padding skip the MLU: the slab is the patch matrix.
 * The DPE accumulates in fp32 into [mt, nr*OW]; the epilogue on the SIMD engine adds the bias
   per output channel and rounds to the output dtype in place; a strided DMA stores the tile.

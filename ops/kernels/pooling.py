@@ -18,9 +18,12 @@ The input is a stack of planes [planes, H, W] (every leading dimension is a plan
 * DMA: the job's output rows back, one DMA per plane (or per row when that is fewer).
 
 A window over the whole plane (global pooling, as CNN heads do) is one SIMD row reduction per
-job instead. Every stage has two buffers, so the stages of consecutive jobs overlap. Average
-pools whose count varies over the output (padding not counted, ceil_mode past the padding)
-stay on the host.
+job instead. Every stage has two buffers, and a job's load waits only for the store of the job
+two before it, so consecutive jobs overlap. Buffers read at a shift carry a tail of pad values
+past their end, so the flat passes never read memory nothing wrote (the outputs there are not
+stored). Average pools whose count varies over the output (padding not counted, ceil_mode
+past the padding) stay on the host, as do 3-D pools and `ember.adaptive_pool` (non-divisible
+bins; divisible ones, the global average included, are `ember.pool`s).
 """
 from __future__ import annotations
 
