@@ -9,16 +9,20 @@ The policy, for a compile dtype D ("fp32" | "bf16" | "int8"):
   attention / conv (and the conv bias, which its kernel reads in the operand dtype) are held in
   the narrow dtype (bf16 for D = "bf16" or "int8", fp32 for "fp32"). Everything else -- the
   residual stream, norm and softmax inputs and outputs, GEMM results, graph outputs -- stays in
-  fp32, as bf16 inference stacks keep their accumulations and residuals.
-* Kernels that cannot convert (data movement, attention, anything not listed in MIXED_OPS) hold
+  fp32, as bf16 inference stacks keep their accumulations and residuals. (Rounding everything
+  to bf16 also rounded the rotary angles, position * frequency, whose bf16 spacing is 1.0 at
+  position 128: that alone was a 3e-2 error on a 176-token prompt.)
+* Kernels that cannot convert (data movement, attention, conv, anything not in MIXED_OPS) hold
   all their float operands and their result in one dtype. Such constraints join values into
-  classes; a class is narrow when any member must be. A view shares its input's class.
+  classes; a class is narrow when any member must be. A view shares its input's class. So a KV
+  cache that attention reads through a concat is bf16, output included.
 * D = "int8": each linear (and 2-D matmul) whose weight is a constant becomes an int8 x int8 ->
   int32 GEMM. Weights are quantized symmetrically per output channel (scale = max|W[n, :]| / 127);
   the activation per tensor with the largest magnitude calibration saw (scale = amax / 127), by a
   `quantize` op inserted before the GEMM (a SIMD multiply that rounds and saturates to int8). The
   GEMM's epilogue dequantizes with one fp32 vector, act_scale * weight_scale[n], then adds the
   bias in fp32. The int8 weight and that vector are new constant values of the graph.
+  Convolutions stay bf16: the conv kernel has no int32 dequantizing epilogue yet.
 """
 from __future__ import annotations
 
