@@ -8,6 +8,8 @@ types are what the op's inference says. `ember` ops are leaf ops; structure come
 from __future__ import annotations
 
 import functools
+import sys
+import types
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,7 +20,8 @@ from ops.registry import Attr, OpDef, TensorSpec, all_ops
 
 
 class Ember(Dialect, name="ember"):
-    """Tensor-level ops of the Ember accelerator compiler."""
+    """Ops of the Ember accelerator compiler: tensor-level (graph) ops, and lowered per-PE commands
+    (`compiler.lowered_dialect`)."""
 
 
 _ATTR_CONSTRAINT = {Attr.INT: ir.IntegerAttr, Attr.FLOAT: ir.FloatAttr, Attr.STR: ir.StringAttr,
@@ -176,9 +179,21 @@ def op_classes() -> dict[str, type]:
     return {name: _define_op_class(opdef) for name, opdef in sorted(all_ops().items())}
 
 
-def mlir_context() -> ir.Context:
-    """A new MLIR Context with the `ember` dialect (and the upstream ones) loaded."""
+def _define_all_ops() -> None:
+    """Define every `ember` op class: the graph-level ones and the lowered ones."""
     op_classes()
+    import compiler.lowered_dialect  # noqa: F401  (defines the lowered ops on `Ember`)
+    # The bindings import `torch_mlir.dialects.<namespace>` whenever they wrap an op of a dialect
+    # they have no module for, and retry on every op when there is none (a failed import per op
+    # verified or printed: milliseconds per thousand ops). Our op classes are registered by
+    # `Ember.load()`; an empty module by that name ends the search.
+    sys.modules.setdefault("torch_mlir.dialects.ember", types.ModuleType("torch_mlir.dialects.ember"))
+
+
+def mlir_context() -> ir.Context:
+    """A new MLIR Context with the `ember` dialect (graph-level and lowered ops, and the upstream
+    dialects) loaded."""
+    _define_all_ops()
     ctx = ir.Context()
     with ctx, ir.Location.unknown():
         Ember.load()
@@ -186,8 +201,9 @@ def mlir_context() -> ir.Context:
 
 
 def irdl_text() -> str:
-    """The IRDL definition of the `ember` dialect, for upstream tools (`--irdl-file=`)."""
-    op_classes()
+    """The IRDL definition of the `ember` dialect (graph-level and lowered ops), for upstream
+    tools (`--irdl-file=`)."""
+    _define_all_ops()
     with ir.Context(), ir.Location.unknown():
         return str(Ember._emit_module())
 

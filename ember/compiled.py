@@ -94,9 +94,15 @@ class CompiledModel:
         return dict(self._result.timings)
 
     def ir(self, phase: str = "graph") -> str:
-        """The MLIR text after `phase`."""
+        """The MLIR text after `phase`. For "program", the lowered IR: every kernel's per-PE
+        command schedule as lowered `ember` ops, built from the Program on first request."""
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}; phases are {', '.join(PHASES)}")
+        if phase == "program" and self.program is not None:
+            if getattr(self, "_lowered_ir", None) is None:
+                from compiler.lowered import lowered_text
+                self._lowered_ir = lowered_text(self.program)
+            return self._lowered_ir
         if phase not in self._result.ir:
             raise EmberError(f"phase '{phase}' was not reached: this model was compiled with to='{self.options.to}'")
         return self._result.ir[phase]
