@@ -97,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"program               {len(program.kernels)} kernels, {records:,} stored records, "
           f"{commands:,} commands; {program.meta.get('relocated_kernels', 0)} kernels relocated")
 
+    placed = defaultdict(int)
+    produced = {t for st in program.steps for t in st["results"]} | set(program.inputs)
+    for t, entry in program.tensors.items():
+        if "space" in entry:
+            kind = "activations" if t in produced else "weights"
+            placed[(kind, entry["space"])] += math.prod(entry["shape"]) * ISA_ITEMSIZE[entry["isa_dtype"]]
+    print("placed                " + ", ".join(f"{k} in {sp} {b / 1e9:.2f} GB" for (k, sp), b in sorted(placed.items())))
+
     t0 = time.perf_counter()
     cm.run(*inputs, device="sim", timing_only=True)
     t_sim = time.perf_counter() - t0

@@ -19,6 +19,7 @@ import numpy as np
 
 from compiler.graph_ops import GraphOps
 from compiler.hostcalls import encode_host_calls
+from compiler.passes.concat_chains import concat_chains
 from compiler.passes.tile import kernel_call
 from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
 from simulator.isa import ChipProgram, Op, ProgramBuilder, RelocatedProgram, Space
@@ -173,6 +174,38 @@ class KernelEmitter:
         return program, first.flops, first.roofline
 
 
+def _overlaps(p: Placement, q: Placement) -> bool:
+    return p.space == q.space and p.addr < q.addr + q.nbytes and q.addr < p.addr + p.nbytes
+
+
+def fused_concats(graph: GraphOps, placements: dict[int, Placement]) -> tuple[set[int], dict[int, list[int]]]:
+    """The concat chains (compiler.passes.concat_chains) that are safe to run as one copy:
+    the copied values live in distinct buffers, none of which the result overlaps or a kernel
+    run between the chain's first and last link writes. Returns the links that need not run,
+    and for each last link the values it copies."""
+    produced_on_host = {r for op in graph.ops if op.target == "host" for r in op.results}
+    skipped: set[int] = set()
+    fused: dict[int, list[int]] = {}
+    for last, (leaves, links) in concat_chains(graph).items():
+        bufs = list({placements[v] for v in leaves})
+        out = placements[graph.ops[last].results[0]]
+        safe = not any(_overlaps(out, b) for b in bufs) and \
+            not any(_overlaps(a, b) for i, a in enumerate(bufs) for b in bufs[i + 1:])
+        members = set(links)
+        for other in graph.ops[min(links):last]:
+            if not safe:
+                break
+            if other.index in members or other.target != "accelerator":
+                continue
+            written = [placements[r] for r in other.results if r in placements]
+            written += [placements[v] for v in other.operands if v in produced_on_host and v in placements]
+            safe = not any(_overlaps(w, b) for w in written for b in bufs)
+        if safe:
+            skipped |= members
+            fused[last] = leaves
+    return skipped, fused
+
+
 def build_program(graph: GraphOps, placements: dict[int, Placement], chip, dtype: str,
                   constants: dict[int, np.ndarray], host_calls: dict[int, Any],
                   relocate: bool = True, verify_relocation: bool = False) -> Program:
@@ -189,11 +222,28 @@ def build_program(graph: GraphOps, placements: dict[int, Placement], chip, dtype
     steps: list[dict[str, Any]] = []
     kernels: list[ChipProgram] = []
     emitter = KernelEmitter(chip, relocate=relocate, verify=verify_relocation)
+    skipped, fused = fused_concats(graph, placements)
     for op in graph.ops:
         record = {"op": op.name, "operands": op.operands, "results": op.results, "location": op.location,
                   "attrs": {k: _jsonable(v) for k, v in op.attrs.items()}}
         if op.target == "view":
             steps.append({"kind": "view", **record})
+        elif op.index in skipped:
+            # its result is never read: the chain's last concat copies its inputs directly
+            kernels.append(ProgramBuilder(chip, name=f"{op.name}#{op.index}").build())    # no commands
+            steps.append({"kind": "kernel", "kernel": len(kernels) - 1, "elided": True, **record, "plan": repr(op.plan),
+                          "predicted_cycles": 0, "roofline_cycles": 0.0, "flops": 0})
+        elif op.index in fused:
+            template = kernel_for("concat")
+            leaves = [placements[v] for v in fused[op.index]]
+            out = placements[op.results[0]]
+            builder = ProgramBuilder(chip, name=f"{op.name}#{op.index}")
+            template.emit_concat(leaves, out, op.attrs["dim"], op.plan.pes, builder)
+            kernels.append(builder.build())
+            steps.append({"kind": "kernel", "kernel": len(kernels) - 1, **record, "reads": fused[op.index],
+                          "plan": repr(op.plan), "predicted_cycles": op.predicted_cycles,
+                          "roofline_cycles": float(roofline_cycles(template.concat_call(leaves, out, op.attrs["dim"]),
+                                                                   template, chip)), "flops": 0})
         elif op.target == "accelerator":
             call = kernel_call(op, placements)
             program, flops, roofline = emitter.emit(op, call)

@@ -29,6 +29,7 @@ from compiler.importer import ImportResult, import_program
 from compiler.passes.calibrate import Calibrate
 from compiler.passes.dtype import DtypeLowering
 from compiler.passes.broadcast_operands import MaterializeBroadcasts
+from compiler.passes.gqa_heads import FoldKVHeadExpansion
 from compiler.passes.memory_plan import MemoryPlan
 from compiler.passes.partition import Partition
 from compiler.passes.tile import TileAndMap
@@ -131,6 +132,7 @@ def _phase_tiled(model: torch.nn.Module, example_inputs: tuple, options: Compile
     chip, graph_result = result["chip"], result["graph"]
     with graph_result.context:
         MaterializeBroadcasts().run(graph_result.module)
+        FoldKVHeadExpansion().run(graph_result.module)
         graph = graph_ops(graph_result.module)
         Partition().run(graph, chip, options.dtype)
         constants = amax = None

@@ -3,6 +3,9 @@
 Weights go to SRAM while they fit (the chip keeps weights on die when it can), else DRAM.
 Activations are allocated in SRAM by a first-fit allocator that reuses a buffer once its last
 reader has run (liveness), and spill to DRAM when SRAM is full. A reshape aliases its input.
+When weights in SRAM would push activations out to DRAM (a model whose weights do not fit
+on die), activations are planned first and weights take the SRAM above their high-water mark:
+an activation is written and read several times, a weight read once per run.
 Each value is held in the ISA dtype the dtype pass chose for it (`GraphOps.storage`).
 """
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from compiler.graph_ops import GraphOps
+from compiler.passes.concat_chains import concat_chains
 from ops.kernel import ISA_ITEMSIZE, Placement
 
 ALIGN = 256   # bytes: one DRAM/SRAM interleave unit, so tiles start on a channel boundary
@@ -49,6 +53,14 @@ class MemoryPlan:
     name: str = "memory-plan"
 
     def run(self, graph: GraphOps, chip) -> dict[int, Placement]:
+        placements = self._plan(graph, chip, weights_first=True)
+        constants = set(graph.weights) | set(graph.literals)
+        spilled = any(p.space == "dram" for v, p in placements.items() if v not in constants)
+        if spilled and any(placements[v].space == "sram" for v in constants if v in placements):
+            placements = self._plan(graph, chip, weights_first=False)
+        return placements
+
+    def _plan(self, graph: GraphOps, chip, weights_first: bool) -> dict[int, Placement]:
         arenas = {"sram": _Arena(chip.sram_bytes), "dram": _Arena(chip.dram.bytes)}
         on_chip = [op for op in graph.ops if op.target in ("accelerator", "view")]
         touched = {v for op in on_chip for v in (*op.operands, *op.results) if v is not None}
@@ -64,6 +76,10 @@ class MemoryPlan:
                     last_use[root.get(v, v)] = op.index
         for v in graph.outputs:
             last_use[root.get(v, v)] = len(graph.ops)
+        # a concat chain run as one copy reads all its inputs at its last link
+        for last, (leaves, _) in concat_chains(graph).items():
+            for v in leaves:
+                last_use[root.get(v, v)] = max(last_use.get(root.get(v, v), 0), last)
         placements: dict[int, Placement] = {}
 
         def place(v: int) -> Placement:
@@ -77,16 +93,19 @@ class MemoryPlan:
             raise MemoryError(f"value {v} ({spec}) does not fit in SRAM or DRAM")
 
         constants = set(graph.weights) | set(graph.literals)
-        for v in sorted(touched & constants):          # weights first: they live for the whole run
-            placements[v] = place(v)
+        if weights_first:                              # they live for the whole run
+            for v in sorted(touched & constants):
+                placements[v] = place(v)
         for op in graph.ops:
             if op.target not in ("accelerator", "view"):
                 continue
             for v in op.operands:
-                if v is not None and v not in placements and v in touched:
+                if v is not None and v not in placements and v in touched and root.get(v, v) not in constants:
                     placements[v] = place(v)           # uploaded from the host before this op
             for r in op.results:
                 if op.target == "view":
+                    if op.operands[0] not in placements:
+                        continue                       # a view of a weight placed below
                     src = placements[op.operands[0]]
                     placements[r] = Placement(src.space, src.addr, graph.specs[r].shape, src.dtype)
                 else:
@@ -95,4 +114,17 @@ class MemoryPlan:
                 if v not in constants and last_use.get(v) == op.index and v in placements:
                     p = placements[v]
                     arenas[p.space].release(p.addr, p.nbytes)
+        if not weights_first:
+            # above every activation ever placed, so that no weight shares a buffer with one
+            high = {space: max((p.addr + -(-p.nbytes // ALIGN) * ALIGN for p in placements.values()
+                                if p.space == space), default=0) for space in arenas}
+            arenas = {"sram": _Arena(chip.sram_bytes - high["sram"], high["sram"]),
+                      "dram": _Arena(chip.dram.bytes - high["dram"], high["dram"])}
+            for v in sorted(touched & constants):
+                placements[v] = place(v)
+            for op in graph.ops:
+                if op.target == "view" and op.results[0] not in placements and op.operands[0] in placements:
+                    src = placements[op.operands[0]]
+                    placements[op.results[0]] = Placement(src.space, src.addr, graph.specs[op.results[0]].shape,
+                                                          src.dtype)
         return placements

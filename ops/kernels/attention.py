@@ -356,13 +356,20 @@ class AttentionKernel(KernelTemplate):
 
     def _predict_blocked(self, call: KernelCall, d: _Dims, plan: AttentionPlan, causal: bool, chip) -> int:
         worst = 0.0
+        seen: dict[tuple, dict[str, float]] = {}
         for work in _split(_items(d, plan.lq, causal), plan.pes):
             if not work:
                 continue
             eng = {"simd": 0.0, "dpe": 0.0, "mlu": 0.0, "dma": 0.0, "chain": 0.0}
             jobs = _jobs(work, plan.ks)
             for jb in jobs:
-                c = self._job_cycles(call, d, work[jb.t], jb, causal, plan.pes, chip)
+                w = work[jb.t]
+                # a block's cycles depend on its size, its place in the item, and where the
+                # causal diagonal crosses it: blocks alike in those are costed once
+                key = (w.n, jb.sj, jb.first, jb.last, w.q0 - jb.k0 if causal else 0)
+                c = seen.get(key)
+                if c is None:
+                    c = seen[key] = self._job_cycles(call, d, w, jb, causal, plan.pes, chip)
                 for key in c:
                     eng[key] += c[key]
                 # V of block j+2 waits for P V of block j, and K of block j+3 queues behind

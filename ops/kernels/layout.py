@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, register_kernel
+from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, Placement, register_kernel
 from simulator.isa import Engine
 
 #: float element types narrower than fp32 -> the ISA dtype a rounding cast goes through
@@ -467,6 +467,27 @@ class LayoutKernel(KernelTemplate):
             self._emit_copy(call, plan, builder)
         else:
             self._emit_tiles(call, plan, builder)
+
+    def concat_call(self, leaves: list[Placement], out: Placement, dim: int) -> KernelCall:
+        """A concatenation of any number of inputs along `dim` (for its bytes and roofline)."""
+        return KernelCall("concat", tuple(leaves), out, {"dim": dim})
+
+    def emit_concat(self, leaves: list[Placement], out: Placement, dim: int, pes: int, builder) -> None:
+        """Concatenate any number of inputs along `dim` as box copies spread over `pes` PEs: a
+        chain of two-input concats whose intermediates nothing else reads, done as one copy
+        (each input moves once instead of once per later link of the chain)."""
+        item = ISA_ITEMSIZE[out.dtype]
+        os_ = row_major_strides(out.shape, item)
+        boxes, at = [], 0
+        for x in leaves:
+            boxes.append(Box(x.space, x.addr, out.space, out.addr + at * os_[dim], x.shape,
+                             row_major_strides(x.shape, item), os_, item))
+            at += x.shape[dim]
+        if at != out.shape[dim]:
+            raise ValueError(f"inputs of {at} along dim {dim} do not fill an output of {out.shape[dim]}")
+        share = split_over_pes([g for b in boxes for g in dma_groups(b, pes)], pes)
+        for p in range(pes):
+            emit_groups(builder.pe(p), share[p])
 
     def _emit_copy(self, call: KernelCall, plan: CopyPlan, builder) -> None:
         groups = [g for b in self._boxes(call) for g in dma_groups(b, plan.pes)]

@@ -114,8 +114,11 @@ def run(compiled: Any, inputs: Sequence[torch.Tensor], timing_only: bool = False
     if not timing_only:
         for tid, x in zip(program.inputs, inputs):
             store[tid] = to_numpy(x)
-    on_chip = {t for t in program.constants if "space" in tensors[t]}   # weights are loaded with the model
-    on_host = set(program.inputs) | set(program.constants)
+    # weights are loaded with the model, whether they carry values (constants) or not (a
+    # meta-device model): those the chip reads live there, all of them on the host as well
+    weights = (read - produced) | set(program.constants)
+    on_chip = {t for t in weights if "space" in tensors[t]}
+    on_host = set(program.inputs) | weights
     acc = _Accumulator(chip)
     result = RunResult(chip)
     clock = 0
@@ -145,14 +148,21 @@ def run(compiled: Any, inputs: Sequence[torch.Tensor], timing_only: bool = False
             (on_chip if operands[0] in on_chip else on_host).add(results[0])
             continue
         if kind == "kernel":
-            transfer(operands, to_chip=True)
+            out = results[0]
+            if step.get("elided"):
+                # a link of a fused concat chain: the chain's last step writes the whole result
+                on_chip.add(out)
+                on_host.discard(out)
+                result.steps.append(StepRecord("kernel", step["op"], step["location"], 0, 0, 0.0, clock))
+                continue
+            reads = step.get("reads", operands)        # a fused chain reads its inputs directly
+            transfer(reads, to_chip=True)
             memory_init = None
             if not timing_only:
                 memory_init = {(tensors[t]["space"], tensors[t]["addr"]): _device_array(store[t], tensors[t]["isa_dtype"])
-                               for t in operands if t is not None}
+                               for t in reads if t is not None}
             res = simulate(program.kernels[step["kernel"]], chip, memory_init=memory_init, timing_only=timing_only,
                            cache=TIMING_CACHE if timing_only else None)
-            out = results[0]
             if not timing_only:
                 entry = tensors[out]
                 raw = res.read(entry["space"], entry["addr"], tuple(entry["shape"]), DType.of(entry["isa_dtype"]).np)
