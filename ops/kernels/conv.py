@@ -269,6 +269,32 @@ def _im2col(geo: _Geom, t: RowTile, ccs: int, nt: int) -> list[_Copy]:
     return out
 
 
+def _clears(geo: _Geom, p: ConvPlan, chip: Any) -> list[_Copy]:
+    """The MLU copies from the zero tile that clear what the patch copies never write: the
+    pixels a tap misses left or right of the input, per tap and output row over the channels,
+    and the columns past the last (short) row tile; or the whole buffer when that is cheaper."""
+    es, nt, OW = geo.es, p.nr * geo.OW, geo.OW
+    out = []
+    for k in range(geo.taps):
+        a, e = geo.ow_range(k % geo.kw)
+        lo = min(a, OW)
+        hi = max(min(e, OW), lo)
+        for r in range(p.nr):
+            for c0, c1 in ((0, lo), (hi, OW)):
+                if c1 > c0:
+                    out.append(_Copy(("zero", 0), ("patch", (k * nt + r * OW + c0) * es), p.cc, (c1 - c0) * es, 0,
+                                     geo.taps * nt * es))
+    short = geo.OH % p.nr * OW
+    if short:
+        out.append(_Copy(("zero", 0), ("patch", short * es), p.cc * geo.taps, (nt - short) * es, 0, nt * es))
+    whole = [_Copy(("zero", 0), ("patch", 0), p.cc * geo.taps, nt * es, 0, nt * es)]
+
+    def cycles(copies):
+        return sum(_cdiv(c.rows * c.row_bytes, chip.mlu.bytes_per_cycle) + chip.mlu.latency_cycles for c in copies)
+
+    return out if cycles(out) < cycles(whole) else whole
+
+
 class _Buffers:
     """Local-memory map of one plan (the same on every PE)."""
 
@@ -398,7 +424,7 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
         key = (m, pi)
         if key in memo:
             return memo[key]
-        total = first = 0.0
+        total, first = 0.0, (0.0, 0.0)
         by = {"dram": 0, "sram": 0}
         part = _cdiv(m, p.share)
         t = None if pi is None else _row_tile(geo, p.nr, pi)
@@ -413,7 +439,7 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
                 dpe = rt.dpe(m, k, nt, geo.dtype)
                 total += count * max(d, mlu, dpe, (d + mlu + dpe) / p.nbuf)
                 if gi == 0:
-                    first = d + mlu
+                    first = (d, mlu)
         epi = store = 0.0
         if t is not None:
             if geo.has_bias:
@@ -424,15 +450,28 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
         memo[key] = (total, first, epi, store, by)
         return memo[key]
 
-    setup = 0.0
+    # before the first step: the zero tile, the buffers cleared with it (the slabs and, 1x1
+    # convolutions, the patch buffers before the DMA writes them; else each patch buffer on the
+    # MLU before its first patch)
     init_patch, init_slab = _inits(geo, p)
-    if init_patch or init_slab:
+    zero_ready = 0.0
+    if init_patch or init_slab or any(t.ztop or t.zbot for t in (_row_tile(geo, p.nr, 0),
+                                                                  _row_tile(geo, p.nr, n_r - 1))):
         zero = _Buffers.zero_elems_of(geo, p)
-        setup = dma(zero, x.space) + _cdiv(zero, rt.simd) + rt.simd_lat
-        kt = p.cc * geo.taps
-        # every slot before the first load in direct mode, else the first slot before its patch
-        setup += (p.nbuf if geo.direct else 1) * init_patch * (_cdiv(kt * nt * es, rt.mlu) + rt.mlu_lat)
-        setup += p.nbuf * init_slab * (_cdiv(p.cc * nt * es, rt.mlu) + rt.mlu_lat)
+        zero_ready = dma(zero, x.space) + _cdiv(zero, rt.simd) + rt.simd_lat
+    kt = p.cc * geo.taps
+    before_dma = zero_ready if init_slab or (geo.direct and init_patch) else 0.0
+    before_dma += p.nbuf * init_slab * (_cdiv(p.cc * nt * es, rt.mlu) + rt.mlu_lat)
+    if geo.direct:
+        before_dma += p.nbuf * init_patch * (_cdiv(kt * nt * es, rt.mlu) + rt.mlu_lat)
+    before_mlu = max(before_dma, zero_ready)
+    if init_patch and not geo.direct:
+        before_mlu += sum(_cdiv(c.rows * c.row_bytes, rt.mlu) + rt.mlu_lat for c in _clears(geo, p, chip))
+
+    def first_chain(first):
+        d, mlu = first
+        return max(before_dma + d, before_mlu) + mlu
+
     # the busiest PE: the first one (the most jobs) or the one with the last (edge) jobs; PEs
     # that share weight tiles go at the pace of their column's first row
     worst = 0.0
@@ -443,7 +482,7 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
             steady, first, epi, store, _ = job_cost(min(p.mt, geo.Og - oi * p.mt), pi)
             tm += steady
             if idx == 0:
-                tm += max(first, setup)
+                tm += first_chain(first)
             elif p.cbufs == 1:       # the DPE waits for the previous accumulator to drain
                 tm += epi + store
         worst = max(worst, tm + epi + store)
@@ -715,9 +754,9 @@ class _Emitter:
                 slot, use = q % p.nbuf, q // p.nbuf
                 # the patch slot is free once the DPE has used it
                 pe.nop(Engine.MLU, wait=self._wait(tok["dpe"][slot], use, looped))
-                if clear and q < p.nbuf:     # a slot's first use: clear it (see emit_setup)
-                    pe.mlu_copy2d(buf.zero, buf.patch[slot], p.cc * geo.taps, self.nt * geo.es, src_stride=0,
-                                  dst_stride=self.nt * geo.es)
+                for c in _clears(geo, p, self.chip) if clear and q < p.nbuf else ():   # a slot's first use
+                    pe.mlu_copy2d(buf.at(c.src, slot), buf.at(c.dst, slot), c.rows, c.row_bytes,
+                                  src_stride=c.src_stride, dst_stride=c.dst_stride)
                 copies = _im2col(geo, t, self.steps[s], self.nt)
                 for ci, c in enumerate(copies):
                     pe.mlu_copy2d(buf.at(c.src, slot), buf.at(c.dst, slot), c.rows, c.row_bytes,
