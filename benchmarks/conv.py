@@ -1,4 +1,5 @@
-"""Convolution kernel template (ops/kernels/conv.py) on a chip: a sweep of ResNet-like layers.
+"""Convolution kernel template (ops/kernels/conv.py) on a chip: a sweep of ResNet-like layers,
+and the ResNet pools (ops/kernels/pooling.py).
 
 For each case: the plan the search chooses, simulated time (timing-only by default), the
 roofline bound (MACs at peak, or each operand moved once at its memory's bandwidth), the
@@ -22,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
+from ops.pooling import _pool_reference
 from simulator import ProgramBuilder, load_chip, simulate
 
 NP = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16}
@@ -40,6 +42,7 @@ class Case:
     groups: int = 1
     bias: bool = False
     space: str = "sram"
+    pool: str | None = None      # a pool of this kind ("max" | "avg") instead of a convolution
 
     @property
     def out(self) -> int:
@@ -61,12 +64,20 @@ CASES = [
     Case("conv4 3x3 batch 8", 8, 256, 14, 256, 3, 1, 1),
     Case("conv2 3x3 +bias, DRAM", 1, 64, 56, 64, 3, 1, 1, bias=True, space="dram"),
     Case("depthwise 3x3", 1, 128, 28, 128, 3, 1, 1, groups=128),
+    Case("max pool 3x3/2", 1, 64, 112, 64, 3, 2, 1, pool="max"),
+    Case("global avg pool", 8, 2048, 7, 2048, 7, 7, pool="avg"),
 ]
 QUICK = [0, 2, 4, 9]
 
 
 def build_call(case: Case, dtype: str) -> KernelCall:
     """Placements packed one after another in the case's space."""
+    if case.pool:
+        x = Placement(case.space, 0, (case.N, case.C, case.H, case.H), dtype)
+        out = Placement(case.space, -(-x.nbytes // 4096) * 4096, (case.N, case.C, case.out, case.out), dtype)
+        return KernelCall("pool", (x,), out, {"kind": case.pool, "kernel": [case.k] * 2, "stride": [case.stride] * 2,
+                                              "padding": [case.pad] * 2, "dilation": [1, 1], "ceil_mode": False,
+                                              "count_include_pad": True, "divisor": 0})
     shapes = [(case.N, case.C, case.H, case.H), (case.O, case.C // case.groups, case.k, case.k),
               (case.O,) if case.bias else None]
     top, placements = 0, []
@@ -83,7 +94,7 @@ def build_call(case: Case, dtype: str) -> KernelCall:
 
 def run_case(case: Case, chip, dtype: str, functional: bool) -> dict:
     call = build_call(case, dtype)
-    tmpl = kernel_for("conv")
+    tmpl = kernel_for(call.op)
     t0 = time.perf_counter()
     plan = tmpl.choose(call, chip)
     t1 = time.perf_counter()
@@ -102,7 +113,11 @@ def run_case(case: Case, chip, dtype: str, functional: bool) -> dict:
         y = res.read(o.space, o.addr, o.shape, NP[dtype]).astype(np.float64)
         xs = [None if p is None else torch.from_numpy(init[(p.space, p.addr)].astype(np.float64))
               for p in call.inputs]
-        ref = torch.nn.functional.conv2d(xs[0], xs[1], xs[2], case.stride, case.pad, 1, case.groups).numpy()
+        if case.pool:
+            ref = _pool_reference(xs[0].numpy(), case.pool, [case.k] * 2, [case.stride] * 2, [case.pad] * 2,
+                                  [1, 1], False, True, 0)
+        else:
+            ref = torch.nn.functional.conv2d(xs[0], xs[1], xs[2], case.stride, case.pad, 1, case.groups).numpy()
         err = float(np.abs(y - ref).max() / np.abs(ref).max())
     pred = tmpl.predict(call, plan, chip)
     roof = roofline_cycles(call, tmpl, chip)
@@ -132,7 +147,7 @@ def main() -> None:
     for case in cases:
         r = run_case(case, chip, args.dtype, args.functional)
         worst = max(worst, abs(r["err"]))
-        shape = (f"{case.N},{case.C},{case.H}x{case.H} -> {case.O} "
+        shape = (f"{case.N},{case.C},{case.H}x{case.H} -> {case.pool or case.O} "
                  f"k{case.k}/{case.stride}" + (f" g{case.groups}" if case.groups > 1 else ""))
         table.add_row(case.name, shape, case.space, str(r["plan"]), f"{r['us']:.2f}", f"{r['roof_us']:.2f}",
                       f"{100 * r['of_bound']:.1f}", f"{100 * r['of_peak']:.1f}", str(r["pred"]), str(r["cycles"]),
