@@ -7,7 +7,8 @@ The input is a stack of planes [planes, H, W] (every leading dimension is a plan
 * DMA: the input rows the job's output rows read, into a slab [pt, rows, Wp] whose border
   columns (padding, and what ceil_mode's last window reaches past it) hold the pad value
   (-inf for max, 0 for avg): they are set once at the start and never written again.
-* SIMD: a bf16/fp16 slab is widened to fp32 (sums are fp32).
+* SIMD: for averages, a bf16/fp16 slab is widened to fp32 (sums are fp32); maxima are exact in
+  the input's dtype and stay in it.
 * MLU: slab rows above or below the input are set to the pad value; a horizontal stride splits
   the slab into its column phases (one strided copy per phase).
 * SIMD, horizontal pass: one elementwise max/add per kernel column over the whole flat slab;
@@ -89,8 +90,18 @@ class _Geom:
         return ISA_ITEMSIZE[self.dtype]
 
     @property
+    def work(self) -> str:
+        """The dtype the window passes compute in: fp32 for sums, the input's own for maxima
+        (exact in any dtype)."""
+        return self.dtype if self.kind == "max" else "fp32"
+
+    @property
+    def ws(self) -> int:
+        return ISA_ITEMSIZE[self.work]
+
+    @property
     def widen(self) -> bool:
-        return self.dtype != "fp32"
+        return self.work != self.dtype
 
     @property
     def is_global(self) -> bool:
@@ -172,14 +183,15 @@ class _Buffers:
         self.n = n
         # buffers read at a shift (a window's column or row offset) carry a tail of pad values
         self.tail = self.rows * geo.Wp
-        tail = self.tail * 4
+        ws = geo.ws
+        tail = self.tail * ws
 
         def fp32(elems):
-            return [arena.take(elems * 4 + tail) for _ in range(NBUF)]
+            return [arena.take(elems * ws + tail) for _ in range(NBUF)]
 
         nq = n // geo.sw
-        self.phase_stride = nq * 4 + tail           # one column phase and its tail
-        self.rphase_stride = nq // geo.sh * 4 + tail  # one row phase and its tail
+        self.phase_stride = nq * ws + tail           # one column phase and its tail
+        self.rphase_stride = nq // geo.sh * ws + tail  # one row phase and its tail
         self.slab = fp32(n)
         self.raw = [arena.take(n * geo.es) for _ in range(NBUF)] if geo.widen else self.slab
         if geo.sw > 1:
@@ -190,14 +202,14 @@ class _Buffers:
         if geo.sh > 1:
             self.rphase = [arena.take(geo.sh * self.rphase_stride) for _ in range(NBUF)]
         else:
-            self.rphase, self.rphase_stride = self.hbuf, nq * 4 + tail
+            self.rphase, self.rphase_stride = self.hbuf, nq * ws + tail
         self.vbuf = [arena.take(nq // geo.sh * 4) for _ in range(NBUF)]
-        tails = {b + n * 4 for b in self.slab} | {b + nq * 4 for b in self.hbuf}
-        tails |= {b + i * self.phase_stride + nq * 4 for b in self.phase for i in range(geo.sw)}
-        tails |= {b + i * self.rphase_stride + nq // geo.sh * 4 for b in self.rphase for i in range(geo.sh)}
+        tails = {b + n * ws for b in self.slab} | {b + nq * ws for b in self.hbuf}
+        tails |= {b + i * self.phase_stride + nq * ws for b in self.phase for i in range(geo.sw)}
+        tails |= {b + i * self.rphase_stride + nq // geo.sh * ws for b in self.rphase for i in range(geo.sh)}
         self.tails = sorted(tails)
         self.fill_elems = self.rows * geo.Wp
-        self.fill = arena.take(self.fill_elems * 4)
+        self.fill = arena.take(self.fill_elems * ws)
         self.fill_raw = arena.take(self.fill_elems * geo.es)
         self.total = arena.end
 
@@ -258,7 +270,7 @@ class _Stages:
     def _windows(self, t: _Tile, slot: int) -> list[list[_Cmd]]:
         geo, buf, p = self.geo, self.buf, self.p
         x, o = self.call.inputs[0], self.call.output
-        es, oes = geo.es, ISA_ITEMSIZE[geo.out_dtype]
+        es, oes, ws = geo.es, ISA_ITEMSIZE[geo.out_dtype], geo.ws
         Wp, Wq, R = geo.Wp, geo.Wq, buf.rows
         plane_in = geo.H * geo.W * es
         raw, slab, phase = buf.raw[slot], buf.slab[slot], buf.phase[slot]
@@ -287,21 +299,21 @@ class _Stages:
         if geo.widen:
             stages.append([_Cmd(Engine.SIMD, self._simd(n),
                                 lambda pe, **kw: pe.simd_unary("copy", raw, slab, n, dtype=geo.dtype,
-                                                               out_dtype="fp32", **kw))])
+                                                               out_dtype=geo.work, **kw))])
         mlu = []
         for z, r0 in ((t.ztop, 0), (t.zbot, t.rows_in - t.zbot)):
             if z:
-                mlu.append(_Cmd(Engine.MLU, self._mlu(p.pt * z * Wp * 4),
-                                lambda pe, z=z, r0=r0, **kw: pe.mlu_copy2d(buf.fill, slab + r0 * Wp * 4, p.pt,
-                                                                           z * Wp * 4, src_stride=0,
-                                                                           dst_stride=R * Wp * 4, **kw)))
+                mlu.append(_Cmd(Engine.MLU, self._mlu(p.pt * z * Wp * ws),
+                                lambda pe, z=z, r0=r0, **kw: pe.mlu_copy2d(buf.fill, slab + r0 * Wp * ws, p.pt,
+                                                                           z * Wp * ws, src_stride=0,
+                                                                           dst_stride=R * Wp * ws, **kw)))
         col = [(j * geo.dw) % geo.sw for j in range(geo.kw)]
         if geo.sw > 1:
             for b in sorted(set(col)):
-                mlu.append(_Cmd(Engine.MLU, self._mlu(n // geo.sw * 4),
-                                lambda pe, b=b, **kw: pe.mlu_copy2d(slab + b * 4, phase + b * buf.phase_stride,
-                                                                    n // geo.sw, 4, src_stride=geo.sw * 4,
-                                                                    dst_stride=4, **kw)))
+                mlu.append(_Cmd(Engine.MLU, self._mlu(n // geo.sw * ws),
+                                lambda pe, b=b, **kw: pe.mlu_copy2d(slab + b * ws, phase + b * buf.phase_stride,
+                                                                    n // geo.sw, ws, src_stride=geo.sw * ws,
+                                                                    dst_stride=ws, **kw)))
         stages.append(mlu)           # (empty for some jobs: every job has the same stages)
         fn = "MAX" if geo.kind == "max" else "ADD"
         nq = n // geo.sw                      # flat elements of one phase
@@ -309,15 +321,15 @@ class _Stages:
         nh = nq
 
         def src_h(j):
-            return phase + col[j] * buf.phase_stride + shift[j] * 4
+            return phase + col[j] * buf.phase_stride + shift[j] * ws
 
-        stages.append(self._reduce(fn, [src_h(j) for j in range(geo.kw)], hbuf, nh, "fp32"))
+        stages.append(self._reduce(fn, [src_h(j) for j in range(geo.kw)], hbuf, nh, geo.work))
         rows_q = nq // Wq                     # rows of hbuf
         if geo.sh > 1:
-            stages.append([_Cmd(Engine.MLU, self._mlu(nq // geo.sh * 4),
-                                lambda pe, b=b, **kw: pe.mlu_copy2d(hbuf + b * Wq * 4, rphase + b * buf.rphase_stride,
-                                                                    rows_q // geo.sh, Wq * 4,
-                                                                    src_stride=geo.sh * Wq * 4, dst_stride=Wq * 4,
+            stages.append([_Cmd(Engine.MLU, self._mlu(nq // geo.sh * ws),
+                                lambda pe, b=b, **kw: pe.mlu_copy2d(hbuf + b * Wq * ws, rphase + b * buf.rphase_stride,
+                                                                    rows_q // geo.sh, Wq * ws,
+                                                                    src_stride=geo.sh * Wq * ws, dst_stride=Wq * ws,
                                                                     **kw))
                            for b in sorted({(i * geo.dh) % geo.sh for i in range(geo.kh)})])
         nv_all = nq // geo.sh
@@ -325,7 +337,7 @@ class _Stages:
         rph = [(i * geo.dh) % geo.sh * buf.rphase_stride for i in range(geo.kh)]
         nv = nv_all
         last = "fp32" if geo.kind == "avg" else geo.out_dtype
-        vert = self._reduce(fn, [rphase + rph[i] + rsh[i] * 4 for i in range(geo.kh)], vbuf, nv, last)
+        vert = self._reduce(fn, [rphase + rph[i] + rsh[i] * ws for i in range(geo.kh)], vbuf, nv, last)
         if geo.kind == "avg":
             vert.append(_Cmd(Engine.SIMD, self._simd(nv),
                              lambda pe, **kw: pe.simd_scalar("MUL", vbuf, vbuf, nv, geo.scale, dtype="fp32",
@@ -353,17 +365,19 @@ class _Stages:
         return stages
 
     def _reduce(self, fn: str, srcs: list[int], dst: int, n: int, out_dtype: str) -> list[_Cmd]:
-        """dst = fn over the buffers at srcs (n fp32 elements each)."""
+        """dst = fn over the buffers at srcs (n elements each of the work dtype; the partial
+        results are in the work dtype too, which is exact for maxima and fp32 for sums)."""
+        work = self.geo.work
         if len(srcs) == 1:
             return [_Cmd(Engine.SIMD, self._simd(n),
-                         lambda pe, **kw: pe.simd_unary("copy", srcs[0], dst, n, dtype="fp32", out_dtype=out_dtype,
+                         lambda pe, **kw: pe.simd_unary("copy", srcs[0], dst, n, dtype=work, out_dtype=out_dtype,
                                                         **kw))]
         cmds = []
         for i in range(1, len(srcs)):
             a = srcs[0] if i == 1 else dst
-            od = out_dtype if i == len(srcs) - 1 else "fp32"
+            od = out_dtype if i == len(srcs) - 1 else work
             cmds.append(_Cmd(Engine.SIMD, self._simd(n),
-                             lambda pe, a=a, b=srcs[i], od=od, **kw: pe.simd_binary(fn, a, b, dst, n, dtype="fp32",
+                             lambda pe, a=a, b=srcs[i], od=od, **kw: pe.simd_binary(fn, a, b, dst, n, dtype=work,
                                                                                      out_dtype=od, **kw)))
         return cmds
 
@@ -447,7 +461,7 @@ class PoolTemplate(KernelTemplate):
         buf = st.buf
         k = buf.fill_elems
         cyc = st._dma(min(call.inputs[0].nbytes, k), call.inputs[0].space) + (2 + geo.widen) * st._simd(k)
-        cyc += NBUF * st._mlu(p.pt * buf.rows * geo.Wp * geo.es) + len(buf.tails) * st._mlu(buf.tail * 4)
+        cyc += NBUF * st._mlu(p.pt * buf.rows * geo.Wp * geo.es) + len(buf.tails) * st._mlu(buf.tail * geo.ws)
         return cyc
 
     def emit(self, call: KernelCall, plan: PoolPlan, chip: Any, builder: Any) -> None:
@@ -494,18 +508,18 @@ class PoolTemplate(KernelTemplate):
         x = call.inputs[0]
         tok = builder.token()
         k = buf.fill_elems
-        emit_fill_tile(pe, x, buf.fill_raw, buf.fill, k, geo.fill, "fp32", tok)
+        emit_fill_tile(pe, x, buf.fill_raw, buf.fill, k, geo.fill, geo.work, tok)
         # slabs: fp32 ones directly, narrow ones through a rounding copy of the tile
         row = geo.Wp
-        src, es = buf.fill, 4
+        src, es = buf.fill, geo.ws
         if geo.widen:
-            pe.simd_unary("copy", buf.fill, buf.fill_raw, k, dtype="fp32", out_dtype=geo.dtype, signal=tok)
+            pe.simd_unary("copy", buf.fill, buf.fill_raw, k, dtype=geo.work, out_dtype=geo.dtype, signal=tok)
             src, es = buf.fill_raw, geo.es
         pe.nop(Engine.MLU, wait=(tok, 2 + geo.widen))
         for slot in range(NBUF):
             pe.mlu_copy2d(src, buf.raw[slot], p.pt * buf.rows, row * es, src_stride=0, dst_stride=row * es)
         for addr in buf.tails:
-            pe.mlu_copy2d(buf.fill, addr, 1, buf.tail * 4)
+            pe.mlu_copy2d(buf.fill, addr, 1, buf.tail * geo.ws)
         pe.nop(Engine.MLU, signal=tok)
         return (tok, 3 + geo.widen)
 
