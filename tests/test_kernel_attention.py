@@ -112,7 +112,9 @@ def test_long_key_rows_use_key_blocks():
     template = kernel_for("attention")
     plans = list(template.plans(_call((1, 2, 64, 64), (1, 2, 256, 64), "fp32", False, "sram"), chip))
     assert plans and all(p.ks for p in plans)
-    assert not any(p.ks for p in template.plans(_call((1, 8, 64, 32), (1, 2, 64, 32), "fp32", False, "sram"), chip))
+    # rows that fit are not cut into key blocks (four query heads stacked per item may not fit)
+    fits = _call((1, 8, 64, 32), (1, 2, 64, 32), "fp32", False, "sram")
+    assert not any(p.ks for p in template.plans(fits, chip) if p.group == 1)
 
 
 def test_flops_halve_for_causal():
@@ -121,3 +123,35 @@ def test_flops_halve_for_causal():
     causal = _call((2, 4, 16, 8), (2, 4, 16, 8), "fp32", True, "sram")
     assert template.flops(full) == 4 * 2 * 4 * 16 * 16 * 8
     assert template.flops(causal) == template.flops(full) // 2
+
+
+@pytest.mark.parametrize("qs,ks,causal,dtype", [
+    ((1, 8, 64, 32), (1, 2, 64, 32), True, "fp32"),      # whole key rows, four heads per item
+    ((2, 4, 16, 8), (2, 2, 16, 8), False, "bf16"),
+    ((1, 4, 128, 64), (1, 2, 128, 64), True, "fp32"),     # key blocks
+    ((1, 4, 96, 64), (1, 1, 96, 64), True, "bf16"),
+    ((2, 8, 1, 16), (2, 2, 40, 16), False, "fp32"),       # one query per head (decode)
+])
+def test_grouped_query_heads_share_key_value_loads(qs, ks, causal, dtype, monkeypatch):
+    """Plans that stack the query heads of one key/value head into one item give torch's numbers."""
+    template = kernel_for("attention")
+    choose = type(template).choose
+
+    def grouped(self, call, chip):
+        plans = [p for p in self.plans(call, chip) if p.group > 1]
+        assert plans, "no grouped plan"
+        return min(plans, key=lambda p: self.predict(call, p, chip))
+
+    monkeypatch.setattr(type(template), "choose", grouped)
+    tdt = TORCH_DTYPE[dtype]
+
+    def make():
+        return torch.randn(*qs).to(tdt), torch.randn(*ks).to(tdt), torch.randn(*ks).to(tdt)
+
+    model = as_module(_sdpa(causal))
+    cm = ember.compile(model, make(), chip="tiny", dtype=dtype, to="program")
+    assert any("group=" in s.get("plan", "") and "group=1)" not in s["plan"]
+               for s in cm.program.steps if s["op"] == "attention")
+    inputs = make()
+    assert rel_err(cm.run(*inputs, device="sim"), model(*inputs)) <= TOL[dtype]
+    monkeypatch.setattr(type(template), "choose", choose)

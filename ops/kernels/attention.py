@@ -15,6 +15,11 @@ of them. Per item, the whole key row of the block fits local memory ("whole S" v
 - the DPE computes P V [lq, Ev] in fp32; a bf16 result is rounded by one SIMD copy; the DMA
   engine stores the block.
 
+With grouped-query heads, a plan may stack the rows of the query heads that share a key/value
+head into one item (`AttentionPlan.group`): Q and the output move as one strided DMA per item,
+and each K/V load, transpose and block serves all of them (the DPE sees `group` times the
+rows, the causal mask repeats per head).
+
 Inputs, scores, probabilities and outputs are double-buffered, and the DPE runs one item ahead
 (scores of item t+1 before P V of item t), so that the DMA, MLU, DPE and SIMD engines overlap
 across items. Causal rows always see key 0, so no row is fully masked.
@@ -59,8 +64,10 @@ KS_CHOICES = (16, 32, 64, 128, 256, 512)
 @dataclass(frozen=True)
 class AttentionPlan:
     pes: int    # PEs that share the work items
-    lq: int     # query rows per item
+    lq: int     # query rows per item (per query head)
     ks: int = 0  # keys per block (online softmax over blocks), 0: the whole key row at once
+    group: int = 1  # query heads of one key/value head in one item (their rows stacked): they
+                    # share each K/V load, transpose and block, and the DPE sees `group` times the rows
 
 
 @dataclass(frozen=True)
@@ -146,16 +153,22 @@ def _jobs(work: list, ks: int) -> list[_Job]:
 
 @dataclass(frozen=True)
 class _Item:
-    bh: int     # batch * H + head
+    bh: int     # batch * H + head (the first of `heads` consecutive query heads)
     kv: int     # batch * Hk + key/value head
     q0: int     # first query row
-    n: int      # query rows
+    n: int      # query rows per head
     s: int      # keys it sees
+    heads: int = 1  # query heads whose rows are stacked (n rows each, query positions q0 ...)
+
+    @property
+    def rows(self) -> int:
+        return self.heads * self.n
 
 
-def _items(d: _Dims, lq: int, causal: bool) -> list[_Item]:
+def _items(d: _Dims, lq: int, causal: bool, group: int = 1) -> list[_Item]:
     """Work items ordered so that the query heads of one key/value head, on the same query
-    block, follow each other: they share the loaded K, V and K^T."""
+    block, follow each other: they share the loaded K, V and K^T. With `group` > 1, that many
+    such heads are one item (their rows stacked)."""
     rep = d.h // d.hk
     out = []
     for b in range(d.batch):
@@ -163,9 +176,26 @@ def _items(d: _Dims, lq: int, causal: bool) -> list[_Item]:
             for q0 in range(0, d.l, lq):
                 n = min(lq, d.l - q0)
                 s = min(d.s, q0 + n) if causal else d.s
-                for g in range(rep):
-                    out.append(_Item(b * d.h + j * rep + g, b * d.hk + j, q0, n, s))
+                for g in range(0, rep, group):
+                    out.append(_Item(b * d.h + j * rep + g, b * d.hk + j, q0, n, s, group))
     return out
+
+
+def _q_dma(pe, space: str, addr: int, local: int, w: _Item, d: _Dims, width: int, to_local: bool, **sync) -> None:
+    """The item's rows of Q (to local) or of the output (from local): one row block per head,
+    heads d.l rows apart in memory, stacked in local memory."""
+    nbytes = w.n * width * d.item
+    if w.heads == 1:
+        if to_local:
+            pe.dma(space, addr, "local", local, nbytes=nbytes, **sync)
+        else:
+            pe.dma("local", local, space, addr, nbytes=nbytes, **sync)
+        return
+    head = d.l * width * d.item
+    if to_local:
+        pe.dma(space, addr, "local", local, rows=w.heads, row_bytes=nbytes, src_stride=head, dst_stride=nbytes, **sync)
+    else:
+        pe.dma("local", local, space, addr, rows=w.heads, row_bytes=nbytes, src_stride=nbytes, dst_stride=head, **sync)
 
 
 def _runs(work: list[_Item]) -> list[int]:
@@ -209,23 +239,24 @@ class AttentionKernel(KernelTemplate):
     # ---- plans and cost model -------------------------------------------------------------
     def plans(self, call: KernelCall, chip):
         d = _dims(call)
-        rows = d.batch * d.h
-        seen = set()
-        for lq in (*LQ_CHOICES, d.l):
-            lq = min(lq, d.l)
-            if lq in seen or _layout(d, lq)["end"] > chip.local_mem.bytes:
+        for group in sorted({1, d.h // d.hk}):
+            rows = d.batch * d.h // group
+            seen = set()
+            for lq in (*LQ_CHOICES, d.l):
+                lq = min(lq, d.l)
+                if lq in seen or _layout(d, lq * group)["end"] > chip.local_mem.bytes:
+                    continue
+                seen.add(lq)
+                n = rows * math.ceil(d.l / lq)
+                yield AttentionPlan(max(1, min(chip.num_pes, n)), lq, 0, group)
+            if seen:
                 continue
-            seen.add(lq)
-            n = rows * math.ceil(d.l / lq)
-            yield AttentionPlan(max(1, min(chip.num_pes, n)), lq)
-        if seen:
-            return
-        # the key row does not fit: walk it in blocks with an online softmax
-        for lq in sorted({min(c, d.l) for c in LQ_CHOICES}):
-            for ks in KS_CHOICES:
-                if ks < d.s and _layout_blocked(d, lq, ks)["end"] <= chip.local_mem.bytes:
-                    n = rows * math.ceil(d.l / lq)
-                    yield AttentionPlan(max(1, min(chip.num_pes, n)), lq, ks)
+            # the key row does not fit: walk it in blocks with an online softmax
+            for lq in sorted({min(c, d.l) for c in LQ_CHOICES}):
+                for ks in KS_CHOICES:
+                    if ks < d.s and _layout_blocked(d, lq * group, ks)["end"] <= chip.local_mem.bytes:
+                        n = rows * math.ceil(d.l / lq)
+                        yield AttentionPlan(max(1, min(chip.num_pes, n)), lq, ks, group)
 
     def flops(self, call: KernelCall) -> int:
         d = _dims(call)
@@ -244,7 +275,7 @@ class AttentionKernel(KernelTemplate):
 
     def _engine_cycles(self, d: _Dims, it: _Item, causal: bool, chip) -> dict[str, float]:
         w, lut, lat = chip.simd.elems_per_cycle, chip.simd.lut_cycles, chip.simd.latency_cycles
-        n, s = it.n, it.s
+        n, s = it.rows, it.s
         rows_v = n * math.ceil(s / w)
         simd = (math.ceil(n * s / w) + lat)                      # scale
         simd += 2 * (rows_v + lat)                               # max, sum
@@ -254,7 +285,7 @@ class AttentionKernel(KernelTemplate):
         simd += rows_v + lat                                     # normalize
         if causal:
             for r in range(n):
-                tail = s - (it.q0 + r + 1)
+                tail = s - (it.q0 + r % it.n + 1)
                 if tail > 0:
                     simd += math.ceil(tail / w) + lat
         if d.item != 4:
@@ -280,8 +311,8 @@ class AttentionKernel(KernelTemplate):
         eng = {"simd": 0.0, "dpe": 0.0, "mlu": 0.0, "dma": 0.0, "chain": 0.0}
         for t, w in enumerate(work):
             c = self._engine_cycles(d, w, causal, chip)
-            dma = (self._dma(w.n * d.e * d.item, q.space, pes, chip)
-                   + self._dma(w.n * d.ev * d.item, out.space, pes, chip))
+            dma = (self._dma(w.rows * d.e * d.item, q.space, pes, chip)
+                   + self._dma(w.rows * d.ev * d.item, out.space, pes, chip))
             if t == 0 or run[t] != run[t - 1]:
                 eng["mlu"] += c["mlu"]
                 dma += (self._dma(w.s * d.e * d.item, k.space, pes, chip)
@@ -305,7 +336,7 @@ class AttentionKernel(KernelTemplate):
         if plan.ks:
             return self._predict_blocked(call, d, plan, causal, chip)
         worst = 0.0
-        for work in _split(_items(d, plan.lq, causal), plan.pes):
+        for work in _split(_items(d, plan.lq, causal, plan.group), plan.pes):
             if not work:
                 continue
             eng = self._pe_cycles(call, d, work, causal, plan.pes, chip)
@@ -321,7 +352,7 @@ class AttentionKernel(KernelTemplate):
                     chip) -> dict[str, float]:
         """Engine cycles of one key block of one item (blocked path)."""
         wd, lut, lat = chip.simd.elems_per_cycle, chip.simd.lut_cycles, chip.simd.latency_cycles
-        n, sj = w.n, jb.sj
+        n, sj = w.rows, jb.sj
         whole = math.ceil(n * sj / wd)
         rows_v = n * math.ceil(sj / wd)
         vec = math.ceil(n / wd)
@@ -332,7 +363,7 @@ class AttentionKernel(KernelTemplate):
             simd += whole + lat
         if causal:
             for r in range(n):
-                tail = sj - max(0, w.q0 + r + 1 - jb.k0)
+                tail = sj - max(0, w.q0 + r % w.n + 1 - jb.k0)
                 if tail > 0:
                     simd += math.ceil(tail / wd) + lat
         o = math.ceil(n * d.ev / wd)
@@ -357,7 +388,7 @@ class AttentionKernel(KernelTemplate):
     def _predict_blocked(self, call: KernelCall, d: _Dims, plan: AttentionPlan, causal: bool, chip) -> int:
         worst = 0.0
         seen: dict[tuple, dict[str, float]] = {}
-        for work in _split(_items(d, plan.lq, causal), plan.pes):
+        for work in _split(_items(d, plan.lq, causal, plan.group), plan.pes):
             if not work:
                 continue
             eng = {"simd": 0.0, "dpe": 0.0, "mlu": 0.0, "dma": 0.0, "chain": 0.0}
@@ -366,7 +397,7 @@ class AttentionKernel(KernelTemplate):
                 w = work[jb.t]
                 # a block's cycles depend on its size, its place in the item, and where the
                 # causal diagonal crosses it: blocks alike in those are costed once
-                key = (w.n, jb.sj, jb.first, jb.last, w.q0 - jb.k0 if causal else 0)
+                key = (w.n, w.heads, jb.sj, jb.first, jb.last, w.q0 - jb.k0 if causal else 0)
                 c = seen.get(key)
                 if c is None:
                     c = seen[key] = self._job_cycles(call, d, w, jb, causal, plan.pes, chip)
@@ -388,13 +419,13 @@ class AttentionKernel(KernelTemplate):
         d = _dims(call)
         causal = bool(call.attrs.get("causal"))
         if plan.ks:
-            lay = _layout_blocked(d, plan.lq, plan.ks)
-            for p, work in enumerate(_split(_items(d, plan.lq, causal), plan.pes)):
+            lay = _layout_blocked(d, plan.lq * plan.group, plan.ks)
+            for p, work in enumerate(_split(_items(d, plan.lq, causal, plan.group), plan.pes)):
                 if work:
                     self._emit_blocked(call, d, lay, work, _jobs(work, plan.ks), causal, builder.pe(p), builder)
             return
-        lay = _layout(d, plan.lq)
-        for p, work in enumerate(_split(_items(d, plan.lq, causal), plan.pes)):
+        lay = _layout(d, plan.lq * plan.group)
+        for p, work in enumerate(_split(_items(d, plan.lq, causal, plan.group), plan.pes)):
             if work:
                 self._emit_pe(call, d, lay, work, causal, builder.pe(p), builder)
 
@@ -418,8 +449,8 @@ class AttentionKernel(KernelTemplate):
             w = work[jb.t]
             if jb.first:
                 wait = (sc, last_job[jb.t - 2] + 1) if jb.t >= 2 else None
-                pe.dma(q.space, q.addr + (w.bh * d.l + w.q0) * d.e * it_, "local", lay["q"][jb.t % 2],
-                       nbytes=w.n * d.e * it_, wait=wait, signal=ldq)
+                _q_dma(pe, q.space, q.addr + (w.bh * d.l + w.q0) * d.e * it_, lay["q"][jb.t % 2], w, d, d.e,
+                       True, wait=wait, signal=ldq)
             # K's slot is free once transposed, V's once multiplied: separate waits let the
             # next block's K land (and be transposed) while this block's P V waits
             pe.dma(k.space, k.addr + (w.kv * d.s + jb.k0) * d.e * it_, "local", lay["k"][j % 2],
@@ -429,8 +460,8 @@ class AttentionKernel(KernelTemplate):
 
         def store(t: int) -> None:
             w = work[t]
-            pe.dma("local", lay["ob"][t % 2], out.space, out.addr + (w.bh * d.l + w.q0) * d.ev * it_,
-                   nbytes=w.n * d.ev * it_, wait=(fin, t + 1), signal=st)
+            _q_dma(pe, out.space, out.addr + (w.bh * d.l + w.q0) * d.ev * it_, lay["ob"][t % 2], w, d, d.ev,
+                   False, wait=(fin, t + 1), signal=st)
 
         def transpose(j: int) -> None:
             if j >= 1:
@@ -441,7 +472,7 @@ class AttentionKernel(KernelTemplate):
         def scores(j: int) -> None:
             jb = jobs[j]
             pe.nop(Engine.DPE, wait=(ldq, jb.t + 1))
-            pe.dpe_matmul(lay["q"][jb.t % 2], lay["kt"], lay["sc"][j % 2], work[jb.t].n, d.e, jb.sj,
+            pe.dpe_matmul(lay["q"][jb.t % 2], lay["kt"], lay["sc"][j % 2], work[jb.t].rows, d.e, jb.sj,
                           dtype=dt, wait=(tr, j + 1), signal=sc)
 
         def pv_(j: int) -> None:
@@ -449,19 +480,19 @@ class AttentionKernel(KernelTemplate):
             if j >= 2:
                 pe.nop(Engine.DPE, wait=(mg, j - 1))       # T slot merged
             pe.nop(Engine.DPE, wait=(ldv, j + 1))
-            pe.dpe_matmul(lay["p"][j % 2], lay["v"][j % 2], lay["t"][j % 2], work[jb.t].n, jb.sj, d.ev,
+            pe.dpe_matmul(lay["p"][j % 2], lay["v"][j % 2], lay["t"][j % 2], work[jb.t].rows, jb.sj, d.ev,
                           dtype=dt, wait=(pr, j + 1), signal=pv)
 
         def softmax(j: int) -> None:
             jb = jobs[j]
             w = work[jb.t]
-            n, sj, sl, u = w.n, jb.sj, j % 2, jb.t % 2
+            n, sj, sl, u = w.rows, jb.sj, j % 2, jb.t % 2
             x, m, l_, a = lay["sc"][sl], lay["m"][u], lay["l"][u], lay["a"][sl]
             cm, mn, cs = lay["cm"], lay["mn"], lay["cs"]
             pe.simd_scalar("MUL", x, x, n * sj, scale, wait=(sc, j + 1))
             if causal:
                 for r in range(n):
-                    c0 = max(0, w.q0 + r + 1 - jb.k0)
+                    c0 = max(0, w.q0 + r % w.n + 1 - jb.k0)
                     if c0 < sj:
                         at = x + (r * sj + c0) * 4
                         pe.simd_scalar("MIN", at, at, sj - c0, NEG_BIG)
@@ -490,20 +521,20 @@ class AttentionKernel(KernelTemplate):
 
         def merge(j: int) -> None:
             jb = jobs[j]
-            n, sl = work[jb.t].n * d.ev, j % 2
+            n, sl = work[jb.t].rows * d.ev, j % 2
             o, t_ = lay["o"], lay["t"][sl]
             if jb.first:
                 pe.simd_unary("COPY", t_, o, n, wait=(pv, j + 1), signal=mg)
             else:
-                pe.simd_row_bcast("MUL", o, lay["a"][sl], o, work[jb.t].n, d.ev, wait=(pv, j + 1))
+                pe.simd_row_bcast("MUL", o, lay["a"][sl], o, work[jb.t].rows, d.ev, wait=(pv, j + 1))
                 pe.simd_binary("ADD", o, t_, o, n, signal=mg)
 
         def final(t: int) -> None:
             w, u = work[t], t % 2
-            pe.simd_unary("RECIP", lay["l"][u], lay["r"], w.n)
+            pe.simd_unary("RECIP", lay["l"][u], lay["r"], w.rows)
             if t >= 2:
                 pe.nop(Engine.SIMD, wait=(st, t - 1))
-            pe.simd_row_bcast("MUL", lay["o"], lay["r"], lay["ob"][u], w.n, d.ev, out_dtype=dt, signal=fin)
+            pe.simd_row_bcast("MUL", lay["o"], lay["r"], lay["ob"][u], w.rows, d.ev, out_dtype=dt, signal=fin)
 
         nj = len(jobs)
         for j in range(nj):
@@ -554,13 +585,13 @@ class AttentionKernel(KernelTemplate):
                        nbytes=w.s * d.e * it_, wait=(tr, r - 1) if r >= 2 else None, signal=ldk)
                 pe.dma(v.space, v.addr + w.kv * d.s * d.ev * it_, "local", lay["v"][r % 2],
                        nbytes=w.s * d.ev * it_, wait=(pv, last[r - 2] + 1) if r >= 2 else None, signal=ldv)
-            pe.dma(q.space, q.addr + (w.bh * d.l + w.q0) * d.e * it_, "local", lay["q"][t % 2],
-                   nbytes=w.n * d.e * it_, wait=(sc, t - 1) if t >= 2 else None, signal=ldq)
+            _q_dma(pe, q.space, q.addr + (w.bh * d.l + w.q0) * d.e * it_, lay["q"][t % 2], w, d, d.e, True,
+                   wait=(sc, t - 1) if t >= 2 else None, signal=ldq)
 
         def store(t: int) -> None:
             w, sl = work[t], t % 2
-            pe.dma("local", lay["ob"][sl], out.space, out.addr + (w.bh * d.l + w.q0) * d.ev * it_,
-                   nbytes=w.n * d.ev * it_, wait=(fin, t + 1) if bf else (pv, t + 1), signal=st)
+            _q_dma(pe, out.space, out.addr + (w.bh * d.l + w.q0) * d.ev * it_, lay["ob"][sl], w, d, d.ev, False,
+                   wait=(fin, t + 1) if bf else (pv, t + 1), signal=st)
 
         def transpose(r: int) -> None:
             w = work[first[r]]
@@ -571,7 +602,7 @@ class AttentionKernel(KernelTemplate):
         def scores(t: int) -> None:
             w = work[t]
             pe.nop(Engine.DPE, wait=(ldq, t + 1))
-            pe.dpe_matmul(lay["q"][t % 2], lay["kt"], lay["sc"][t % 2], w.n, d.e, w.s, dtype=dt,
+            pe.dpe_matmul(lay["q"][t % 2], lay["kt"], lay["sc"][t % 2], w.rows, d.e, w.s, dtype=dt,
                           wait=(tr, run[t] + 1), signal=sc)
 
         def pv_(t: int) -> None:
@@ -579,17 +610,17 @@ class AttentionKernel(KernelTemplate):
             if t >= 2:   # output slot free: its previous block stored (fp32) or rounded (bf16)
                 pe.nop(Engine.DPE, wait=(fin, t - 1) if bf else (st, t - 1))
             pe.nop(Engine.DPE, wait=(ldv, run[t] + 1))
-            pe.dpe_matmul(lay["p"][sl], lay["v"][run[t] % 2], lay["o"][sl], w.n, w.s, d.ev, dtype=dt,
+            pe.dpe_matmul(lay["p"][sl], lay["v"][run[t] % 2], lay["o"][sl], w.rows, w.s, d.ev, dtype=dt,
                           wait=(pr, t + 1), signal=pv)
 
         def softmax(t: int) -> None:
             w, sl = work[t], t % 2
-            s_, n = w.s, w.n
+            s_, n = w.s, w.rows
             x, mx, sm = lay["sc"][sl], lay["mx"], lay["sm"]
             pe.simd_scalar("MUL", x, x, n * s_, scale, wait=(sc, t + 1))
             if causal:
                 for r in range(n):
-                    c0 = w.q0 + r + 1
+                    c0 = w.q0 + r % w.n + 1
                     if c0 < s_:
                         pe.simd_scalar("MIN", x + (r * s_ + c0) * 4, x + (r * s_ + c0) * 4, s_ - c0, NEG_BIG)
             pe.simd_row_reduce("MAX", x, mx, n, s_)
@@ -603,7 +634,7 @@ class AttentionKernel(KernelTemplate):
             w, sl = work[t], t % 2
             if t >= 2:
                 pe.nop(Engine.SIMD, wait=(st, t - 1))
-            pe.simd_unary("COPY", lay["o"][sl], lay["ob"][sl], w.n * d.ev, out_dtype=dt,
+            pe.simd_unary("COPY", lay["o"][sl], lay["ob"][sl], w.rows * d.ev, out_dtype=dt,
                           wait=(pv, t + 1), signal=fin)
 
         # MLU queue: one transpose per run
