@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"program               {len(program.kernels)} kernels, {records:,} stored records, "
           f"{commands:,} commands; {program.meta.get('relocated_kernels', 0)} kernels relocated")
 
+    fresh = defaultdict(int)
+    for st in program.steps:
+        if st["kind"] == "kernel" and not st.get("elided") and \
+                type(program.kernels[st["kernel"]]).__name__ != "RelocatedProgram":
+            fresh[st["op"]] += 1
+    print("emitted afresh        " + ", ".join(f"{k} {v}" for k, v in sorted(fresh.items(), key=lambda kv: -kv[1])))
     placed = defaultdict(int)
     produced = {t for st in program.steps for t in st["results"]} | set(program.inputs)
     for t, entry in program.tensors.items():

@@ -21,7 +21,8 @@ from simulator.isa import Engine
 
 #: `ember.unary` kinds the SIMD engine computes exactly as the reference does.
 UNARY_FN = {"relu": "RELU", "exp": "EXP", "silu": "SILU", "tanh": "TANH", "sigmoid": "SIGMOID",
-            "reciprocal": "RECIP", "rsqrt": "RSQRT", "gelu_tanh": "GELU"}
+            "reciprocal": "RECIP", "rsqrt": "RSQRT", "gelu_tanh": "GELU", "gelu": "GELU_ERF",
+            "sin": "SIN", "cos": "COS"}
 #: `ember.unary` kinds that are a multiply by an immediate.
 UNARY_SCALE = {"neg": -1.0}
 BINARY_FN = {"add": "ADD", "sub": "SUB", "mul": "MUL", "div": "DIV", "max": "MAX", "min": "MIN"}

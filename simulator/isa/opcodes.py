@@ -122,7 +122,11 @@ class SimdFn(enum.IntEnum):
     SIGMOID = 12
     RECIP = 13
     RSQRT = 14
+    SIN = 15
+    COS = 16
+    GELU_ERF = 17         # exact GELU, x * (1 + erf(x / sqrt(2))) / 2 (GELU is the tanh form)
 
 
 LUT_FNS = frozenset({SimdFn.DIV, SimdFn.EXP, SimdFn.GELU, SimdFn.SILU, SimdFn.TANH,
-                     SimdFn.SIGMOID, SimdFn.RECIP, SimdFn.RSQRT})
+                     SimdFn.SIGMOID, SimdFn.RECIP, SimdFn.RSQRT, SimdFn.SIN, SimdFn.COS,
+                     SimdFn.GELU_ERF})
