@@ -2,12 +2,18 @@
 
 `load_model("models:multimodal-tiny")` or `load_model("path/to/file.py:factory")` returns
 `(model, example_inputs)`; `list_models()` names what is registered; `@register_model("name")`
-registers a factory.
+registers a factory. The Hugging Face models (`models:hf-*`, see `models/huggingface.py`) are
+registered where `transformers` (a test extra) is installed.
 """
 
-from models.registry import list_models, load_model, register_model
+import importlib.util
 
 # Imported for their registrations.
 from models import cnn, multimodal  # noqa: F401
+from models.registry import list_models, load_model, register_model
+
+# Looked up, not imported: importing transformers takes seconds, paid only when an hf model is built.
+if importlib.util.find_spec("transformers") is not None:
+    from models import huggingface  # noqa: F401
 
 __all__ = ["list_models", "load_model", "register_model"]

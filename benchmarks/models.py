@@ -1,0 +1,230 @@
+"""Whole models on the simulated chip: every `models:hf-*` model (Hugging Face transformers, tiny
+configs) and the tiny reference models, compiled to a Program and simulated on fresh inputs.
+
+    .venv/bin/python benchmarks/models.py [--chip tiny] [--dtype fp32|bf16] [--only NAME ...] [--json FILE]
+
+One row per model: ops on the chip and on the host (host ops named, most frequent first), the
+relative error against PyTorch eager and whether it is within the dtype's tolerance (fp32 1e-4,
+bf16 2e-2), simulated cycles and microseconds, compile and simulation wall time. Ops Ember lacks
+run on the host (`allow_unsupported=True`). A model that fails to load, capture, compile or run
+becomes a row with the reason; the run goes on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+import ember  # noqa: E402
+from ember.demo import max_relative_error  # noqa: E402
+from models import list_models  # noqa: E402
+from ops.kernel import kernel_for  # noqa: E402
+from ops.registry import FLOAT_DTYPES  # noqa: E402
+
+TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2}
+REFERENCE_MODELS = ["multimodal-tiny", "multimodal-tiny-decode", "resnet-tiny"]
+
+
+@dataclass
+class Row:
+    """What one model did on the chip (or where it stopped, in `failure`)."""
+
+    name: str
+    kind: str
+    on_chip: int = 0
+    on_host: dict[str, int] = field(default_factory=dict)    # op (kind) -> count, most frequent first
+    error: float | None = None
+    within: bool | None = None
+    cycles: int | None = None
+    us: float | None = None
+    compile_s: float | None = None
+    simulate_s: float | None = None
+    failure: str | None = None
+    note: str | None = None
+
+
+def all_models() -> list[str]:
+    """Registry names: the hf-* models in their registration order, then the reference models."""
+    try:
+        from models.huggingface import MODELS, PREFIX
+        hf = [PREFIX + name for name in MODELS]
+    except ImportError:     # transformers not installed: the reference models only
+        hf = []
+    return hf + REFERENCE_MODELS
+
+
+def model_kind(name: str) -> str:
+    if name.startswith("hf-"):
+        from models.huggingface import HF_MODELS
+        return HF_MODELS[name[3:]]
+    return "reference"
+
+
+def resolve(names: list[str]) -> list[str]:
+    """`--only` names as registry names: `hf-llama`, `llama` and `models:hf-llama` all name one model."""
+    known, out = set(list_models()), []
+    for name in names:
+        name = name.removeprefix("models:")
+        if name not in known and f"hf-{name}" in known:
+            name = f"hf-{name}"
+        if name not in known:
+            raise SystemExit(f"unknown model {name!r}; known: {', '.join(all_models())}")
+        out.append(name)
+    return out
+
+
+def host_op_name(step: dict, tensors: dict) -> str:
+    """A host step as `op:kind` (`unary:cos`) or `op`, marked with why it is not on the chip:
+    `[int]` integer or boolean tensors (indices, masks: kernels compute in float), `[no kernel]`
+    no kernel template for the op, `[declined]` the template does not take this kind, shape or
+    attribute; `host:<aten op>` is an aten op Ember lacks."""
+    if step["op"].startswith("host:"):
+        return step["op"]
+    kind = step.get("attrs", {}).get("kind")
+    name = f"{step['op']}:{kind}" if kind else step["op"]
+    values = [t for t in (*step["operands"], *step["results"]) if t is not None]
+    if any(tensors[t]["dtype"] not in FLOAT_DTYPES for t in values):
+        return name + "[int]"
+    template = kernel_for(step["op"])
+    if template is None:
+        return name + "[no kernel]"
+    return name + "[declined]"
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+class Timeout(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise Timeout("the model ran past --timeout")
+
+
+def run_model(name: str, chip: str, dtype: str) -> Row:
+    """Compile `models:NAME` to a Program, simulate it on fresh inputs, compare with eager."""
+    row = Row(name, model_kind(name))
+    spec = f"models:{name}"
+    phase = "load"
+    try:
+        model, example = ember.load_model(spec)
+        phase = "compile"
+        t0 = time.perf_counter()
+        cm = ember.compile(model, example, chip=chip, dtype=dtype, to="program", allow_unsupported=True)
+        row.compile_s = time.perf_counter() - t0
+        steps = [s for s in cm.program.steps if s["kind"] != "view"]
+        row.on_chip = sum(s["kind"] == "kernel" for s in steps)
+        row.on_host = dict(Counter(host_op_name(s, cm.program.tensors) for s in steps
+                                   if s["kind"] == "host").most_common())
+        phase = "eager"
+        _, fresh = ember.load_model(spec)        # same seeded weights, fresh random inputs
+        with torch.no_grad():
+            ref = model(*fresh)
+        phase = "simulate"
+        t0 = time.perf_counter()
+        out = cm.run(*fresh, device="sim")
+        row.simulate_s = time.perf_counter() - t0
+        row.cycles, row.us = cm.last_run.cycles, cm.last_run.seconds * 1e6
+        row.error = max_relative_error(out, ref)
+        row.within = row.error <= TOLERANCE[dtype]
+        if not row.within:
+            phase = "torch.export check"
+            with torch.no_grad():
+                drift = max_relative_error(torch.export.export(model, fresh).module()(*fresh), ref)
+            if drift > TOLERANCE["fp32"]:
+                row.note = f"torch.export's own program differs from eager by {drift:.1e}: not Ember's error"
+    except Exception as exc:  # noqa: BLE001  (a failing model is a row, never the end of the run)
+        row.failure = f"{phase}: {_reason(exc)}"
+    return row
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(rows: list[Row], chip: str, dtype: str) -> Table:
+    t = Table(title=f"models on the simulated '{chip}' chip, {dtype} (tolerance {TOLERANCE[dtype]:g} vs eager)")
+    for col in ("model", "kind", "chip ops", "host ops", "host ops by name", "rel err", "ok", "cycles", "sim µs",
+                "compile s", "simulate s"):
+        t.add_column(col, justify="left" if col in ("model", "kind", "host ops by name") else "right",
+                     overflow="fold")
+    for r in rows:
+        if r.failure and r.error is None:
+            t.add_row(r.name, r.kind, str(r.on_chip) if r.compile_s else "-",
+                      str(sum(r.on_host.values())) if r.compile_s else "-",
+                      escape(", ".join(f"{op} x{n}" for op, n in r.on_host.items())), "-",
+                      "[red]FAIL[/red]", "-", "-", _fmt(r.compile_s, ".1f"), "-")
+            t.add_row("", "", "", "", f"[red]{escape(r.failure)}[/red]", "", "", "", "", "", "")
+            continue
+        t.add_row(r.name, r.kind, str(r.on_chip), str(sum(r.on_host.values())),
+                  escape(", ".join(f"{op} x{n}" for op, n in r.on_host.items()) or "-"),
+                  f"{r.error:.2e}", "yes" if r.within else "[red]NO[/red]", str(r.cycles), f"{r.us:.1f}",
+                  f"{r.compile_s:.1f}", f"{r.simulate_s:.1f}")
+        if r.note or r.failure:
+            t.add_row("", "", "", "", f"[yellow]{escape(r.note or r.failure)}[/yellow]", "", "", "", "", "", "")
+    return t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chip", default="tiny", help="a chip name (simulator/chips/) or a YAML file")
+    ap.add_argument("--dtype", default="fp32", choices=sorted(TOLERANCE))
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="these models only (hf-llama, llama, resnet-tiny, ...)")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per model before it becomes a failure row")
+    ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    args = ap.parse_args()
+    try:
+        import transformers
+        transformers.logging.set_verbosity_error()
+    except ImportError:
+        pass
+    names = resolve(args.only) if args.only else all_models()
+    console = Console(width=220)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    rows = []
+    for i, name in enumerate(names):
+        signal.setitimer(signal.ITIMER_REAL, args.timeout)
+        try:
+            row = run_model(name, args.chip, args.dtype)
+        except Timeout as exc:
+            row = Row(name, model_kind(name), failure=_reason(exc))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        rows.append(row)
+        status = row.failure or f"rel err {row.error:.2e}, {row.cycles} cycles"
+        console.print(escape(f"[{i + 1}/{len(names)}] {name}: {status}"), highlight=False)
+    console.print(table(rows, args.chip, args.dtype))
+    ran = [r for r in rows if r.error is not None]
+    drifting = sum(not r.within and r.note is not None for r in ran)
+    console.print(f"{sum(r.within for r in ran)} of {len(rows)} within tolerance, "
+                  f"{sum(not r.within for r in ran)} out of tolerance"
+                  + (f" ({drifting} where torch.export itself differs from eager)" if drifting else "")
+                  + f", {len(rows) - len(ran)} failed")
+    host_ops: Counter = Counter()
+    for r in rows:
+        host_ops.update({op: 1 for op in r.on_host})
+    if host_ops:
+        console.print(escape("host ops, by how many models they keep on the host: "
+                             + ", ".join(f"{op} ({n})" for op, n in host_ops.most_common())), highlight=False)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"chip": args.chip, "dtype": args.dtype,
+                                               "rows": [asdict(r) for r in rows]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
