@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     cm.run(*inputs, device="sim", timing_only=True)
     t_sim = time.perf_counter() - t0
     run = cm.last_run
-    print(f"simulate (timing)     {t_sim:8.1f} s")
+    import resource
+    print(f"simulate (timing)     {t_sim:8.1f} s   (peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB)")
 
     flops = sum(step_flops(program, s) for s in program.steps)
     wbytes = weight_bytes(program, args.dtype)

@@ -3,9 +3,10 @@
 Weights go to SRAM while they fit (the chip keeps weights on die when it can), else DRAM.
 Activations are allocated in SRAM by a first-fit allocator that reuses a buffer once its last
 reader has run (liveness), and spill to DRAM when SRAM is full. A reshape aliases its input.
-When weights in SRAM would push activations out to DRAM (a model whose weights do not fit
-on die), activations are planned first and weights take the SRAM above their high-water mark:
-an activation is written and read several times, a weight read once per run.
+When that pushes activations out to DRAM (a model whose weights and activations do not fit
+on die together), buffers are instead placed one by one in order of accesses per byte and per
+op of lifetime (a weight read once per run and a value kept to the end of the graph come
+last): each takes the lowest SRAM address free for its whole live range, or else DRAM.
 Each value is held in the ISA dtype the dtype pass chose for it (`GraphOps.storage`).
 """
 from __future__ import annotations
@@ -56,8 +57,83 @@ class MemoryPlan:
         placements = self._plan(graph, chip, weights_first=True)
         constants = set(graph.weights) | set(graph.literals)
         spilled = any(p.space == "dram" for v, p in placements.items() if v not in constants)
-        if spilled and any(placements[v].space == "sram" for v in constants if v in placements):
-            placements = self._plan(graph, chip, weights_first=False)
+        if spilled:
+            placements = self._plan_by_density(graph, chip)
+        return placements
+
+    def _plan_by_density(self, graph: GraphOps, chip) -> dict[int, Placement]:
+        """Every buffer's live range [first op that needs it, last reader] (weights: the whole
+        run), then buffers by accesses / (bytes * ops live), each at the lowest address of SRAM
+        (else DRAM) that no buffer placed before it holds at any op of its range."""
+        on_chip = [op for op in graph.ops if op.target in ("accelerator", "view")]
+        touched = {v for op in on_chip for v in (*op.operands, *op.results) if v is not None}
+        root: dict[int, int] = {}
+        for op in graph.ops:
+            if op.target == "view":
+                root[op.results[0]] = root.get(op.operands[0], op.operands[0])
+        end_all = len(graph.ops)
+        constants = set(graph.weights) | set(graph.literals)
+        start: dict[int, int] = {}
+        end: dict[int, int] = {}
+        reads: dict[int, int] = {}
+        for op in on_chip:
+            for v in op.operands:
+                if v is not None:
+                    start.setdefault(root.get(v, v), op.index)     # host values: uploaded here
+            if op.target == "accelerator":
+                for r in op.results:
+                    start[r] = min(start.get(r, op.index), op.index)
+        for op in graph.ops:                                      # host steps read them too
+            for v in op.operands:
+                b = root.get(v, v) if v is not None else None
+                if b in start:
+                    end[b] = max(end.get(b, op.index), op.index)
+                    reads[b] = reads.get(b, 0) + 1
+        for b in start:
+            end.setdefault(b, start[b])
+        for v in graph.outputs:
+            if root.get(v, v) in start:
+                end[root.get(v, v)] = end_all
+        for last, (leaves, _) in concat_chains(graph).items():
+            for v in leaves:
+                b = root.get(v, v)
+                if b in start:
+                    end[b] = max(end[b], last)
+        for b in constants & set(start):
+            start[b], end[b] = 0, end_all
+
+        def nbytes(b: int) -> int:
+            size = max(1, graph.specs[b].numel) * ISA_ITEMSIZE[graph.storage[b]]
+            return -(-size // ALIGN) * ALIGN
+
+        def density(b: int) -> float:
+            return (reads.get(b, 0) + (b not in constants)) / (nbytes(b) * (end[b] - start[b] + 1))
+
+        capacity = {"sram": chip.sram_bytes, "dram": chip.dram.bytes}
+        held: dict[str, list[tuple[int, int, int, int]]] = {"sram": [], "dram": []}   # addr, size, start, end
+        where: dict[int, tuple[str, int]] = {}
+        for b in sorted(start, key=lambda b: (-density(b), b)):
+            size, s0, s1 = nbytes(b), start[b], end[b]
+            for space in ("sram", "dram"):
+                busy = sorted((a, a + n) for a, n, t0, t1 in held[space] if t0 <= s1 and s0 <= t1)
+                addr = 0
+                for lo, hi in busy:
+                    if lo - addr >= size:
+                        break
+                    addr = max(addr, hi)
+                if addr + size <= capacity[space]:
+                    held[space].append((addr, size, s0, s1))
+                    where[b] = (space, addr)
+                    break
+            else:
+                raise MemoryError(f"value {b} ({graph.specs[b]}) does not fit in SRAM or DRAM")
+        placements: dict[int, Placement] = {}
+        for v in sorted(touched):
+            b = root.get(v, v)
+            if b not in where:
+                continue
+            space, addr = where[b]
+            placements[v] = Placement(space, addr, graph.specs[v].shape, graph.storage[b])
         return placements
 
     def _plan(self, graph: GraphOps, chip, weights_first: bool) -> dict[int, Placement]:
