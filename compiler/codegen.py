@@ -12,6 +12,7 @@ Otherwise the op's kernel is emitted afresh.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from compiler.graph_ops import GraphOps
 from compiler.hostcalls import encode_host_calls
 from compiler.passes.concat_chains import concat_chains
 from compiler.passes.tile import kernel_call
-from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
+from ops.kernel import ISA_ITEMSIZE, KernelCall, Placement, kernel_for, roofline_cycles
 from simulator.isa import ChipProgram, Op, ProgramBuilder, RelocatedProgram, Space
 from simulator.isa.artifact import Program
 from simulator.isa.program import NUM_ARGS
@@ -178,6 +179,21 @@ def _overlaps(p: Placement, q: Placement) -> bool:
     return p.space == q.space and p.addr < q.addr + q.nbytes and q.addr < p.addr + p.nbytes
 
 
+def concat_slots(leaves: list[int], out: Placement, dim: int, placements: dict[int, Placement]) -> list[Placement]:
+    """The leaves' placements that already are their slots in `out` (the memory plan put them
+    there: a contiguous slot needs no copy)."""
+    if any(n != 1 for n in out.shape[:dim]):
+        return []
+    row = math.prod(out.shape[dim + 1:]) * ISA_ITEMSIZE[out.dtype]
+    found, at = [], 0
+    for v in leaves:
+        p = placements[v]
+        if p.space == out.space and p.addr == out.addr + at and p.dtype == out.dtype:
+            found.append(p)
+        at += p.shape[dim] * row
+    return found
+
+
 def fused_concats(graph: GraphOps, placements: dict[int, Placement]) -> tuple[set[int], dict[int, list[int]]]:
     """The concat chains (compiler.passes.concat_chains) that are safe to run as one copy:
     the copied values live in distinct buffers, none of which the result overlaps or a kernel
@@ -189,7 +205,8 @@ def fused_concats(graph: GraphOps, placements: dict[int, Placement]) -> tuple[se
     for last, (leaves, links) in concat_chains(graph).items():
         bufs = list({placements[v] for v in leaves})
         out = placements[graph.ops[last].results[0]]
-        safe = not any(_overlaps(out, b) for b in bufs) and \
+        slots = set(concat_slots(leaves, out, graph.ops[last].attrs["dim"], placements))
+        safe = not any(_overlaps(out, b) for b in bufs if b not in slots) and \
             not any(_overlaps(a, b) for i, a in enumerate(bufs) for b in bufs[i + 1:])
         members = set(links)
         for other in graph.ops[min(links):last]:
@@ -238,7 +255,8 @@ def build_program(graph: GraphOps, placements: dict[int, Placement], chip, dtype
             leaves = [placements[v] for v in fused[op.index]]
             out = placements[op.results[0]]
             builder = ProgramBuilder(chip, name=f"{op.name}#{op.index}")
-            template.emit_concat(leaves, out, op.attrs["dim"], op.plan.pes, builder)
+            in_place = set(concat_slots(fused[op.index], out, op.attrs["dim"], placements))
+            template.emit_concat(leaves, out, op.attrs["dim"], op.plan.pes, builder, skip=in_place)
             kernels.append(builder.build())
             steps.append({"kind": "kernel", "kernel": len(kernels) - 1, **record, "reads": fused[op.index],
                           "plan": repr(op.plan), "predicted_cycles": op.predicted_cycles,

@@ -11,6 +11,7 @@ Each value is held in the ISA dtype the dtype pass chose for it (`GraphOps.stora
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from compiler.graph_ops import GraphOps
@@ -101,6 +102,33 @@ class MemoryPlan:
                     end[b] = max(end[b], last)
         for b in constants & set(start):
             start[b], end[b] = 0, end_all
+        # A concat chain's inputs whose slots in its result are contiguous (every dim before the
+        # concat dim has size 1) live in those slots from the start: the result's buffer holds
+        # them, and the chain copies nothing.
+        member: dict[int, tuple[int, int]] = {}
+        chains = concat_chains(graph)
+        owners = {graph.ops[last].results[0] for last in chains}
+        for last, (leaves, links) in chains.items():
+            out = graph.ops[last].results[0]
+            dim = graph.ops[last].attrs["dim"]
+            shape = graph.specs[out].shape
+            roots = [root.get(v, v) for v in leaves]
+            if (any(n != 1 for n in shape[:dim]) or len(set(roots)) != len(roots) or out not in start
+                    or out in member
+                    or any(r in constants or r in graph.inputs or r in member or r in owners or r not in start
+                           or graph.specs[r].numel != graph.specs[v].numel or graph.storage[r] != graph.storage[out]
+                           for r, v in zip(roots, leaves))):
+                continue
+            row = math.prod(shape[dim + 1:]) * ISA_ITEMSIZE[graph.storage[out]]
+            at = 0
+            for r, v in zip(roots, leaves):
+                member[r] = (out, at)
+                start[out] = min(start[out], start[r])
+                end[out] = max(end[out], end[r])
+                reads[out] = reads.get(out, 0) + reads.get(r, 0)
+                at += graph.specs[v].shape[dim] * row
+            for i in links:        # links run no commands: they share the result's buffer
+                member[graph.ops[i].results[0]] = (out, 0)
 
         def nbytes(b: int) -> int:
             size = max(1, graph.specs[b].numel) * ISA_ITEMSIZE[graph.storage[b]]
@@ -112,7 +140,7 @@ class MemoryPlan:
         capacity = {"sram": chip.sram_bytes, "dram": chip.dram.bytes}
         held: dict[str, list[tuple[int, int, int, int]]] = {"sram": [], "dram": []}   # addr, size, start, end
         where: dict[int, tuple[str, int]] = {}
-        for b in sorted(start, key=lambda b: (-density(b), b)):
+        for b in sorted((b for b in start if b not in member), key=lambda b: (-density(b), b)):
             size, s0, s1 = nbytes(b), start[b], end[b]
             for space in ("sram", "dram"):
                 busy = sorted((a, a + n) for a, n, t0, t1 in held[space] if t0 <= s1 and s0 <= t1)
@@ -127,6 +155,8 @@ class MemoryPlan:
                     break
             else:
                 raise MemoryError(f"value {b} ({graph.specs[b]}) does not fit in SRAM or DRAM")
+        for b, (out, at) in member.items():
+            where[b] = (where[out][0], where[out][1] + at)
         placements: dict[int, Placement] = {}
         for v in sorted(touched):
             b = root.get(v, v)

@@ -472,16 +472,19 @@ class LayoutKernel(KernelTemplate):
         """A concatenation of any number of inputs along `dim` (for its bytes and roofline)."""
         return KernelCall("concat", tuple(leaves), out, {"dim": dim})
 
-    def emit_concat(self, leaves: list[Placement], out: Placement, dim: int, pes: int, builder) -> None:
+    def emit_concat(self, leaves: list[Placement], out: Placement, dim: int, pes: int, builder,
+                    skip: frozenset | set = frozenset()) -> None:
         """Concatenate any number of inputs along `dim` as box copies spread over `pes` PEs: a
         chain of two-input concats whose intermediates nothing else reads, done as one copy
-        (each input moves once instead of once per later link of the chain)."""
+        (each input moves once instead of once per later link of the chain). Inputs in `skip`
+        already are in their place in `out` and are not copied."""
         item = ISA_ITEMSIZE[out.dtype]
         os_ = row_major_strides(out.shape, item)
         boxes, at = [], 0
         for x in leaves:
-            boxes.append(Box(x.space, x.addr, out.space, out.addr + at * os_[dim], x.shape,
-                             row_major_strides(x.shape, item), os_, item))
+            if x not in skip:
+                boxes.append(Box(x.space, x.addr, out.space, out.addr + at * os_[dim], x.shape,
+                                 row_major_strides(x.shape, item), os_, item))
             at += x.shape[dim]
         if at != out.shape[dim]:
             raise ValueError(f"inputs of {at} along dim {dim} do not fill an output of {out.shape[dim]}")
