@@ -23,10 +23,48 @@ from simulator.isa import Engine
 UNARY_FN = {"relu": "RELU", "exp": "EXP", "silu": "SILU", "tanh": "TANH", "sigmoid": "SIGMOID",
             "reciprocal": "RECIP", "rsqrt": "RSQRT", "gelu_tanh": "GELU", "gelu": "GELU_ERF",
             "sin": "SIN", "cos": "COS"}
-#: `ember.unary` kinds that are a multiply by an immediate.
-UNARY_SCALE = {"neg": -1.0}
+X = "x"   # a pass's second operand is the op's input (SIMD_BINARY), not an immediate
+
+
+def unary_passes(kind: str, alpha: float, beta: float) -> list[tuple[str, float | str]] | None:
+    """`ember.unary` kinds computed as a few SIMD passes, or None. Pass i computes
+    fn(previous, operand) (the first pass's previous value is the input), with the operand an
+    immediate (SIMD_SCALAR) or `X`, the input itself (SIMD_BINARY)."""
+    if kind == "neg":
+        return [("MUL", -1.0)]
+    if kind == "abs":
+        return [("MUL", -1.0), ("MAX", X)]
+    if kind == "clamp":
+        passes = ([("MAX", alpha)] if alpha > -math.inf else []) + ([("MIN", beta)] if beta < math.inf else [])
+        return passes or None
+    if kind == "pow" and alpha == 2.0:
+        return [("MUL", X)]
+    if kind == "leaky_relu" and 0.0 <= alpha <= 1.0:      # max(x, a*x)
+        return [("MUL", alpha), ("MAX", X)]
+    if kind == "hardsigmoid":
+        return [("MUL", 1.0 / 6.0), ("ADD", 0.5), ("MAX", 0.0), ("MIN", 1.0)]
+    if kind == "hardswish":
+        return [("MUL", 1.0 / 6.0), ("ADD", 0.5), ("MAX", 0.0), ("MIN", 1.0), ("MUL", X)]
+    return None
+
 BINARY_FN = {"add": "ADD", "sub": "SUB", "mul": "MUL", "div": "DIV", "max": "MAX", "min": "MIN"}
 TILE_CHOICES = (256, 1024, 4096, 16384)
+#: Binary kinds another kernel may apply to its own output tile (an epilogue): one SIMD pass, no
+#: lookup table, and the same result in fp32 whichever kernel computes it.
+EPILOGUE_BINARY = frozenset({"add", "sub", "mul", "max", "min"})
+
+
+def tile_epilogue(op: str, kind: str) -> tuple[str, str | float] | None:
+    """How the SIMD engine applies `ember.<op>` of `kind` to an fp32 tile in local memory, for a
+    kernel that fuses it into its epilogue: ("unary", SIMD function), ("scale", immediate) or
+    ("binary", SIMD function); None when it cannot."""
+    if op == "unary" and kind in UNARY_FN:
+        return "unary", UNARY_FN[kind]
+    if op == "unary" and kind in UNARY_SCALE:
+        return "scale", UNARY_SCALE[kind]
+    if op == "binary" and kind in EPILOGUE_BINARY:
+        return "binary", BINARY_FN[kind]
+    return None
 
 
 @dataclass(frozen=True)
@@ -49,7 +87,7 @@ class ElementwiseKernel(KernelTemplate):
         if op == "quantize":
             return True
         if op == "unary":
-            return attrs["kind"] in UNARY_FN or attrs["kind"] in UNARY_SCALE
+            return attrs["kind"] in UNARY_FN or unary_passes(attrs["kind"], attrs["alpha"], attrs["beta"]) is not None
         return attrs["kind"] in BINARY_FN and all(o.shape == result.shape for o in operands)
 
     def _sizes(self, call: KernelCall) -> tuple[int, int, int]:
@@ -59,7 +97,15 @@ class ElementwiseKernel(KernelTemplate):
     def _tile_bytes(self, call: KernelCall, tile: int) -> int:
         """Local memory of one plan: double-buffered operand and result tiles, fp32 scratch."""
         items = [ISA_ITEMSIZE[p.dtype] for p in call.inputs] + [ISA_ITEMSIZE[call.output.dtype]]
-        return 2 * tile * sum(items) + 4 * tile * len(_widened(call))
+        return 2 * tile * sum(items) + 4 * tile * (len(_widened(call)) + self._scratch(call))
+
+    @staticmethod
+    def _scratch(call: KernelCall) -> bool:
+        """A unary op done in several passes keeps its running value in the input's dtype, in a
+        scratch tile, when the output's dtype differs."""
+        return (call.op == "unary" and call.attrs["kind"] not in UNARY_FN
+                and len(unary_passes(call.attrs["kind"], call.attrs["alpha"], call.attrs["beta"])) > 1
+                and call.inputs[0].dtype != call.output.dtype)
 
     def plans(self, call: KernelCall, chip):
         n, _, _ = self._sizes(call)
@@ -74,7 +120,7 @@ class ElementwiseKernel(KernelTemplate):
         per_pe = math.ceil(n / plan.pes)
         tiles = math.ceil(per_pe / plan.tile)
         vec = math.ceil(plan.tile / chip.simd.elems_per_cycle)
-        simd = vec * (chip.simd.lut_cycles if call.op == "unary" else 1) + vec * len(_widened(call))
+        simd = vec * self._passes(call, chip) + vec * len(_widened(call))
         bw = {"dram": chip.dram_bytes_per_s, "sram": chip.sram.bytes_per_s}
         # every PE's tiles share the memory's bandwidth; each DMA also pays its latency
         nbytes = sum(p.nbytes for p in call.inputs) + call.output.nbytes
@@ -82,7 +128,19 @@ class ElementwiseKernel(KernelTemplate):
         dma = tiles * (k + 1) * chip.dma.latency_cycles + moved
         return int(max(dma, tiles * simd) + simd + chip.dma.latency_cycles)
 
+    @staticmethod
+    def _passes(call: KernelCall, chip) -> int:
+        """SIMD vector-cycles per vector of a tile."""
+        if call.op != "unary":
+            return 1
+        kind = call.attrs["kind"]
+        if kind in UNARY_FN:
+            return chip.simd.lut_cycles
+        return len(unary_passes(kind, call.attrs["alpha"], call.attrs["beta"]))
+
     def flops(self, call: KernelCall) -> int:
+        if call.op == "unary" and call.attrs["kind"] not in UNARY_FN:
+            return self._sizes(call)[0] * self._passes(call, None)
         return self._sizes(call)[0]
 
     def emit(self, call: KernelCall, plan: ElementwisePlan, chip, builder) -> None:
@@ -102,6 +160,9 @@ class ElementwiseKernel(KernelTemplate):
             offset += 4 * plan.tile
         kind = call.attrs.get("kind")
         dt = call.output.dtype
+        scratch = None
+        if self._scratch(call):
+            scratch, offset = offset, offset + 4 * plan.tile
         for p in range(plan.pes):
             start, end = p * per_pe, min(n, (p + 1) * per_pe)
             if start >= end:
@@ -140,12 +201,23 @@ class ElementwiseKernel(KernelTemplate):
                 elif call.op == "quantize":      # x * (1 / scale), rounded and saturated to int8
                     pe.simd_scalar("MUL", src[0], out_buf[t % 2], m, float(call.attrs["scale"]),
                                    dtype=in_dt, out_dtype=dt, wait=wait, signal=computed)
-                elif kind in UNARY_SCALE:
-                    pe.simd_scalar("MUL", src[0], out_buf[t % 2], m, UNARY_SCALE[kind],
-                                   dtype=in_dt, out_dtype=dt, wait=wait, signal=computed)
-                else:
+                elif kind in UNARY_FN:
                     pe.simd_unary(UNARY_FN[kind], src[0], out_buf[t % 2], m,
                                   dtype=in_dt, out_dtype=dt, wait=wait, signal=computed)
+                else:   # passes in the input's dtype; the last one writes the output's
+                    passes = unary_passes(kind, call.attrs["alpha"], call.attrs["beta"])
+                    work = out_buf[t % 2] if scratch is None else scratch
+                    prev = src[0]
+                    for i, (fn, operand) in enumerate(passes):
+                        last = i == len(passes) - 1
+                        dst = out_buf[t % 2] if last else work
+                        kw = dict(dtype=in_dt, out_dtype=dt if last else in_dt, wait=wait if i == 0 else None,
+                                  signal=computed if last else None)
+                        if operand == X:
+                            pe.simd_binary(fn, prev, src[0], dst, m, **kw)
+                        else:
+                            pe.simd_scalar(fn, prev, dst, m, float(operand), **kw)
+                        prev = work
                 store(t)
 
 
