@@ -60,8 +60,8 @@ def tile_epilogue(op: str, kind: str) -> tuple[str, str | float] | None:
     ("binary", SIMD function); None when it cannot."""
     if op == "unary" and kind in UNARY_FN:
         return "unary", UNARY_FN[kind]
-    if op == "unary" and kind in UNARY_SCALE:
-        return "scale", UNARY_SCALE[kind]
+    if op == "unary" and kind == "neg":
+        return "scale", -1.0
     if op == "binary" and kind in EPILOGUE_BINARY:
         return "binary", BINARY_FN[kind]
     return None
