@@ -1,4 +1,4 @@
-"""Unary ops the SIMD engine computes as a few passes (clamp, abs, pow 2, leaky_relu,
+"""Unary ops the SIMD engine computes as a few passes (clamp, abs, pow 2-4, leaky_relu,
 hardsigmoid, hardswish): on the chip, not the host, and equal to eager on fresh inputs."""
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ KINDS = {
     "clamp-max": lambda x: x.clamp(max=0.4),
     "abs": torch.abs,
     "pow2": lambda x: x.pow(2),
+    "pow3": lambda x: x.pow(3),
     "leaky-relu": lambda x: F.leaky_relu(x, 0.1),
     "hardsigmoid": F.hardsigmoid,
     "hardswish": F.hardswish,

@@ -37,8 +37,8 @@ def unary_passes(kind: str, alpha: float, beta: float) -> list[tuple[str, float 
     if kind == "clamp":
         passes = ([("MAX", alpha)] if alpha > -math.inf else []) + ([("MIN", beta)] if beta < math.inf else [])
         return passes or None
-    if kind == "pow" and alpha == 2.0:
-        return [("MUL", X)]
+    if kind == "pow" and alpha in (2.0, 3.0, 4.0):     # x*x*...; other exponents need log/exp
+        return [("MUL", X)] * (int(alpha) - 1)
     if kind == "leaky_relu" and 0.0 <= alpha <= 1.0:      # max(x, a*x)
         return [("MUL", alpha), ("MAX", X)]
     if kind == "hardsigmoid":
