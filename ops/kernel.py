@@ -22,6 +22,14 @@ import numpy as np
 #: `ember` element types -> the ISA's dtype names.
 ISA_DTYPE = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "i32": "int32"}
 ISA_ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int32": 4}
+#: Local memory per PE assumed when a template is asked whether it runs an op without being told
+#: the chip: that of the smallest chip shipped ("tiny").
+MIN_LOCAL_BYTES = 64 * 1024
+
+
+def local_bytes(chip: Any) -> int:
+    """A PE's local memory on `chip`, or MIN_LOCAL_BYTES when the chip is not known."""
+    return MIN_LOCAL_BYTES if chip is None else chip.local_mem.bytes
 
 
 @dataclass(frozen=True)
@@ -54,9 +62,10 @@ class KernelTemplate(ABC):
     """The tiling template and cost model of some `ember` ops."""
     ops: tuple[str, ...] = ()
 
-    def accepts(self, op: str, operands: list[Any], result: Any, attrs: Mapping[str, Any]) -> bool:
-        """Whether this template runs this instance (operand/result TensorSpecs, attributes);
-        instances it refuses stay on the host."""
+    def accepts(self, op: str, operands: list[Any], result: Any, attrs: Mapping[str, Any], chip: Any = None) -> bool:
+        """Whether this template runs this instance (operand/result TensorSpecs, attributes) on
+        `chip` (None: on any chip, i.e. within MIN_LOCAL_BYTES of local memory); instances it
+        refuses stay on the host."""
         return True
 
     @abstractmethod

@@ -11,6 +11,7 @@ import ember
 from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
 from ops.pooling import _out_size, _pool_reference
 from simulator import ProgramBuilder, load_chip, simulate
+from tests.helpers import rel_err
 
 NP = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16}
 TINY = load_chip("tiny")
@@ -270,3 +271,21 @@ def test_conv_search_adapts_to_shape_and_chip():
     deep = tmpl.choose(conv_call(1, 512, 7, 7, 512, 3, p=1, dtype="bf16", space="sram"), MTIA)
     small = tmpl.choose(conv_call(1, 64, 56, 56, 64, 3, p=1, dtype="bf16", space="sram"), TINY)
     assert len({wide, deep, small}) == 3
+
+
+def test_accepts_uses_the_chips_local_memory():
+    """A patch-embedding conv whose smallest tile exceeds the 64 KB of `tiny` stays on the host
+    there, and runs on mtia2i (384 KB per PE), matching eager."""
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 32, 14, stride=14).eval()
+    x = torch.randn(1, 3, 224, 224)
+    where = {}
+    for chip in ("tiny", "mtia2i"):
+        cm = ember.compile(model, (x,), chip=chip, dtype="fp32")
+        (step,) = [s for s in cm.program.steps if s["op"] == "conv"]
+        where[chip] = step["kind"]
+    assert where == {"tiny": "host", "mtia2i": "kernel"}
+    fresh = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ref = model(fresh)
+    assert rel_err(cm.run(fresh, device="sim"), ref) <= 1e-4

@@ -28,6 +28,6 @@ class Partition:
                 template = kernel_for(op.name)
                 runs = floats and template is not None and template.accepts(
                     op.name, [None if v is None else graph.specs[v] for v in op.operands],
-                    graph.specs[op.results[0]], op.attrs)
+                    graph.specs[op.results[0]], op.attrs, chip=chip)
                 op.target = "accelerator" if runs else "host"
         return graph

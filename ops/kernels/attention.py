@@ -38,18 +38,16 @@ from dataclasses import dataclass
 
 from ops.kernel import (
     ISA_DTYPE,
-    LocalArena,
     ISA_ITEMSIZE,
     KernelCall,
     KernelTemplate,
+    LocalArena,
+    local_bytes,
     register_kernel,
     streaming_dma_cycles,
 )
 from simulator.isa import Engine
 
-#: `accepts` is not told the chip: instances whose smallest plan exceeds the local memory of
-#: the smallest chip we ship ("tiny") stay on the host.
-MIN_LOCAL_BYTES = 64 * 1024
 ALIGN = 64
 #: what masked scores become (exp(NEG_BIG - max) == 0 in fp32)
 NEG_BIG = -3.0e38
@@ -216,7 +214,7 @@ def _split(items: list, pes: int) -> list[list]:
 class AttentionKernel(KernelTemplate):
     ops = ("attention",)
 
-    def accepts(self, op, operands, result, attrs) -> bool:
+    def accepts(self, op, operands, result, attrs, chip=None) -> bool:
         q, k, v = operands[:3]
         mask = operands[3] if len(operands) > 3 else None
         if mask is not None or any(t is None for t in (q, k, v)):
@@ -233,8 +231,8 @@ class AttentionKernel(KernelTemplate):
             return False
         it = ISA_ITEMSIZE[ISA_DTYPE[q.dtype]]
         d = _Dims(1, hq, hk, q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1], it, ISA_DTYPE[q.dtype])
-        return (_layout(d, 1)["end"] <= MIN_LOCAL_BYTES
-                or _layout_blocked(d, 1, KS_CHOICES[0])["end"] <= MIN_LOCAL_BYTES)
+        return (_layout(d, 1)["end"] <= local_bytes(chip)
+                or _layout_blocked(d, 1, KS_CHOICES[0])["end"] <= local_bytes(chip))
 
     # ---- plans and cost model -------------------------------------------------------------
     def plans(self, call: KernelCall, chip):

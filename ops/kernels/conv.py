@@ -52,6 +52,7 @@ from ops.kernel import (
     KernelTemplate,
     LocalArena,
     Placement,
+    local_bytes,
     register_kernel,
     streaming_dma_cycles,
 )
@@ -59,9 +60,6 @@ from ops.kernels.matmul import ACC_DTYPE, _cdiv, _lin, _Rates
 from simulator.isa import Engine
 
 ALIGN = 64
-#: `accepts` is not told the chip: it refuses convolutions whose smallest plan does not fit
-#: the local memory of the smallest chip we ship ("tiny").
-MIN_LOCAL_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -827,14 +825,14 @@ class ConvTemplate(KernelTemplate):
     on the DPE, bias and rounding on the SIMD engine."""
     ops = ("conv",)
 
-    def accepts(self, op: str, operands, result, attrs) -> bool:
+    def accepts(self, op: str, operands, result, attrs, chip=None) -> bool:
         x, w = operands[0], operands[1]
         if x is None or w is None or len(x.shape) not in (3, 4):
             return False
         call = KernelCall(op, (_spec(x), _spec(w), None if len(operands) < 3 or operands[2] is None
                                else _spec(operands[2])), _spec(result), dict(attrs))
         geo = _geom(call)
-        return _Buffers(geo, ConvPlan(min(8, geo.Og), 1, 1)).total <= MIN_LOCAL_BYTES
+        return _Buffers(geo, ConvPlan(min(8, geo.Og), 1, 1)).total <= local_bytes(chip)
 
     def flops(self, call: KernelCall) -> int:
         geo = _geom(call)

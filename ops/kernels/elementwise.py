@@ -83,7 +83,7 @@ def _widened(call: KernelCall) -> list[int]:
 class ElementwiseKernel(KernelTemplate):
     ops = ("unary", "binary", "quantize")
 
-    def accepts(self, op: str, operands, result, attrs) -> bool:
+    def accepts(self, op: str, operands, result, attrs, chip=None) -> bool:
         if op == "quantize":
             return True
         if op == "unary":

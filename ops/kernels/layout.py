@@ -283,7 +283,7 @@ def _pe_choices(chip) -> list[int]:
 class LayoutKernel(KernelTemplate):
     ops = ("transpose", "slice", "concat", "pad", "broadcast", "cast")
 
-    def accepts(self, op: str, operands, result, attrs) -> bool:
+    def accepts(self, op: str, operands, result, attrs, chip=None) -> bool:
         x = operands[0]
         if any(o is None or o.numel == 0 for o in operands) or result.numel == 0:
             return False

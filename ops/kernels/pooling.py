@@ -40,6 +40,7 @@ from ops.kernel import (
     KernelTemplate,
     LocalArena,
     Placement,
+    local_bytes,
     register_kernel,
     streaming_dma_cycles,
 )
@@ -48,8 +49,6 @@ from simulator.isa import Engine
 
 ALIGN = 64
 NBUF = 2
-#: `accepts` is not told the chip: the smallest plan must fit the local memory of "tiny".
-MIN_LOCAL_BYTES = 64 * 1024
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -392,7 +391,7 @@ class PoolTemplate(KernelTemplate):
     max/add passes on the SIMD engine."""
     ops = ("pool",)
 
-    def accepts(self, op: str, operands, result, attrs) -> bool:
+    def accepts(self, op: str, operands, result, attrs, chip=None) -> bool:
         x = operands[0]
         if x is None or len(attrs["kernel"]) not in (1, 2):
             return False
@@ -402,7 +401,7 @@ class PoolTemplate(KernelTemplate):
         geo = _geom(call)
         if not _constant_count(geo, attrs):
             return False
-        return _Buffers(geo, PoolPlan(1, 1)).total <= MIN_LOCAL_BYTES
+        return _Buffers(geo, PoolPlan(1, 1)).total <= local_bytes(chip)
 
     def flops(self, call: KernelCall) -> int:
         geo = _geom(call)

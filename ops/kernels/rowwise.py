@@ -23,12 +23,10 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, LocalArena, register_kernel, streaming_dma_cycles
+from ops.kernel import (ISA_ITEMSIZE, KernelCall, KernelTemplate, LocalArena, local_bytes, register_kernel,
+                        streaming_dma_cycles)
 from simulator.isa import Engine
 
-#: `accepts` is not told the chip; batch norm (which has no chunked path) refuses rows whose
-#: buffers exceed this, the local memory of the smallest chip we ship ("tiny").
-MIN_LOCAL_BYTES = 64 * 1024
 ALIGN = 64
 #: Row maximum floor: an all -inf row (a fully masked attention row) gives zeros, not NaN.
 NEG_BIG = -3.0e38
@@ -413,8 +411,8 @@ class RowwiseKernel(KernelTemplate):
         return [Simd("unary", "COPY", (lay["x"][slot], lay["w"]), m, cols, dtype=call.inputs[0].dtype)]
 
 
-def _row_fits(cols_bytes_fp32: int) -> bool:
-    return cols_bytes_fp32 + 6 * 4 <= MIN_LOCAL_BYTES
+def _row_fits(cols_bytes_fp32: int, chip=None) -> bool:
+    return cols_bytes_fp32 + 6 * 4 <= local_bytes(chip)
 
 
 def _float_rows(operands, result) -> bool:
@@ -455,7 +453,7 @@ class SoftmaxKernel(RowwiseKernel):
     """softmax / log-softmax over the last dim: row max, subtract, exp, row sum, scale."""
     ops = ("softmax",)
 
-    def accepts(self, op, operands, result, attrs) -> bool:
+    def accepts(self, op, operands, result, attrs, chip=None) -> bool:
         x = operands[0]
         return _float_rows(operands, result) and attrs["dim"] == x.rank - 1
 
@@ -543,7 +541,7 @@ class NormKernel(RowwiseKernel):
     * weight + bias (replicated to a tile once per PE)."""
     ops = ("norm",)
 
-    def accepts(self, op, operands, result, attrs) -> bool:
+    def accepts(self, op, operands, result, attrs, chip=None) -> bool:
         x = operands[0]
         return _float_rows(operands, result) and 1 <= attrs["axes"] <= x.rank and attrs["kind"] in ("layer", "rms")
 
@@ -688,14 +686,14 @@ class BatchNormKernel(RowwiseKernel):
     loops = False         # a tile's channel vectors start at (first row % C)
     chunked = False
 
-    def accepts(self, op, operands, result, attrs) -> bool:
+    def accepts(self, op, operands, result, attrs, chip=None) -> bool:
         x = operands[0]
         if x is None or x.rank < 2 or x.numel == 0:
             return False
         if x.rank == 2:
-            return _row_fits(x.shape[1] * 4 * 10)
+            return _row_fits(x.shape[1] * 4 * 10, chip)
         inner = math.prod(x.shape[2:])
-        return inner > 0 and _row_fits(inner * 4 * 2 + 4 * 4 * 2 * x.shape[1])
+        return inner > 0 and _row_fits(inner * 4 * 2 + 4 * 4 * 2 * x.shape[1], chip)
 
     def matrix(self, call):
         shape = call.inputs[0].shape
@@ -763,7 +761,7 @@ class ReduceKernel(RowwiseKernel):
     reduction per tile, in fp32 inside."""
     ops = ("reduce",)
 
-    def accepts(self, op, operands, result, attrs) -> bool:
+    def accepts(self, op, operands, result, attrs, chip=None) -> bool:
         x = operands[0]
         if not _float_rows(operands, result) or attrs["kind"] not in REDUCE_FN:
             return False
