@@ -48,7 +48,7 @@ def run_summary_tables(run, top: int = 10) -> list[Table]:
     host = sum(s.kind == "host" for s in run.steps)
     if host:
         ops.caption = f"{host} op(s) ran on the host (not timed); their tensors cross the host link (transfer rows)"
-    engines = Table(title="Engine utilization (busy cycles / (PEs x run cycles))")
+    engines = Table(title="Engine utilization", caption="busy cycles / (PEs x run cycles)")
     engines.add_column("engine")
     engines.add_column("utilization", justify="right")
     for engine, u in run.stats["engine_utilization"].items():
