@@ -2,7 +2,8 @@
 
     graph    capture (torch.export + decompositions) and import: graph-level `ember` ops
     tiled    partition (accelerator / host), dtype lowering (storage dtypes; for int8, calibration
-             on the example inputs and quantization), memory plan, tile and map each kernel
+             on the example inputs and quantization), fusion of elementwise epilogues into
+             contractions (unless `fuse` is off), memory plan, tile and map each kernel
              (cost model); the IR is the graph with each op's target, dtypes, quantization and
              plan attached
     program  every kernel's per-PE commands, serialized into a Program
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,8 +30,10 @@ from compiler.graph_ops import graph_ops
 from compiler.importer import ImportResult, import_program
 from compiler.passes.calibrate import Calibrate
 from compiler.passes.dtype import DtypeLowering
+from compiler.passes.fusion import FuseEpilogues
 from compiler.passes.broadcast_operands import MaterializeBroadcasts
 from compiler.passes.gqa_heads import FoldKVHeadExpansion
+from compiler.passes.attention_masks import FoldAttentionMasks
 from compiler.passes.memory_plan import MemoryPlan
 from compiler.passes.partition import Partition
 from compiler.passes.tile import TileAndMap
@@ -47,6 +51,8 @@ class CompileOptions:
     to: str = "program"
     allow_unsupported: bool = False
     print_ir_after_all: bool = False
+    # fold elementwise epilogues into contractions; EMBER_FUSE=0 sets the default off
+    fuse: bool = field(default_factory=lambda: os.environ.get("EMBER_FUSE", "1") != "0")
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -124,6 +130,8 @@ def _annotate(graph) -> None:
                 "weight_scale": ir.DenseElementsAttr.get(q.weight_scale.astype("float32"))})
         if op.plan is not None:
             attrs["ember.plan"] = ir.StringAttr.get(repr(op.plan))
+        if op.attrs.get("epilogue"):
+            attrs["ember.epilogue"] = ir.StringAttr.get(repr(op.attrs["epilogue"]))
 
 
 def _phase_tiled(model: torch.nn.Module, example_inputs: tuple, options: CompileOptions,
@@ -131,6 +139,7 @@ def _phase_tiled(model: torch.nn.Module, example_inputs: tuple, options: Compile
     t0 = time.perf_counter()
     chip, graph_result = result["chip"], result["graph"]
     with graph_result.context:
+        FoldAttentionMasks().run(graph_result.module, graph_result.weights)
         MaterializeBroadcasts().run(graph_result.module)
         FoldKVHeadExpansion().run(graph_result.module)
         graph = graph_ops(graph_result.module)
@@ -140,6 +149,8 @@ def _phase_tiled(model: torch.nn.Module, example_inputs: tuple, options: Compile
             constants = _constants(graph, graph_result)
             amax = _calibration_amax(graph, graph_result, constants, example_inputs)
         DtypeLowering().run(graph, options.dtype, constants, amax)
+        if options.fuse:
+            FuseEpilogues().run(graph)
         placements = MemoryPlan().run(graph, chip)
         TileAndMap().run(graph, placements, chip)
         _annotate(graph)

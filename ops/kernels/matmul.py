@@ -21,6 +21,10 @@ Shape of the schedule (one plan):
   dequantization vector d[N]) instead widens the int32 accumulator to fp32, multiplies each
   column n by d[n], and adds the bias in fp32.
   ``cbufs`` accumulators let the next job's DPE run while the epilogue and store drain.
+* A fused elementwise epilogue (attribute ``epilogue``, set by the fuse-epilogues pass) runs
+  after that, still in fp32 on the accumulator: unary SIMD functions, scales, and binary ops with
+  a result-shaped operand (a residual) whose tile the PE's DMA queue loads like the bias (and
+  widens to fp32 when it is narrower). Only the last step rounds to the output dtype.
 * K loops are emitted as `PEStream.repeat` blocks (``nbuf`` steps per iteration), so a
   program grows with the number of jobs, not with K.
 
@@ -29,6 +33,7 @@ memory channels and NoC edges every fetch shares) plus fill and drain; see `_pre
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterator
@@ -38,7 +43,8 @@ from typing import Any
 import numpy as np
 
 from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, register_kernel
-from simulator.isa import Engine
+from ops.kernels.elementwise import tile_epilogue
+from simulator.isa import LUT_FNS, Engine, SimdFn
 from simulator.isa.program import Strided
 
 ACC_DTYPE = {"fp32": "fp32", "bf16": "fp32", "fp16": "fp32", "int8": "int32"}
@@ -71,6 +77,41 @@ class MatmulPlan:
 
 
 @dataclass(frozen=True)
+class _EpilogueStep:
+    """One fused elementwise step on the fp32 output tile."""
+    form: str                # "unary" | "scale" | "binary" (see elementwise.tile_epilogue)
+    fn: str = "COPY"         # SIMD function (unary, binary)
+    imm: float = 0.0         # scale: the immediate
+    operand: int = -1        # binary: input position of the other (result-shaped) operand
+    acc_first: bool = True   # binary: the accumulator is the left operand
+    dtype: str = "fp32"      # binary: the other operand's dtype
+
+    @property
+    def lut(self) -> bool:
+        return self.form == "unary" and SimdFn[self.fn] in LUT_FNS
+
+
+def _epilogue(call: KernelCall) -> tuple[_EpilogueStep, ...]:
+    """The call's `epilogue` attribute: ("unary", kind, alpha, beta) and ("binary", kind,
+    operand position, side) entries (side 0: the contraction's result is the left operand)."""
+    out = []
+    for step in call.attrs.get("epilogue") or ():
+        how = tile_epilogue(step[0], step[1])
+        if how is None:
+            raise ValueError(f"ember.{call.op}: epilogue step {tuple(step)} has no SIMD form")
+        form, fn = how
+        if form == "scale":
+            out.append(_EpilogueStep(form, "MUL", imm=float(fn)))
+        elif form == "unary":
+            out.append(_EpilogueStep(form, fn))
+        else:
+            pos = int(step[2])
+            out.append(_EpilogueStep(form, fn, operand=pos, acc_first=int(step[3]) == 0,
+                                     dtype=call.inputs[pos].dtype))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class _Gemm:
     """The call seen as a batch of GEMMs C[b] = A[b] @ B[b] (B given as [K, N] or W[N, K])."""
     batch: int
@@ -87,10 +128,15 @@ class _Gemm:
     scalar_bias: bool
     bias_dtype: str = "fp32"
     scaled: bool = False           # a dequantization vector d[N] multiplies the accumulator
+    epilogue: tuple[_EpilogueStep, ...] = ()
 
     @property
     def es(self) -> int:
         return ISA_ITEMSIZE[self.dtype]
+
+    @property
+    def residuals(self) -> tuple[_EpilogueStep, ...]:
+        return tuple(st for st in self.epilogue if st.form == "binary")
 
 
 def _gemm(call: KernelCall) -> _Gemm:
@@ -104,7 +150,7 @@ def _gemm(call: KernelCall) -> _Gemm:
         M = int(np.prod(x.shape[:-1], dtype=np.int64))
         return _Gemm(1, M, K, N, (0,), (0,), True, dt, call.output.dtype, ACC_DTYPE[dt],
                      bias is not None, bias is not None and len(bias.shape) == 0,
-                     dt if bias is None else bias.dtype, _dequant(call) is not None)
+                     dt if bias is None else bias.dtype, _dequant(call) is not None, _epilogue(call))
     lhs, rhs = call.inputs[0], call.inputs[1]
     M, K = lhs.shape[-2:]
     N = rhs.shape[-1]
@@ -123,12 +169,18 @@ def _gemm(call: KernelCall) -> _Gemm:
                      for idx in np.ndindex(*out_batch)) if out_batch else (0,)
 
     return _Gemm(max(batch, 1), M, K, N, offsets(lhs.shape, M * K * es), offsets(rhs.shape, K * N * es),
-                 False, dt, call.output.dtype, ACC_DTYPE[dt], False, False, dt, _dequant(call) is not None)
+                 False, dt, call.output.dtype, ACC_DTYPE[dt], False, False, dt, _dequant(call) is not None,
+                 _epilogue(call))
 
 
 def _dequant(call: KernelCall):
     """The dequantization vector operand of a quantized GEMM (operand 3), or None."""
     return call.inputs[3] if len(call.inputs) > 3 else None
+
+
+def _output_index(g: "_Gemm", bi: int, m0: int, n0: int) -> int:
+    """Element offset of output (and residual) tile (bi, m0, n0)."""
+    return bi * g.M * g.N + m0 * g.N + n0
 
 
 class _Layout:
@@ -209,6 +261,15 @@ class _Buffers:
         if g.scaled:
             self.scale = base
             base += _align(BIAS_ROWS * p.nt * 4)
+        self.res = []           # per residual: (tile as loaded, its fp32 copy)
+        for st in g.residuals:
+            raw = base
+            base += _align(p.mt * p.nt * ISA_ITEMSIZE[st.dtype])
+            wide = raw
+            if st.dtype != "fp32":
+                wide = base
+                base += _align(p.mt * p.nt * 4)
+            self.res.append((raw, wide))
         self.total = base
 
 
@@ -233,6 +294,7 @@ class _Rates:
         self.macs = chip.dpe.macs_per_cycle
         self.simd = chip.simd.elems_per_cycle
         self.simd_lat = chip.simd.latency_cycles
+        self.simd_lut = chip.simd.lut_cycles
         self.re = chip.reduce.elems_per_cycle
         self.re_lat = chip.reduce.latency_cycles
         self.mlu = chip.mlu.bytes_per_cycle
@@ -261,7 +323,22 @@ def _k_groups(K: int, kt: int) -> list[tuple[int, int]]:
 
 
 def _epilogue_cycles(g: _Gemm, rt: _Rates, m: int, n: int) -> int:
-    """SIMD / reduction-engine cycles of one job's epilogue (bias add and rounding)."""
+    """SIMD / reduction-engine cycles of one job's epilogue (bias add, dequantization, fused
+    elementwise steps, rounding)."""
+    if not g.epilogue:
+        return _bias_cycles(g, rt, m, n)
+    # bias and dequantization stay in fp32; the last fused step rounds
+    cyc = _bias_cycles(dataclasses.replace(g, out_dtype=g.acc_dtype), rt, m, n)
+    vec = _cdiv(m * n, rt.simd)
+    for st in g.epilogue:
+        cyc += vec * (rt.simd_lut if st.lut else 1) + rt.simd_lat
+        if st.form == "binary" and st.dtype != "fp32":      # widen the residual tile
+            cyc += vec + rt.simd_lat
+    return cyc
+
+
+def _bias_cycles(g: _Gemm, rt: _Rates, m: int, n: int) -> int:
+    """SIMD / reduction-engine cycles of bias add, dequantization and rounding of one job."""
     cyc = 0
     chunks = _cdiv(m, BIAS_ROWS)
     if g.scaled:     # widen, scale, (widen the bias tile, add it)
@@ -480,14 +557,19 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
         bias_reload = (2 * lat + nb * es / rt.link + min(BIAS_ROWS, p.mt, g.M) * nb * es / rt.local
                        + _cdiv(min(BIAS_ROWS, p.mt, g.M) * nb, rt.simd) + rt.simd_lat)
     wave = {}
+    residuals = [(call.inputs[st.operand].space, ISA_ITEMSIZE[st.dtype]) for st in g.residuals]
     for m, n in set(jobs):
         store[m, n] = rt.dma_alone(m * n * oes, o_sp, R // 2)
         wave[m, n] = max(store[m, n], active * m * n * oes / rt.mem[o_sp] + lat)
+        # a fused epilogue's residual tiles: loads in this PE's queue, after its store
+        res_load = sum(rt.dma_alone(m * n * rs, sp, R // 2) for sp, rs in residuals)
         per = [(c, step(m, k, n)) for k, c in kg]
         # the fetching queue also carries this PE's store of the job
+        # every active PE loads its residual tiles once per job, through the fetches' memory
+        res_mem = sum(active * m * n * rs / rt.mem[sp] for sp, rs in residuals)
         period[m, n] = max(sum(c * s[0] for c, s in per),
-                           sum(c * s[2] for c, s in per) + store_share * store[m, n] + bias_reload,
-                           sum(c * s[3] for c, s in per))
+                           sum(c * s[2] for c, s in per) + store_share * (store[m, n] + res_load) + bias_reload,
+                           sum(c * s[3] for c, s in per) + res_mem)
     epi = {mn: _epilogue_cycles(g, rt, *mn) for mn in period}
     path = sum(period[j] for j in jobs)
     for t in range(len(jobs) - 1):      # the next job's DPE waits for this accumulator to drain
@@ -511,6 +593,8 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
     by = {"dram": 0, "sram": 0}
     for x, s in ((a_bytes, a_sp), (b_bytes, b_sp), (o_bytes, o_sp)):
         by[s] += x
+    for sp, rs in residuals:
+        by[sp] += g.batch * g.M * g.N * rs
     mem_path = max(by["dram"] / rt.dram, by["sram"] / rt.sram)
     n_jobs_q = len(jobs) if p.layout == "tiles" else g.batch * L.QM * L.QN
     n_dma = nsteps * n_jobs_q * ((1 if fa else 0) + (1 if fb else 0) if both else 1)
@@ -612,6 +696,7 @@ class _Emitter:
             b = self.b
             self.pe_tok[pe.pe] = {"dp": b.token(), "ep": b.token(), "st": b.token(), "bias": b.token(),
                                       "scale": b.token(), "bconv": b.token(), "radd": b.token(),
+                                      "pre": b.token(), "res": b.token(),
                                       "wt_full": [b.token() for _ in range(self.p.nbuf)],
                                       "wt_free": [b.token() for _ in range(self.p.nbuf)]}
         return self.pe_tok[pe.pe]
@@ -684,6 +769,12 @@ class _Emitter:
                 # which its store (just before in this queue) waits for
                 bkey = (-1, 0, 0, 0) if i == 0 else prev_key[:3] + (1,)
                 events.append((bkey, "bias", (t, i)))
+            if g.residuals:
+                # a fused epilogue's residual tiles: after the job's own loads (the epilogue
+                # needs them last), and after the store of job i-1, whose epilogue read the buffer
+                at = (t + 1) * nk
+                rkey = (at, 0, -1, 0) if i == 0 else max((at, 0, -1, 0), prev_key[:3] + (2,))
+                events.append((rkey, "residual", (t, i)))
             prev_n, prev_key = jobs[t][2], key
         # split step runs at store positions
         cut_points = sorted(k for k, kind, _ in events if kind == "store")
@@ -710,6 +801,8 @@ class _Emitter:
             elif kind == "store":
                 t, i = payload
                 self._store(pe, jobs[t], t, i, tok)
+            elif kind == "residual":
+                self._residual_load(pe, jobs[payload[0]], tok)
             else:
                 t, i = payload
                 self._column_params_load(pe, jobs[t], tok)
@@ -745,6 +838,18 @@ class _Emitter:
         pe.dma("local", self.buf.c[i % p.cbufs], o.space,
                o.addr + (bi * g.M * g.N + m0 * g.N + n0) * oes, rows=m, row_bytes=n * oes,
                dst_stride=g.N * oes, wait=(wait_tok, i + 1), signal=tok["st"])
+
+    def _residual_load(self, pe, job, tok):
+        """The job's tile of each residual operand of the fused epilogue, packed [m, n]."""
+        g = self.g
+        bi, mi, nj = job
+        m0, m = self.m_tile(mi)
+        n0, n = self.n_tile(nj)
+        for st, (raw, _) in zip(g.residuals, self.buf.res):
+            src = self.call.inputs[st.operand]
+            es = ISA_ITEMSIZE[st.dtype]
+            pe.dma(src.space, src.addr + _output_index(g, bi, m0, n0) * es, "local", raw, rows=m,
+                   row_bytes=n * es, src_stride=g.N * es, signal=tok["res"])
 
     def _column_params_load(self, pe, job, tok):
         """Bias (and dequantization vector) of the job's N tile, replicated over the rows the
@@ -877,26 +982,31 @@ class _Emitter:
 
     # --- epilogue -------------------------------------------------------------------------------
     def _has_epilogue(self) -> bool:
-        return self.g.has_bias or self.g.scaled or self.g.out_dtype != self.g.acc_dtype
+        return self.g.has_bias or self.g.scaled or self.g.out_dtype != self.g.acc_dtype or bool(self.g.epilogue)
 
     def emit_epilogue(self, pe, jobs, real):
-        """Per job, in place on the accumulator: + bias, round to the output dtype."""
+        """Per job, in place on the accumulator: + bias (or dequantize), the fused elementwise
+        steps, round to the output dtype."""
         g, p = self.g, self.p
         if not self._has_epilogue():
             return
         tok = self._pe_tokens(pe)
         i_real = n_bias = 0
         last_n = None
-        convert = g.out_dtype != g.acc_dtype
+        fused = bool(g.epilogue)
+        fin = "fp32" if fused else g.out_dtype         # what the bias add / dequantization write
+        done = tok["pre"] if fused else tok["ep"]
+        fes = ISA_ITEMSIZE[fin]
+        convert = fin != g.acc_dtype
         for t, job in enumerate(jobs):
             if not real[t]:
                 continue
             m = self.m_tile(job[1])[1]
             n = self.n_tile(job[2])[1]
             cb = self.buf.c[i_real % p.cbufs]
-            oes = ISA_ITEMSIZE[g.out_dtype]
             dp = (tok["dp"], i_real + 1)
             i_real += 1
+            ready = (done, i_real)
             if g.scaled:
                 if job[2] != last_n:
                     n_bias += 1
@@ -905,41 +1015,71 @@ class _Emitter:
                         rows = min(BIAS_ROWS, p.mt, g.M)
                         pe.simd_unary("copy", self.buf.bias_raw, self.buf.bias32, rows * n, dtype=g.bias_dtype,
                                       out_dtype="fp32", wait=(tok["bias"], n_bias))
-                self._dequantize(pe, cb, m, n, dp, (tok["scale"], n_bias), tok["ep"])
-                continue
-            if not g.has_bias:
-                pe.simd_unary("copy", cb, cb, m * n, dtype=g.acc_dtype, out_dtype=g.out_dtype,
-                              wait=dp, signal=tok["ep"])
-                continue
-            if job[2] != last_n:       # a new bias tile: widen it to the accumulator dtype
-                n_bias += 1
-                last_n = job[2]
-                rows = min(BIAS_ROWS, p.mt, g.M)
-                pe.simd_unary("copy", self.buf.bias_raw, self.buf.bias32, rows * n, dtype=g.bias_dtype,
-                              out_dtype=g.acc_dtype, wait=(tok["bias"], n_bias), signal=tok["bconv"])
-            chunks = list(range(0, m, BIAS_ROWS))
-            if g.acc_dtype == "int32":     # exact integer add on the reduction engine
-                pe.nop(Engine.REDUCE, wait=(tok["bconv"], n_bias))
-                for ci, r0 in enumerate(chunks):
-                    last = ci == len(chunks) - 1
-                    pe.re_acc(cb + r0 * n * 4, self.buf.bias32, min(BIAS_ROWS, m - r0) * n,
-                              dtype="int32", wait=dp if ci == 0 else None,
-                              signal=(tok["radd"] if convert else tok["ep"]) if last else None)
+                self._dequantize(pe, cb, m, n, dp, (tok["scale"], n_bias), done, fin)
+            elif not g.has_bias:
                 if convert:
-                    pe.simd_unary("copy", cb, cb, m * n, dtype=g.acc_dtype, out_dtype=g.out_dtype,
-                                  wait=(tok["radd"], i_real), signal=tok["ep"])
+                    pe.simd_unary("copy", cb, cb, m * n, dtype=g.acc_dtype, out_dtype=fin,
+                                  wait=dp, signal=done)
+                else:
+                    ready = dp
             else:
-                for ci, r0 in enumerate(chunks):
-                    pe.simd_binary("add", cb + r0 * n * 4, self.buf.bias32, cb + r0 * n * oes,
-                                   min(BIAS_ROWS, m - r0) * n, dtype="fp32", out_dtype=g.out_dtype,
-                                   wait=dp if ci == 0 else None,
-                                   signal=tok["ep"] if ci == len(chunks) - 1 else None)
+                if job[2] != last_n:       # a new bias tile: widen it to the accumulator dtype
+                    n_bias += 1
+                    last_n = job[2]
+                    rows = min(BIAS_ROWS, p.mt, g.M)
+                    pe.simd_unary("copy", self.buf.bias_raw, self.buf.bias32, rows * n, dtype=g.bias_dtype,
+                                  out_dtype=g.acc_dtype, wait=(tok["bias"], n_bias), signal=tok["bconv"])
+                chunks = list(range(0, m, BIAS_ROWS))
+                if g.acc_dtype == "int32":     # exact integer add on the reduction engine
+                    pe.nop(Engine.REDUCE, wait=(tok["bconv"], n_bias))
+                    for ci, r0 in enumerate(chunks):
+                        last = ci == len(chunks) - 1
+                        pe.re_acc(cb + r0 * n * 4, self.buf.bias32, min(BIAS_ROWS, m - r0) * n,
+                                  dtype="int32", wait=dp if ci == 0 else None,
+                                  signal=(tok["radd"] if convert else done) if last else None)
+                    if convert:
+                        pe.simd_unary("copy", cb, cb, m * n, dtype=g.acc_dtype, out_dtype=fin,
+                                      wait=(tok["radd"], i_real), signal=done)
+                else:
+                    for ci, r0 in enumerate(chunks):
+                        pe.simd_binary("add", cb + r0 * n * 4, self.buf.bias32, cb + r0 * n * fes,
+                                       min(BIAS_ROWS, m - r0) * n, dtype="fp32", out_dtype=fin,
+                                       wait=dp if ci == 0 else None,
+                                       signal=done if ci == len(chunks) - 1 else None)
+            if fused:
+                self._fused_steps(pe, cb, m * n, ready, (tok["res"], len(g.residuals) * i_real), tok["ep"])
 
-
-    def _dequantize(self, pe, cb, m, n, dp, scale_ready, done):
-        """acc[m, n] (int32) -> fp32 -> * d[n] (+ bias[n]) -> the output dtype, packed in place."""
+    def _fused_steps(self, pe, cb, count, ready, res_ready, done):
+        """The fused elementwise steps on the fp32 tile at `cb` (after `ready`; the residual
+        tiles after `res_ready`), the last one rounding to the output dtype."""
         g = self.g
-        oes = ISA_ITEMSIZE[g.out_dtype]
+        if g.residuals:
+            pe.nop(Engine.SIMD, wait=res_ready)
+        wait = ready
+        k = 0
+        for si, st in enumerate(g.epilogue):
+            last = si == len(g.epilogue) - 1
+            out = g.out_dtype if last else "fp32"
+            signal = done if last else None
+            if st.form == "unary":
+                pe.simd_unary(st.fn, cb, cb, count, dtype="fp32", out_dtype=out, wait=wait, signal=signal)
+            elif st.form == "scale":
+                pe.simd_scalar("MUL", cb, cb, count, st.imm, dtype="fp32", out_dtype=out, wait=wait,
+                               signal=signal)
+            else:
+                raw, wide = self.buf.res[k]
+                k += 1
+                if wide != raw:
+                    pe.simd_unary("copy", raw, wide, count, dtype=st.dtype, out_dtype="fp32", wait=wait)
+                    wait = None
+                lhs, rhs = (cb, wide) if st.acc_first else (wide, cb)
+                pe.simd_binary(st.fn, lhs, rhs, cb, count, dtype="fp32", out_dtype=out, wait=wait, signal=signal)
+            wait = None
+
+    def _dequantize(self, pe, cb, m, n, dp, scale_ready, done, out_dtype):
+        """acc[m, n] (int32) -> fp32 -> * d[n] (+ bias[n]) -> `out_dtype`, packed in place."""
+        g = self.g
+        oes = ISA_ITEMSIZE[out_dtype]
         pe.simd_unary("copy", cb, cb, m * n, dtype=g.acc_dtype, out_dtype="fp32", wait=dp)
         chunks = list(range(0, m, BIAS_ROWS))
         for ci, r0 in enumerate(chunks):
@@ -949,10 +1089,10 @@ class _Emitter:
             wait = scale_ready if ci == 0 else None
             if g.has_bias:
                 pe.simd_binary("MUL", src, self.buf.scale, src, count, dtype="fp32", out_dtype="fp32", wait=wait)
-                pe.simd_binary("ADD", src, self.buf.bias32, dst, count, dtype="fp32", out_dtype=g.out_dtype,
+                pe.simd_binary("ADD", src, self.buf.bias32, dst, count, dtype="fp32", out_dtype=out_dtype,
                                signal=done if last else None)
             else:
-                pe.simd_binary("MUL", src, self.buf.scale, dst, count, dtype="fp32", out_dtype=g.out_dtype,
+                pe.simd_binary("MUL", src, self.buf.scale, dst, count, dtype="fp32", out_dtype=out_dtype,
                                wait=wait, signal=done if last else None)
 
 
@@ -962,7 +1102,22 @@ class MatmulTemplate(KernelTemplate):
 
     def flops(self, call: KernelCall) -> int:
         g = _gemm(call)
-        return 2 * g.batch * g.M * g.K * g.N
+        return 2 * g.batch * g.M * g.K * g.N + len(g.epilogue) * g.batch * g.M * g.N
+
+    def accepts_epilogue(self, op: str, operands: list[Any], result: Any, step: tuple,
+                         other: Any = None) -> bool:
+        """Whether the epilogue can apply `step` (an `epilogue` entry: ("unary", kind, alpha,
+        beta) or ("binary", kind, position, side)) to each output tile of this instance
+        (operand/result TensorSpecs; `other`: a binary step's other operand). The epilogue
+        computes in fp32, so an int32 accumulator must be dequantized first (operand 3)."""
+        if tile_epilogue(step[0], step[1]) is None:
+            return False
+        x = operands[0]
+        if x is not None and not x.is_float and not (len(operands) > 3 and operands[3] is not None):
+            return False
+        if step[0] == "binary":
+            return other is not None and other.is_float and tuple(other.shape) == tuple(result.shape)
+        return True
 
     def plans(self, call: KernelCall, chip: Any) -> Iterator[MatmulPlan]:
         g = _gemm(call)

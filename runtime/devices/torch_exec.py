@@ -9,6 +9,11 @@ Where the Program placed a value on the chip in a narrower type than the graph's
 bf16 compile), a kernel step rounds its floating operands and its result to that type and
 computes in the graph's type between (the chip multiplies bf16 and accumulates in fp32), so
 `cpu`, `cuda` and `sim` agree within the compile dtype's tolerance.
+
+A kernel step with an `epilogue` attribute (elementwise ops the compiler fused into a
+contraction, `compiler.passes.fusion`) runs its op, then each step on the result through the
+`unary` / `binary` ops' `torch_impl`, a binary step's other operand being the step's operand at
+the position it names.
 """
 from __future__ import annotations
 
@@ -102,7 +107,10 @@ class TorchExecutor:
         if opdef.torch_impl is None:
             raise NotImplementedError(f"ember.{opdef.name} has no torch implementation")
         impl, attrs = opdef.torch_impl, _attrs(step["attrs"])
+        epilogue = _epilogue(attrs.pop("epilogue", None))
         out_types = [DTYPE_TO_TORCH[self.tensors[r]["dtype"]] for r in results]
+        if epilogue:
+            impl = _with_epilogue(impl, epilogue, len(opdef.operands))
 
         def call(*xs):
             out = impl(*xs, **attrs)
@@ -147,6 +155,31 @@ class TorchExecutor:
             for v in free:
                 del env[v]
         return [env[v] for v in self.outputs]
+
+
+def _epilogue(raw: Any) -> list[tuple]:
+    """A step's `epilogue` attribute as a list of tuples (a loaded Program holds lists)."""
+    return [tuple(s) for s in raw or ()]
+
+
+def _with_epilogue(impl: Callable[..., Any], epilogue: list[tuple], declared: int) -> Callable[..., Any]:
+    """`impl` on the op's own operands, then the fused elementwise steps on its result."""
+    unary, binary = lookup_op("unary").torch_impl, lookup_op("binary").torch_impl
+    added = {int(s[2]) for s in epilogue if s[0] == "binary"}
+
+    def run(*xs, **attrs):
+        own = [x for i, x in enumerate(xs) if i not in added]
+        while len(own) > declared and own[-1] is None:     # positions padded up to the added ones
+            own.pop()
+        y = impl(*own, **attrs)
+        for s in epilogue:
+            if s[0] == "unary":
+                y = unary(y, s[1], s[2], s[3])
+            else:
+                other = xs[int(s[2])].to(y.dtype)
+                y = binary(y, other, s[1]) if int(s[3]) == 0 else binary(other, y, s[1])
+        return y
+    return run
 
 
 def _round(x: Any, dtype: Any) -> Any:
