@@ -205,7 +205,8 @@ def compile_model(model: torch.nn.Module, example_inputs: Any, options: CompileO
                 break
         if phase == options.to:
             if key is not None:
-                state["program"].meta["ir"] = {p: ir_after[p] for p in PHASES[1:]}
+                # the tiled IR for a cache hit's cm.ir("tiled"); "program" is built from the Program
+                state["program"].meta["ir"] = {"tiled": ir_after["tiled"]}
                 cache.store(key, state["program"])
             break
     return CompileResult(options, state["graph"], state["out_spec"], ir_after, state.get("timings", {}),
