@@ -51,6 +51,20 @@ def test_same_compiled_model_on_sim_cpu_and_cuda(spec, dtype):
         assert rel_err(outs["cpu"], ref) > 1e-5
 
 
+def test_int8_program_on_cpu_computes_what_the_chip_does():
+    """Quantize steps and int8 GEMMs (integer accumulators, dequantized in fp32, a fused epilogue)
+    on the cpu device give the simulator's numbers."""
+    from tests.helpers import Mlp
+    torch.manual_seed(0)
+    model = Mlp().eval()
+    cm = ember.compile(model, (torch.randn(8, 32),), chip="tiny", dtype="int8")
+    assert [s["op"] for s in cm.program.steps].count("quantize") == 2
+    x = torch.randn(8, 32)
+    sim, cpu = cm.run(x, device="sim"), cm.run(x, device="cpu")
+    assert rel_err(cpu, sim) <= 1e-6
+    assert 1e-4 < rel_err(cpu, _eager(model, (x,))) <= 5e-2      # int8, not fp32, numbers
+
+
 def test_cpu_runs_a_graph_phase_compile():
     model, example = ember.load_model("models:multimodal-tiny")
     cm = ember.compile(model, example, chip="tiny", dtype="fp32", to="graph")

@@ -103,10 +103,14 @@ class TorchExecutor:
             host_op = host_ops[step["host_call"]]
             device = self.device
             return lambda *xs: host_op([x for x in xs if x is not None], device)
+        if step["op"] == "quantize":
+            return _quantize(float(step["attrs"]["scale"]))
         opdef = lookup_op(step["op"])
         if opdef.torch_impl is None:
             raise NotImplementedError(f"ember.{opdef.name} has no torch implementation")
         impl, attrs = opdef.torch_impl, _attrs(step["attrs"])
+        if self._int8_gemm(step):
+            impl = _int8_gemm(step["op"])
         epilogue = _epilogue(attrs.pop("epilogue", None))
         out_types = [DTYPE_TO_TORCH[self.tensors[r]["dtype"]] for r in results]
         if epilogue:
@@ -126,6 +130,12 @@ class TorchExecutor:
             xs = [_round(x, t) for x, t in zip(xs, operand_types)]
             return tuple(_round(o, t) for o, t in zip(call(*xs), result_types))
         return rounded
+
+    def _int8_gemm(self, step: dict[str, Any]) -> bool:
+        """A linear/matmul the dtype pass quantized: int8 operands, then a dequantization vector."""
+        ops = step["operands"]
+        return (step["op"] in ("linear", "matmul") and len(ops) >= 4 and ops[3] is not None
+                and self.tensors[ops[0]]["dtype"] == "i8")
 
     def _rounding(self, step: dict[str, Any]) -> tuple[list[Any], list[Any]] | None:
         """Per operand and result, the narrower float type the chip holds it in (None: as is)."""
@@ -155,6 +165,23 @@ class TorchExecutor:
             for v in free:
                 del env[v]
         return [env[v] for v in self.outputs]
+
+
+def _quantize(scale: float) -> Callable[..., Any]:
+    """The dtype pass's `quantize` step: x * scale, rounded half to even, saturated to int8."""
+    return lambda x: (torch.clamp(torch.round(x.float() * scale), -128, 127).to(torch.int8),)
+
+
+def _int8_gemm(op: str) -> Callable[..., Any]:
+    """An int8 x int8 GEMM as the chip runs it: an exact integer accumulator (float64 holds any
+    int8 dot product exactly), converted to fp32, times the per-output-column dequantization
+    vector, plus the bias in fp32."""
+    def run(xq, wq, bias=None, dequant=None, **attrs):
+        x, w = xq.to(torch.float64), wq.to(torch.float64)
+        acc = torch.nn.functional.linear(x, w) if op == "linear" else torch.matmul(x, w)
+        y = acc.to(torch.float32) * dequant
+        return y if bias is None else y + bias.to(torch.float32)
+    return run
 
 
 def _epilogue(raw: Any) -> list[tuple]:
