@@ -10,6 +10,7 @@ from rich.table import Table
 
 import ember
 from ember.report import op_summary_table, run_summary_tables, unsupported_table
+from runtime.devices import phase_for
 
 
 def max_relative_error(out, ref) -> float:
@@ -47,8 +48,7 @@ def compare_with_torch(spec: str, *, device: str, chip: str, dtype: str, console
     on the simulator, where the time went); returns the max relative error."""
     model, args = ember.load_model(spec)
     t0 = time.perf_counter()
-    cm = ember.compile(model, args, chip=chip, dtype=dtype, to="program" if device == "sim" else "graph",
-                       allow_unsupported=True)
+    cm = ember.compile(model, args, chip=chip, dtype=dtype, to=phase_for(device, dtype), allow_unsupported=True)
     compile_s = time.perf_counter() - t0
     if show_ops:
         console.print(op_summary_table(cm.op_counts(), f"{spec}: graph-level ember ops"))

@@ -114,6 +114,7 @@ def _is_static(x: Any) -> bool:
 def ember_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], options: dict[str, Any] | None = None):
     """The dynamo backend: compile `gm` with Ember and return a callable with `gm`'s signature."""
     import ember
+    from runtime.devices import phase_for
 
     opts = dict(_OPTIONS)
     unknown = set(options or {}) - set(_OPTIONS)
@@ -131,7 +132,7 @@ def ember_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], optio
     frozen = _Frozen(gm, example_inputs, static).eval()
     try:
         cm = ember.compile(frozen, tuple(example_inputs[i].detach() for i in dynamic), chip=opts["chip"],
-                           dtype=opts["dtype"], to="program" if device == "sim" else "graph",
+                           dtype=opts["dtype"], to=phase_for(device, opts["dtype"]),
                            allow_unsupported=True, cache=opts["cache"])
     except Exception as e:   # an uncompilable subgraph still runs: eagerly, reported and warned
         record.fallback = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

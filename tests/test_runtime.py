@@ -214,6 +214,16 @@ def test_torch_compile_in_bf16_and_from_the_compile_cache(report, tmp_path):
     assert all("codegen" in t for t in built) and not any("codegen" in t for t in loaded)
 
 
+@pytest.mark.parametrize("dtype,low,high", [("bf16", 1e-5, 2e-2), ("int8", 1e-4, 5e-2)])
+def test_torch_compile_on_cpu_keeps_the_compile_dtype(report, dtype, low, high):
+    from tests.helpers import Mlp
+    torch.manual_seed(0)
+    model = Mlp().eval()
+    fn = torch.compile(model, backend="ember", options={"chip": "tiny", "dtype": dtype, "device": "cpu"})
+    x = torch.randn(8, 32)
+    assert low < rel_err(_eager(fn, (x,)), _eager(model, (x,))) <= high
+
+
 def test_torch_compile_with_a_graph_break(report):
     class Breaks(torch.nn.Module):
         def __init__(self):

@@ -19,3 +19,12 @@ def get_device(name: str) -> ModuleType:
         if e.name == f"runtime.devices.{name}":
             raise NotImplementedError(f"device '{name}' is not available in this build of Ember") from e
         raise
+
+
+def phase_for(device: str, dtype: str) -> str:
+    """The compile phase `device` needs: the simulator runs a Program; the torch devices run the
+    graph as it is in fp32, and the Program's steps otherwise (values rounded and quantized as
+    the chip holds them); the reference device, the graph."""
+    if device == "sim" or (device in ("cpu", "cuda") and dtype != "fp32"):
+        return "program"
+    return "graph"
