@@ -217,3 +217,12 @@ def test_fused_cost_model_within_15_percent(chip, M, K, N, epilogue):
     assert tmpl.flops(call) > tmpl.flops(plain)
     assert sum(tmpl.bytes_moved(call).values()) > sum(tmpl.bytes_moved(plain).values()) or \
         all(e[0] == "unary" for e in epilogue)
+
+
+def test_compile_takes_fuse_and_keys_the_cache_by_it():
+    from tests.helpers import Mlp
+    model, x = Mlp().eval(), torch.randn(8, 32)
+    fused = ember.compile(model, (x,), chip="tiny", dtype="fp32", fuse=True)
+    plain = ember.compile(model, (x,), chip="tiny", dtype="fp32", fuse=False)
+    kernels = [sum(s["kind"] == "kernel" for s in cm.program.steps) for cm in (fused, plain)]
+    assert kernels[0] < kernels[1] and fused.options.key() != plain.options.key()
