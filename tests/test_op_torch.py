@@ -13,19 +13,16 @@ import pytest
 import torch
 
 import ember
-from compiler.dialect import op_attrs, operand_segments, spec_of
-from compiler.importer import host_call_index, main_function
 from ops.registry import (
     DTYPE_TO_TORCH,
     all_ops,
     all_samples,
-    as_dtype,
     dtype_of_numpy,
     to_numpy,
     to_torch,
 )
 from ops.registry import op as lookup_op
-from runtime.devices.reference import _host_call
+from runtime.devices.reference import interpret
 from tests.helpers import as_module, rel_err
 
 SAMPLES = [(family, s) for family, items in sorted(all_samples().items()) for s in items]
@@ -42,38 +39,16 @@ def compiled(family, sample):
 
 
 def walk_ops(compiled, inputs, visit):
-    """Run the graph-level module on numpy `inputs` with the references, as the reference device
-    does, calling visit(opdef, operands, attrs, result_specs, results) at every computing `ember` op."""
+    """Run the graph-level module on numpy `inputs` on the reference interpreter, calling
+    visit(opdef, operands, attrs, result_specs, results) at every computing `ember` op."""
     graph = compiled.graph
-    weights = compiled.numpy_weights()
+
+    def computing(opdef, args, attrs, specs, outs):
+        if opdef.name not in RUNTIME_VALUED:
+            visit(opdef, args, attrs, specs, outs)
+
     with graph.context:
-        block = main_function(graph.module).regions[0].blocks[0]
-        env = dict(zip(block.arguments, inputs))
-        for operation in block.operations:
-            name = operation.name
-            if name == "func.return":
-                return [env[v] for v in operation.operands]
-            if name == "func.call":
-                callee = operation.attributes["callee"].value
-                outs = _host_call(graph.host_calls[host_call_index(callee)], [env[v] for v in operation.operands])
-                for value, out in zip(operation.results, outs):
-                    env[value] = as_dtype(out, spec_of(value.type).dtype)
-                continue
-            assert name.startswith("ember."), f"unexpected op '{name}'"
-            opdef = lookup_op(name[len("ember."):])
-            attrs = op_attrs(operation, opdef)
-            specs = [spec_of(r.type) for r in operation.results]
-            if opdef.name == "weight":
-                outs = [weights[attrs["symbol"]]]
-            else:
-                args = opdef.group_operands([env[v] for v in operation.operands], operand_segments(operation))
-                res = opdef.reference(*args, **attrs)
-                outs = [as_dtype(o, s.dtype) for o, s in zip(res if isinstance(res, (tuple, list)) else [res], specs)]
-                if opdef.name not in RUNTIME_VALUED:
-                    visit(opdef, args, attrs, specs, outs)
-            for value, out in zip(operation.results, outs):
-                env[value] = out
-    raise ValueError("func.func @main has no return")
+        return interpret(graph.module, compiled.numpy_weights(), inputs, graph.host_calls, visit=computing)
 
 
 def as_torch(operand):

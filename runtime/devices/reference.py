@@ -20,8 +20,9 @@ INPUT_DEVICE = "cpu"
 
 
 def interpret(module: ir.Module, weights: dict[str, Any], inputs: Sequence[np.ndarray],
-              host_calls: dict[int, Any] | None = None) -> list[np.ndarray]:
-    """Run `func.func @main` of a graph-level module on numpy `inputs`."""
+              host_calls: dict[int, Any] | None = None, visit: Any = None) -> list[np.ndarray]:
+    """Run `func.func @main` of a graph-level module on numpy `inputs`. `visit(opdef, operands,
+    attrs, result_specs, results)`, if given, sees every computing `ember` op (weights aside)."""
     block = main_function(module).regions[0].blocks[0]
     env: dict[ir.Value, np.ndarray] = dict(zip(block.arguments, inputs))
     for operation in block.operations:
@@ -45,11 +46,13 @@ def interpret(module: ir.Module, weights: dict[str, Any], inputs: Sequence[np.nd
             args = opdef.group_operands([env[v] for v in operation.operands], operand_segments(operation))
             res = opdef.reference(*args, **attrs)
             outs = list(res) if isinstance(res, (tuple, list)) else [res]
+        outs = [as_dtype(out, spec.dtype) for out, spec in zip(outs, result_specs)]
         for value, out, spec in zip(operation.results, outs, result_specs):
-            out = as_dtype(out, spec.dtype)
             if out.shape != spec.shape:
                 raise AssertionError(f"{name} reference gave shape {out.shape}, IR says {spec.shape}")
             env[value] = out
+        if visit is not None and opdef.name != "weight":
+            visit(opdef, args, attrs, result_specs, outs)
     raise ValueError("func.func @main has no return")
 
 

@@ -82,7 +82,8 @@ class TorchExecutor:
         self._program: list[tuple[Callable[..., Any], Any, list[int], list[int]]] = []
         for i, step in enumerate(steps.steps):
             free = [v for v in set(_flat(step["operands"])) if last_use.get(v) == i and v not in keep]
-            self._program.append((self._closure(step, steps.host_ops), step["operands"], step["results"], free))
+            fn, operands = self._closure(step, steps.host_ops)
+            self._program.append((fn, operands, step["results"], free))
 
     def _constant(self, v: int, value: Any) -> torch.Tensor:
         dtype = self.tensors[v]["dtype"]
@@ -93,7 +94,28 @@ class TorchExecutor:
             return value.detach().to(self.device, DTYPE_TO_TORCH[dtype])
         return to_torch(np.asarray(value), dtype).to(self.device)
 
-    def _closure(self, step: dict[str, Any], host_ops: list[HostOp]) -> Callable[..., Any]:
+    def _closure(self, step: dict[str, Any], host_ops: list[HostOp]) -> tuple[Callable[..., Any], list[Any]]:
+        """The step as a function of its operands, and the operands it reads (a weight the chip
+        holds narrower is read as a copy rounded once, here, not at every run)."""
+        fn = self._function(step, host_ops)
+        rounding = self._rounding(step) if step["kind"] == "kernel" else None
+        if rounding is None:
+            return fn, step["operands"]
+        operand_types, result_types = rounding
+        operands = list(step["operands"])
+        for i, (v, t) in enumerate(zip(operands, operand_types)):
+            if t is not None and isinstance(v, int) and v in self.constants:
+                key = ("rounded", v)
+                if key not in self.constants:
+                    self.constants[key] = _round(self.constants[v], t)
+                operands[i], operand_types[i] = key, None
+
+        def rounded(*xs):   # values are rounded to the chip's type, computed in the graph's
+            xs = [_round(x, t) for x, t in zip(xs, operand_types)]
+            return tuple(_round(o, t) for o, t in zip(fn(*xs), result_types))
+        return rounded, operands
+
+    def _function(self, step: dict[str, Any], host_ops: list[HostOp]) -> Callable[..., Any]:
         kind = step["kind"]
         results = step["results"]
         if kind == "view":
@@ -120,16 +142,7 @@ class TorchExecutor:
             out = impl(*xs, **attrs)
             outs = out if isinstance(out, (tuple, list)) else (out,)
             return tuple(o if o.dtype == t else o.to(t) for o, t in zip(outs, out_types))
-
-        rounding = self._rounding(step) if kind == "kernel" else None
-        if rounding is None:
-            return call
-        operand_types, result_types = rounding
-
-        def rounded(*xs):   # values are rounded to the chip's type, computed in the graph's
-            xs = [_round(x, t) for x, t in zip(xs, operand_types)]
-            return tuple(_round(o, t) for o, t in zip(call(*xs), result_types))
-        return rounded
+        return call
 
     def _int8_gemm(self, step: dict[str, Any]) -> bool:
         """A linear/matmul the dtype pass quantized: int8 operands, then a dequantization vector."""
