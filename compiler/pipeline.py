@@ -29,7 +29,7 @@ from compiler.codegen import build_program
 from compiler.graph_ops import graph_ops
 from compiler.importer import ImportResult, import_program
 from compiler.passes.calibrate import Calibrate
-from compiler.passes.dtype import DtypeLowering
+from compiler.passes.dtype import ACTIVATION_SCALES, DtypeLowering
 from compiler.passes.fusion import FuseEpilogues
 from compiler.passes.broadcast_operands import MaterializeBroadcasts
 from compiler.passes.gqa_heads import FoldKVHeadExpansion
@@ -53,12 +53,18 @@ class CompileOptions:
     print_ir_after_all: bool = False
     # fold elementwise epilogues into contractions; EMBER_FUSE=0 sets the default off
     fuse: bool = field(default_factory=lambda: os.environ.get("EMBER_FUSE", "1") != "0")
+    # int8 only: how GEMM activations are scaled, "per-row" (at run time) or "per-tensor"
+    # (calibrated on the example inputs); see compiler/passes/dtype.py
+    int8_activations: str = "per-row"
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.to not in PHASES:
             raise ValueError(f"to must be one of {', '.join(PHASES)}, got {self.to!r}")
+        if self.int8_activations not in ACTIVATION_SCALES:
+            raise ValueError(f"int8_activations must be one of {', '.join(ACTIVATION_SCALES)}, "
+                             f"got {self.int8_activations!r}")
 
     def key(self) -> str:
         fields = dataclasses.asdict(self)
@@ -123,11 +129,11 @@ def _annotate(graph) -> None:
             attrs["ember.dtypes"] = ir.StringAttr.get(f"({ins}) -> {graph.storage[op.results[0]]}")
         if op.quant is not None:
             q = op.quant
-            attrs["ember.quant"] = ir.DictAttr.get({
-                "dtype": ir.StringAttr.get(q.dtype),
-                "act_amax": ir.FloatAttr.get_f32(q.act_amax),
-                "act_scale": ir.FloatAttr.get_f32(q.act_scale),
-                "weight_scale": ir.DenseElementsAttr.get(q.weight_scale.astype("float32"))})
+            fields = {"dtype": ir.StringAttr.get(q.dtype), "activations": ir.StringAttr.get(q.activations),
+                      "weight_scale": ir.DenseElementsAttr.get(q.weight_scale.astype("float32"))}
+            if q.act_scale is not None:
+                fields.update(act_amax=ir.FloatAttr.get_f32(q.act_amax), act_scale=ir.FloatAttr.get_f32(q.act_scale))
+            attrs["ember.quant"] = ir.DictAttr.get(fields)
         if op.plan is not None:
             attrs["ember.plan"] = ir.StringAttr.get(repr(op.plan))
         if op.attrs.get("epilogue"):
@@ -147,8 +153,9 @@ def _phase_tiled(model: torch.nn.Module, example_inputs: tuple, options: Compile
         constants = amax = None
         if options.dtype == "int8":
             constants = _constants(graph, graph_result)
-            amax = _calibration_amax(graph, graph_result, constants, example_inputs)
-        DtypeLowering().run(graph, options.dtype, constants, amax)
+            if options.int8_activations == "per-tensor":
+                amax = _calibration_amax(graph, graph_result, constants, example_inputs)
+        DtypeLowering().run(graph, options.dtype, constants, amax, options.int8_activations)
         if options.fuse:
             FuseEpilogues().run(graph)
         placements = MemoryPlan().run(graph, chip)

@@ -41,20 +41,23 @@ def mlir_context():
 
 def compile(model: torch.nn.Module, example_inputs: Any, *, chip: Any = "mtia2i", dtype: str = "bf16",
             to: str = "program", allow_unsupported: bool = False,
-            print_ir_after_all: bool = False, cache: Any = None, fuse: bool | None = None) -> CompiledModel:
+            print_ir_after_all: bool = False, cache: Any = None, fuse: bool | None = None,
+            int8_activations: str = "per-row") -> CompiledModel:
     """Compile `model` for `chip`, computing in `dtype`, up to phase `to` ("graph" | "tiled" | "program").
 
     `cache`: True for the compile cache in `$EMBER_CACHE_DIR` (else `~/.cache/ember`), a folder, or
     a `runtime.cache.CompileCache`; a Program compiled before from the same graph, weights, options
     and chip is loaded instead of rebuilt. `fuse=False` keeps elementwise epilogues out of the
-    contractions (default: on, unless the environment sets EMBER_FUSE=0).
+    contractions (default: on, unless the environment sets EMBER_FUSE=0). `int8_activations`
+    (dtype="int8"): "per-row" scales each row of a GEMM's input at run time; "per-tensor" uses
+    one scale per input, calibrated on `example_inputs`.
     """
     from runtime.cache import as_cache
     spec = load_chip(chip)
     chip_key = chip if isinstance(chip, str) and "/" not in chip and not chip.endswith((".yaml", ".yml")) \
         else spec.fingerprint()
     options = CompileOptions(chip=chip_key, dtype=dtype, to=to, allow_unsupported=allow_unsupported,
-                             print_ir_after_all=print_ir_after_all,
+                             print_ir_after_all=print_ir_after_all, int8_activations=int8_activations,
                              **({} if fuse is None else {"fuse": fuse}))
     return CompiledModel(compile_model(model, example_inputs, options, spec, cache=as_cache(cache)), chip=spec)
 

@@ -35,7 +35,9 @@ def compile(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py
             to: str = typer.Option("graph", help="graph | tiled | program"),
             output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the IR (or Program) here"),
             print_ir_after_all: bool = typer.Option(False, "--print-ir-after-all", help="dump the IR after each phase"),
-            allow_unsupported: bool = typer.Option(False, "--allow-unsupported", help="keep unsupported ops on the host")) -> None:
+            allow_unsupported: bool = typer.Option(False, "--allow-unsupported", help="keep unsupported ops on the host"),
+            int8_activations: str = typer.Option("per-row", help="int8: per-row (at run time) | per-tensor "
+                                                                 "(calibrated on the example inputs)")) -> None:
     """Compile a model and print a summary of what came out."""
     import ember
     from ember.report import op_summary_table, unsupported_table
@@ -43,7 +45,7 @@ def compile(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py
         model, args = ember.load_model(spec)
         t0 = time.perf_counter()
         cm = ember.compile(model, args, chip=chip, dtype=dtype, to=to, allow_unsupported=allow_unsupported,
-                           print_ir_after_all=print_ir_after_all)
+                           print_ir_after_all=print_ir_after_all, int8_activations=int8_activations)
     except (ValueError, TypeError, ember.EmberError, NotImplementedError) as e:
         _fail(str(e))
     seconds = time.perf_counter() - t0

@@ -51,15 +51,19 @@ def test_same_compiled_model_on_sim_cpu_and_cuda(spec, dtype):
         assert rel_err(outs["cpu"], ref) > 1e-5
 
 
-def test_int8_program_on_cpu_computes_what_the_chip_does():
+@pytest.mark.parametrize("activations,steps", [("per-row", ("row_scale", "quantize_rows")),
+                                               ("per-tensor", ("quantize",))])
+def test_int8_program_on_cpu_computes_what_the_chip_does(activations, steps):
     """Quantize steps and int8 GEMMs (integer accumulators, dequantized in fp32, a fused epilogue)
     on the cpu device give the simulator's numbers."""
     from tests.helpers import Mlp
     torch.manual_seed(0)
     model = Mlp().eval()
-    cm = ember.compile(model, (torch.randn(8, 32),), chip="tiny", dtype="int8")
-    assert [s["op"] for s in cm.program.steps].count("quantize") == 2
-    x = torch.randn(8, 32)
+    rows = torch.logspace(-1, 1, 8)[:, None]        # rows of different magnitudes
+    cm = ember.compile(model, (torch.randn(8, 32) * rows,), chip="tiny", dtype="int8", int8_activations=activations)
+    ops = [s["op"] for s in cm.program.steps]
+    assert all(ops.count(op) == 2 for op in steps)
+    x = torch.randn(8, 32) * rows
     sim, cpu = cm.run(x, device="sim"), cm.run(x, device="cpu")
     assert rel_err(cpu, sim) <= 1e-6
     assert 1e-4 < rel_err(cpu, _eager(model, (x,))) <= 5e-2      # int8, not fp32, numbers

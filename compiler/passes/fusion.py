@@ -7,7 +7,8 @@ output tile (`accepts_epilogue`), the GEMM takes over the elementwise op's resul
 step in `attrs["epilogue"]`, and the elementwise op leaves the graph; so does the intermediate
 value, which the memory plan then never allocates. A binary step's other operand (result-shaped:
 a residual, the other half of a gated unit) becomes an added operand of the GEMM, at the first
-position past the ones its kernel declares (data, weight, bias, dequantization vector):
+position past the ones its kernel declares (data, weight, bias, dequantization vector, row
+scales):
 
     ("unary", kind, alpha, beta)            kind(acc)
     ("binary", kind, position, side)        acc kind other (side 0) or other kind acc (side 1)
@@ -29,9 +30,9 @@ from ops.kernel import kernel_for
 
 #: Contractions whose epilogue can take elementwise steps.
 CONTRACTIONS = ("linear", "matmul")
-#: Operand positions a contraction's kernel declares (data, weight, bias, dequantization vector);
-#: a fused step's added operands follow.
-DECLARED_OPERANDS = 4
+#: Operand positions a contraction's kernel declares (data, weight, bias, dequantization vector,
+#: per-row activation scales); a fused step's added operands follow.
+DECLARED_OPERANDS = 5
 
 
 @dataclass(frozen=True)

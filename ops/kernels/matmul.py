@@ -19,7 +19,8 @@ Shape of the schedule (one plan):
   int32), rounding to the output dtype, then a strided DMA of the tile to the output. The bias
   is read in its own dtype. A quantized GEMM (int8 operands and a fourth operand, the fp32
   dequantization vector d[N]) instead widens the int32 accumulator to fp32, multiplies each
-  column n by d[n], and adds the bias in fp32.
+  column n by d[n], and adds the bias in fp32. When the activation was quantized per row, a
+  fifth operand s[M] (fp32, loaded per job like a residual tile) first scales row m by s[m].
   ``cbufs`` accumulators let the next job's DPE run while the epilogue and store drain.
 * A fused elementwise epilogue (attribute ``epilogue``, set by the fuse-epilogues pass) runs
   after that, still in fp32 on the accumulator: unary SIMD functions, scales, and binary ops with
@@ -129,6 +130,7 @@ class _Gemm:
     bias_dtype: str = "fp32"
     scaled: bool = False           # a dequantization vector d[N] multiplies the accumulator
     epilogue: tuple[_EpilogueStep, ...] = ()
+    row_scaled: bool = False       # and a per-row scale s[M] (activations quantized per row)
 
     @property
     def es(self) -> int:
@@ -150,7 +152,8 @@ def _gemm(call: KernelCall) -> _Gemm:
         M = int(np.prod(x.shape[:-1], dtype=np.int64))
         return _Gemm(1, M, K, N, (0,), (0,), True, dt, call.output.dtype, ACC_DTYPE[dt],
                      bias is not None, bias is not None and len(bias.shape) == 0,
-                     dt if bias is None else bias.dtype, _dequant(call) is not None, _epilogue(call))
+                     dt if bias is None else bias.dtype, _dequant(call) is not None, _epilogue(call),
+                     _row_scale(call) is not None)
     lhs, rhs = call.inputs[0], call.inputs[1]
     M, K = lhs.shape[-2:]
     N = rhs.shape[-1]
@@ -170,12 +173,18 @@ def _gemm(call: KernelCall) -> _Gemm:
 
     return _Gemm(max(batch, 1), M, K, N, offsets(lhs.shape, M * K * es), offsets(rhs.shape, K * N * es),
                  False, dt, call.output.dtype, ACC_DTYPE[dt], False, False, dt, _dequant(call) is not None,
-                 _epilogue(call))
+                 _epilogue(call), _row_scale(call) is not None)
 
 
 def _dequant(call: KernelCall):
     """The dequantization vector operand of a quantized GEMM (operand 3), or None."""
     return call.inputs[3] if len(call.inputs) > 3 else None
+
+
+def _row_scale(call: KernelCall):
+    """The per-row activation scales of a GEMM quantized per row (operand 4, [..., M, 1] fp32),
+    or None."""
+    return call.inputs[4] if len(call.inputs) > 4 and _dequant(call) is not None else None
 
 
 def _output_index(g: "_Gemm", bi: int, m0: int, n0: int) -> int:
@@ -261,6 +270,9 @@ class _Buffers:
         if g.scaled:
             self.scale = base
             base += _align(BIAS_ROWS * p.nt * 4)
+        self.row_scale = base
+        if g.row_scaled:
+            base += _align(p.mt * 4)
         self.res = []           # per residual: (tile as loaded, its fp32 copy)
         for st in g.residuals:
             raw = base
@@ -341,8 +353,10 @@ def _bias_cycles(g: _Gemm, rt: _Rates, m: int, n: int) -> int:
     """SIMD / reduction-engine cycles of bias add, dequantization and rounding of one job."""
     cyc = 0
     chunks = _cdiv(m, BIAS_ROWS)
-    if g.scaled:     # widen, scale, (widen the bias tile, add it)
+    if g.scaled:     # widen, (scale rows,) scale, (widen the bias tile, add it)
         cyc += 2 * _cdiv(m * n, rt.simd) + (1 + chunks) * rt.simd_lat
+        if g.row_scaled:
+            cyc += m * _cdiv(n, rt.simd) + rt.simd_lat
         if g.has_bias:
             cyc += _cdiv(min(m, BIAS_ROWS) * n, rt.simd) + _cdiv(m * n, rt.simd) + (1 + chunks) * rt.simd_lat
         return cyc
@@ -558,11 +572,15 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
                        + _cdiv(min(BIAS_ROWS, p.mt, g.M) * nb, rt.simd) + rt.simd_lat)
     wave = {}
     residuals = [(call.inputs[st.operand].space, ISA_ITEMSIZE[st.dtype]) for st in g.residuals]
+    row_scale = _row_scale(call)
     for m, n in set(jobs):
         store[m, n] = rt.dma_alone(m * n * oes, o_sp, R // 2)
         wave[m, n] = max(store[m, n], active * m * n * oes / rt.mem[o_sp] + lat)
-        # a fused epilogue's residual tiles: loads in this PE's queue, after its store
+        # a fused epilogue's residual tiles (and the rows' scales): loads in this PE's queue,
+        # after its store
         res_load = sum(rt.dma_alone(m * n * rs, sp, R // 2) for sp, rs in residuals)
+        if row_scale is not None:
+            res_load += rt.dma_alone(m * 4, row_scale.space, R // 2)
         per = [(c, step(m, k, n)) for k, c in kg]
         # the fetching queue also carries this PE's store of the job
         # every active PE loads its residual tiles once per job, through the fetches' memory
@@ -769,9 +787,10 @@ class _Emitter:
                 # which its store (just before in this queue) waits for
                 bkey = (-1, 0, 0, 0) if i == 0 else prev_key[:3] + (1,)
                 events.append((bkey, "bias", (t, i)))
-            if g.residuals:
-                # a fused epilogue's residual tiles: after the job's own loads (the epilogue
-                # needs them last), and after the store of job i-1, whose epilogue read the buffer
+            if g.residuals or g.row_scaled:
+                # a fused epilogue's residual tiles (and the rows' scales): after the job's own
+                # loads (the epilogue needs them last), and after the store of job i-1, whose
+                # epilogue read the buffer
                 at = (t + 1) * nk
                 rkey = (at, 0, -1, 0) if i == 0 else max((at, 0, -1, 0), prev_key[:3] + (2,))
                 events.append((rkey, "residual", (t, i)))
@@ -840,11 +859,16 @@ class _Emitter:
                dst_stride=g.N * oes, wait=(wait_tok, i + 1), signal=tok["st"])
 
     def _residual_load(self, pe, job, tok):
-        """The job's tile of each residual operand of the fused epilogue, packed [m, n]."""
+        """The job's tile of each residual operand of the fused epilogue, packed [m, n]; and
+        the scales of its rows (m fp32) when the activation was quantized per row."""
         g = self.g
         bi, mi, nj = job
         m0, m = self.m_tile(mi)
         n0, n = self.n_tile(nj)
+        if g.row_scaled:
+            rs = _row_scale(self.call)
+            pe.dma(rs.space, rs.addr + (bi * g.M + m0) * 4, "local", self.buf.row_scale, nbytes=m * 4,
+                   signal=tok["res"])
         for st, (raw, _) in zip(g.residuals, self.buf.res):
             src = self.call.inputs[st.operand]
             es = ISA_ITEMSIZE[st.dtype]
@@ -1015,7 +1039,8 @@ class _Emitter:
                         rows = min(BIAS_ROWS, p.mt, g.M)
                         pe.simd_unary("copy", self.buf.bias_raw, self.buf.bias32, rows * n, dtype=g.bias_dtype,
                                       out_dtype="fp32", wait=(tok["bias"], n_bias))
-                self._dequantize(pe, cb, m, n, dp, (tok["scale"], n_bias), done, fin)
+                self._dequantize(pe, cb, m, n, dp, (tok["scale"], n_bias), done, fin,
+                                 (tok["res"], self._res_loads() * i_real))
             elif not g.has_bias:
                 if convert:
                     pe.simd_unary("copy", cb, cb, m * n, dtype=g.acc_dtype, out_dtype=fin,
@@ -1047,7 +1072,11 @@ class _Emitter:
                                        wait=dp if ci == 0 else None,
                                        signal=done if ci == len(chunks) - 1 else None)
             if fused:
-                self._fused_steps(pe, cb, m * n, ready, (tok["res"], len(g.residuals) * i_real), tok["ep"])
+                self._fused_steps(pe, cb, m * n, ready, (tok["res"], self._res_loads() * i_real), tok["ep"])
+
+    def _res_loads(self) -> int:
+        """DMAs per job that signal the "res" token: residual tiles and the rows' scales."""
+        return len(self.g.residuals) + int(self.g.row_scaled)
 
     def _fused_steps(self, pe, cb, count, ready, res_ready, done):
         """The fused elementwise steps on the fp32 tile at `cb` (after `ready`; the residual
@@ -1076,11 +1105,15 @@ class _Emitter:
                 pe.simd_binary(st.fn, lhs, rhs, cb, count, dtype="fp32", out_dtype=out, wait=wait, signal=signal)
             wait = None
 
-    def _dequantize(self, pe, cb, m, n, dp, scale_ready, done, out_dtype):
-        """acc[m, n] (int32) -> fp32 -> * d[n] (+ bias[n]) -> `out_dtype`, packed in place."""
+    def _dequantize(self, pe, cb, m, n, dp, scale_ready, done, out_dtype, rows_ready):
+        """acc[m, n] (int32) -> fp32 (-> * s[m]) -> * d[n] (+ bias[n]) -> `out_dtype`, packed in
+        place."""
         g = self.g
         oes = ISA_ITEMSIZE[out_dtype]
         pe.simd_unary("copy", cb, cb, m * n, dtype=g.acc_dtype, out_dtype="fp32", wait=dp)
+        if g.row_scaled:
+            pe.simd_row_bcast("MUL", cb, self.buf.row_scale, cb, m, n, dtype="fp32", out_dtype="fp32",
+                              wait=rows_ready)
         chunks = list(range(0, m, BIAS_ROWS))
         for ci, r0 in enumerate(chunks):
             last = ci == len(chunks) - 1

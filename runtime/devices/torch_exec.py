@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ops.registry import DTYPE_TO_TORCH, op as lookup_op, to_torch
+from ops.kernels.quantize import quantize_rows, scale_rows
 from runtime.host import HostOp, decode_host_call, host_op_of
 
 #: ISA element types of the Program's tensor table, as torch dtypes (floating ones only: the
@@ -127,6 +128,10 @@ class TorchExecutor:
             return lambda *xs: host_op([x for x in xs if x is not None], device)
         if step["op"] == "quantize":
             return _quantize(float(step["attrs"]["scale"]))
+        if step["op"] == "row_scale":
+            return lambda x: (scale_rows(x)[0],)
+        if step["op"] == "quantize_rows":
+            return lambda x: (quantize_rows(x),)
         opdef = lookup_op(step["op"])
         if opdef.torch_impl is None:
             raise NotImplementedError(f"ember.{opdef.name} has no torch implementation")
@@ -187,12 +192,16 @@ def _quantize(scale: float) -> Callable[..., Any]:
 
 def _int8_gemm(op: str) -> Callable[..., Any]:
     """An int8 x int8 GEMM as the chip runs it: an exact integer accumulator (float64 holds any
-    int8 dot product exactly), converted to fp32, times the per-output-column dequantization
-    vector, plus the bias in fp32."""
-    def run(xq, wq, bias=None, dequant=None, **attrs):
+    int8 dot product exactly), converted to fp32, times the per-row activation scales (if the
+    activation was quantized per row), times the per-output-column dequantization vector, plus
+    the bias in fp32."""
+    def run(xq, wq, bias=None, dequant=None, row_scale=None, **attrs):
         x, w = xq.to(torch.float64), wq.to(torch.float64)
         acc = torch.nn.functional.linear(x, w) if op == "linear" else torch.matmul(x, w)
-        y = acc.to(torch.float32) * dequant
+        y = acc.to(torch.float32)
+        if row_scale is not None:
+            y = y * row_scale
+        y = y * dequant
         return y if bias is None else y + bias.to(torch.float32)
     return run
 

@@ -1,0 +1,100 @@
+"""Per-row int8 quantization (ops/kernels/quantize.py) and the GEMM epilogue that scales rows:
+the simulator's numbers bit for bit against the torch functions the cpu/cuda devices run, for
+short rows, rows too long for local memory (chunks), bf16 input and an all-zero row."""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
+from ops.kernels.quantize import quantize_rows, scale_rows
+from simulator import ProgramBuilder, load_chip, simulate
+
+NP = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "int8": np.int8, "int32": np.int32}
+
+
+def _place(shapes_dtypes):
+    top, out = 0, []
+    for shape, dt in shapes_dtypes:
+        if shape is None:
+            out.append(None)
+            continue
+        out.append(Placement("sram", top, tuple(shape), dt))
+        top += -(-out[-1].nbytes // 256) * 256 + 256
+    return out
+
+
+def _simulate(call, chip, init, plan=None):
+    tmpl = kernel_for(call.op)
+    plan = tmpl.choose(call, chip) if plan is None else plan
+    b = ProgramBuilder(chip)
+    tmpl.emit(call, plan, chip, b)
+    res = simulate(b.build(), chip, memory_init=init)
+    o = call.output
+    return res, res.read(o.space, o.addr, o.shape, NP[o.dtype])
+
+
+def _rows(shape, dtype, seed):
+    """Rows of very different magnitudes, one all zero, one with a single outlier."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * torch.logspace(-3, 2, shape[0])[:, None]
+    x[1] = 0.0
+    x[-1, 3] = 50.0 * x[-1].abs().max() + 1.0
+    return x.to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+
+
+@pytest.mark.parametrize("rows,cols,dtype,chip", [(37, 200, "fp32", "tiny"), (9, 96, "bf16", "tiny"),
+                                                  (3, 40000, "fp32", "tiny"), (130, 700, "fp32", "mtia2i")])
+@pytest.mark.parametrize("op", ["row_scale", "quantize_rows"])
+def test_row_quantization_is_bit_exact(op, rows, cols, dtype, chip):
+    chip = load_chip(chip)
+    x = _rows((rows, cols), dtype, seed=rows)
+    out_shape, out_dt = ((rows, 1), "fp32") if op == "row_scale" else ((rows, cols), "int8")
+    xp, outp = _place([((rows, cols), dtype), (out_shape, out_dt)])
+    call = KernelCall(op, (xp,), outp)
+    tmpl = kernel_for(op)
+    plans = list(tmpl.plans(call, chip))
+    assert plans
+    if cols * 4 > chip.local_mem.bytes:
+        assert all("ChunkPlan" in repr(p) for p in plans)
+    want = (scale_rows(x)[0] if op == "row_scale" else quantize_rows(x)).numpy()
+    xn = x.float().numpy().astype(NP[dtype])
+    for plan in {plans[-1], tmpl.choose(call, chip)}:
+        res, got = _simulate(call, chip, {("sram", xp.addr): xn}, plan)
+        np.testing.assert_array_equal(got, want)
+        assert res.cycles >= roofline_cycles(call, tmpl, chip)
+    pred = tmpl.predict(call, tmpl.choose(call, chip), chip)        # the plan the compiler takes
+    res, _ = _simulate(call, chip, {("sram", xp.addr): xn})
+    assert abs(pred - res.cycles) <= 0.25 * res.cycles, (pred, res.cycles)
+    if op == "quantize_rows":       # every row uses its whole int8 range; the zero row stays zero
+        q = want.astype(np.int64)
+        assert not q[1].any() and (np.abs(np.delete(q, 1, axis=0)).max(axis=1) == 127).all()
+
+
+@pytest.mark.parametrize("chip,M,K,N", [("tiny", 150, 96, 70), ("mtia2i", 300, 512, 384)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemm_epilogue_scales_rows_and_columns(chip, M, K, N, bias):
+    """acc[m, n] (int32) -> fp32 -> * s[m] -> * d[n] (+ b[n]), for every job of a plan whose
+    M tiles each load their rows' scales."""
+    chip = load_chip(chip)
+    rng = np.random.default_rng(M)
+    xq = rng.integers(-127, 128, (M, K)).astype(np.int8)
+    wq = rng.integers(-127, 128, (N, K)).astype(np.int8)
+    d = rng.uniform(1e-3, 2e-3, N).astype(np.float32)
+    s = rng.uniform(1e-3, 1.0, (M, 1)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    pl = _place([((M, K), "int8"), ((N, K), "int8"), ((N,), "fp32") if bias else (None, None),
+                 ((N,), "fp32"), ((M, 1), "fp32"), ((M, N), "fp32")])
+    call = KernelCall("linear", tuple(pl[:5]), pl[5])
+    init = {("sram", pl[0].addr): xq, ("sram", pl[1].addr): wq, ("sram", pl[3].addr): d, ("sram", pl[4].addr): s}
+    if bias:
+        init[("sram", pl[2].addr)] = b
+    res, got = _simulate(call, chip, init)
+    acc = (xq.astype(np.int64) @ wq.astype(np.int64).T).astype(np.float32)
+    want = acc * s * d[None, :]
+    if bias:
+        want = want + b[None, :]
+    np.testing.assert_array_equal(got, want)
+    assert res.cycles >= roofline_cycles(call, kernel_for("linear"), chip)
