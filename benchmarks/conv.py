@@ -13,20 +13,19 @@ Targets: never faster than the roofline; predicted within 15% of simulated.
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 import torch
+from kernel_bench import measure, random_inputs
 from rich.console import Console
 from rich.table import Table
 
-from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
+from ops.kernel import KernelCall, Placement
 from ops.pooling import _pool_reference
-from simulator import ProgramBuilder, load_chip, simulate
+from simulator import load_chip
 
-NP = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16}
+DTYPES = ("bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -94,23 +93,10 @@ def build_call(case: Case, dtype: str) -> KernelCall:
 
 def run_case(case: Case, chip, dtype: str, functional: bool) -> dict:
     call = build_call(case, dtype)
-    tmpl = kernel_for(call.op)
-    t0 = time.perf_counter()
-    plan = tmpl.choose(call, chip)
-    t1 = time.perf_counter()
-    b = ProgramBuilder(chip)
-    tmpl.emit(call, plan, chip, b)
-    prog = b.build()
-    t2 = time.perf_counter()
-    rng = np.random.default_rng(0)
-    init = ({(p.space, p.addr): rng.standard_normal(p.shape).astype(NP[dtype]) for p in call.inputs if p is not None}
-            if functional else None)
-    res = simulate(prog, chip, memory_init=init, timing_only=not functional)
-    t3 = time.perf_counter()
-    err = None
+    init = random_inputs(call, np.random.default_rng(0)) if functional else None
+    r = measure(call, chip, init)
+    r["num_err"] = None
     if functional:       # against torch in float64
-        o = call.output
-        y = res.read(o.space, o.addr, o.shape, NP[dtype]).astype(np.float64)
         xs = [None if p is None else torch.from_numpy(init[(p.space, p.addr)].astype(np.float64))
               for p in call.inputs]
         if case.pool:
@@ -118,20 +104,14 @@ def run_case(case: Case, chip, dtype: str, functional: bool) -> dict:
                                   [1, 1], False, True, 0)
         else:
             ref = torch.nn.functional.conv2d(xs[0], xs[1], xs[2], case.stride, case.pad, 1, case.groups).numpy()
-        err = float(np.abs(y - ref).max() / np.abs(ref).max())
-    pred = tmpl.predict(call, plan, chip)
-    roof = roofline_cycles(call, tmpl, chip)
-    return {"plan": plan, "cycles": res.cycles, "us": res.seconds * 1e6, "roof_us": roof / chip.clock_hz * 1e6,
-            "of_bound": roof / res.cycles,
-            "of_peak": tmpl.flops(call) / res.seconds / chip.peak_ops_per_s(dtype),
-            "pred": pred, "err": (pred - res.cycles) / res.cycles, "num_err": err,
-            "records": len(prog), "commands": prog.num_commands, "t": (t1 - t0, t2 - t1, t3 - t2)}
+        r["num_err"] = float(np.abs(r["output"] - ref).max() / np.abs(ref).max())
+    return r
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chip", default="mtia2i")
-    ap.add_argument("--dtype", default="bf16", choices=sorted(NP))
+    ap.add_argument("--dtype", default="bf16", choices=DTYPES)
     ap.add_argument("--functional", action="store_true", help="compute numbers too (slow for big cases)")
     ap.add_argument("--quick", action="store_true", help="four cases only")
     args = ap.parse_args()
@@ -152,7 +132,7 @@ def main() -> None:
         table.add_row(case.name, shape, case.space, str(r["plan"]), f"{r['us']:.2f}", f"{r['roof_us']:.2f}",
                       f"{100 * r['of_bound']:.1f}", f"{100 * r['of_peak']:.1f}", str(r["pred"]), str(r["cycles"]),
                       f"{100 * r['err']:+.1f}%", f"{r['records']}/{r['commands']}",
-                      "/".join(f"{t:.2f}" for t in r["t"]))
+                      f"{r['t_choose']:.2f}/{r['t_emit']:.2f}/{r['t_sim']:.2f}")
         if r["num_err"] is not None:
             console.print(f"{case.name}: max relative error {r['num_err']:.2e}")
         if r["of_bound"] > 1.0:

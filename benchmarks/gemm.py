@@ -13,18 +13,15 @@ Targets: 2048^3 bf16 in SRAM >= 85% of peak; the small-M GEMM streaming weights 
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
+from kernel_bench import measure, random_inputs
 from rich.console import Console
 from rich.table import Table
 
-from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
-from simulator import ProgramBuilder, load_chip, simulate
-
-NP = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "int8": np.int8, "int32": np.int32}
+from ops.kernel import KernelCall, Placement
+from simulator import load_chip
 
 
 @dataclass(frozen=True)
@@ -84,52 +81,20 @@ def build_call(case: Case) -> tuple[KernelCall, dict]:
     return KernelCall(case.op, tuple(placements), out), {}
 
 
-def random_inputs(call: KernelCall, rng) -> dict:
-    init = {}
-    for p in call.inputs:
-        if p is None:
-            continue
-        if p.dtype == "int8":
-            x = rng.integers(-128, 128, p.shape).astype(np.int8)
-        else:
-            x = rng.standard_normal(p.shape).astype(NP[p.dtype])
-        init[(p.space, p.addr)] = x
-    return init
-
-
 def run_case(case: Case, chip, functional: bool) -> dict:
     call, _ = build_call(case)
-    tmpl = kernel_for(case.op)
-    t0 = time.perf_counter()
-    plan = tmpl.choose(call, chip)
-    t1 = time.perf_counter()
-    b = ProgramBuilder(chip)
-    tmpl.emit(call, plan, chip, b)
-    prog = b.build()
-    t2 = time.perf_counter()
     init = random_inputs(call, np.random.default_rng(0)) if functional else None
-    res = simulate(prog, chip, memory_init=init, timing_only=not functional)
-    t3 = time.perf_counter()
-    err = None
+    r = measure(call, chip, init)
+    r["case"], r["num_err"] = case, None
     if functional:       # check the numbers against a float64 / int64 reference
-        o = call.output
-        y = res.read(o.space, o.addr, o.shape, NP[o.dtype]).astype(np.float64)
         xs = [None if p is None else init[(p.space, p.addr)].astype(np.float64) for p in call.inputs]
         ref = np.matmul(xs[0], xs[1]) if case.op == "matmul" else xs[0] @ xs[1].T
         if case.op == "linear" and xs[2] is not None:
             ref = ref + xs[2]
-        err = float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-30))
-    pred = tmpl.predict(call, plan, chip)
-    roof = roofline_cycles(call, tmpl, chip)
-    flops = tmpl.flops(call)
-    peak = chip.peak_ops_per_s(call.compute_dtype)
+        r["num_err"] = float(np.abs(r["output"] - ref).max() / max(np.abs(ref).max(), 1e-30))
     dram_bytes = sum(p.nbytes for p in (*call.inputs, call.output) if p is not None and p.space == "dram")
-    return {"case": case, "plan": plan, "cycles": res.cycles, "us": res.seconds * 1e6,
-                "roof_us": roof / chip.clock_hz * 1e6, "of_bound": roof / res.cycles,
-                "of_peak": flops / res.seconds / peak,
-                "of_dram": dram_bytes / res.seconds / chip.dram_bytes_per_s if dram_bytes else None,
-                "pred": pred, "err": (pred - res.cycles) / res.cycles, "num_err": err, "records": len(prog),
-                "commands": prog.num_commands, "t_choose": t1 - t0, "t_emit": t2 - t1, "t_sim": t3 - t2}
+    r["of_dram"] = dram_bytes / r["seconds"] / chip.dram_bytes_per_s if dram_bytes else None
+    return r
 
 
 def main() -> None:

@@ -91,6 +91,8 @@ def decode_attr(attr: ir.Attribute) -> Any:
         return tuple(attr)
     if isinstance(attr, ir.DenseElementsAttr):
         return dense_to_numpy(attr)
+    if isinstance(attr, ir.DictAttr):
+        return {attr[i].name: decode_attr(attr[i].attr) for i in range(len(attr))}
     return attr
 
 

@@ -41,7 +41,7 @@ import numpy as np
 from torch_mlir import ir
 from torch_mlir.dialects import func
 
-from compiler.dialect import build_op, mlir_context, tensor_type
+from compiler.dialect import build_op, decode_attr, mlir_context, tensor_type
 from compiler.importer import HOST_TARGET_ATTR, host_function_name
 from compiler.lowered_dialect import (BOOL_FIELDS, BUFFER, DELTAS_ATTR, ENUM_FIELDS, FLOAT_FIELDS,
                                       FORM_OF_NAME, FORMS, INT_FIELDS, KERNEL_INDEX_ATTR, KERNEL_NAME_ATTR,
@@ -378,27 +378,11 @@ def lowered_module(program, context: ir.Context | None = None) -> ir.Module:
 
 # ----------------------------------------------------------------------------- inverse
 
-def _python(attr: ir.Attribute) -> Any:
-    if isinstance(attr, ir.BoolAttr):
-        return bool(attr.value)
-    if isinstance(attr, ir.IntegerAttr):
-        return int(attr.value)
-    if isinstance(attr, ir.FloatAttr):
-        return float(attr.value)
-    if isinstance(attr, ir.StringAttr):
-        return attr.value
-    if isinstance(attr, ir.DenseI64ArrayAttr):
-        return tuple(attr)
-    if isinstance(attr, ir.DictAttr):
-        return {attr[i].name: _python(attr[i].attr) for i in range(len(attr))}
-    raise TypeError(f"unexpected attribute {attr}")
-
-
 def _command_from_op(operation, pe: int) -> tuple[dict[str, Any], list[int], tuple[int, int]]:
     form = FORM_OF_NAME.get(operation.name)
     if form is None:
         raise ValueError(f"'{operation.name}' is not a lowered command op")
-    attrs = {name: _python(attr) for name, attr in operation.attributes.items()}
+    attrs = {name: decode_attr(attr) for name, attr in operation.attributes.items()}
     wait = attrs.pop("wait", None)
     signal = attrs.pop("signal", None)
     per_iter = attrs.pop("per_iter", {})

@@ -1,7 +1,11 @@
-"""Shared test helpers: relative error, and wrapping a function as a module."""
+"""Shared test helpers: relative error, wrapping a function as a module, and laying out and
+timing one kernel call."""
 from __future__ import annotations
 
 import torch
+
+from ops.kernel import Placement, kernel_for
+from simulator import ProgramBuilder, simulate
 
 
 def rel_err(out, ref) -> float:
@@ -48,3 +52,31 @@ class Mlp(torch.nn.Module):
 
     def forward(self, x):
         return self.down(self.act(self.up(x)))
+
+
+def place(specs, space: str = "dram", gap: int = 256) -> list[Placement | None]:
+    """Placements of `specs` ((shape, dtype) pairs; None for an absent operand) one after another
+    in `space`, 256-byte aligned with `gap` bytes between them."""
+    top, out = 0, []
+    for spec in specs:
+        if spec is None:
+            out.append(None)
+            continue
+        out.append(Placement(space, top, tuple(spec[0]), spec[1]))
+        top += -(-out[-1].nbytes // 256) * 256 + gap
+    return out
+
+
+def assert_cost_model_tracks(call, chip, rel: float = 0.25, choice: float = 1.1) -> None:
+    """Every plan's predicted cycles within `rel` of its simulated ones (timing only), and the
+    plan the template chooses no more than `choice` times slower than the best one."""
+    template = kernel_for(call.op)
+    simulated = {}
+    for plan in template.plans(call, chip):
+        b = ProgramBuilder(chip)
+        template.emit(call, plan, chip, b)
+        simulated[plan] = simulate(b.build(), chip, timing_only=True).cycles
+        predicted = template.predict(call, plan, chip)
+        assert abs(predicted - simulated[plan]) <= rel * simulated[plan], (plan, predicted, simulated[plan])
+    assert simulated
+    assert simulated[template.choose(call, chip)] <= choice * min(simulated.values())

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import ember
-from ops.kernel import KernelCall, Placement, kernel_for
+from ops.kernel import KernelCall, kernel_for
 from simulator import ProgramBuilder, load_chip, simulate
+from tests.helpers import place
 
 TOL = {"fp32": 1e-4, "bf16": 2e-2}
 TINY = load_chip("tiny")
@@ -153,15 +154,9 @@ def test_program_ir_and_saved_program_of_a_fused_model(monkeypatch, tmp_path):
 def _call(op, M, K, N, dtype, epilogue, res_dtype, batch=(), bias=False):
     shapes = [(*batch, M, K), (N, K) if op == "linear" else (*batch, K, N)]
     shapes += [(N,) if bias else None, None] + [(*batch, M, N)] * sum(e[0] == "binary" for e in epilogue)
-    top, pls = 0, []
-    for i, s in enumerate(shapes):
-        if s is None:
-            pls.append(None)
-            continue
-        dt = res_dtype if i >= 4 else dtype
-        pls.append(Placement("dram", top, s, dt))
-        top += -(-pls[-1].nbytes // 256) * 256 + 256
-    return KernelCall(op, tuple(pls), Placement("dram", top, (*batch, M, N), dtype), {"epilogue": epilogue})
+    *pls, result = place([s and (s, res_dtype if i >= 4 else dtype) for i, s in enumerate(shapes)]
+                         + [((*batch, M, N), dtype)])
+    return KernelCall(op, tuple(pls), result, {"epilogue": epilogue})
 
 
 def _reference(call, init):

@@ -3,16 +3,15 @@ causal or not, with grouped-query heads, compiled for the tiny chip and run on t
 against torch in fp32 and bf16; its cost model against the simulated cycles."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import ember
-from ops.kernel import KernelCall, Placement, kernel_for
-from simulator import ProgramBuilder, load_chip, simulate
-from tests.helpers import as_module, rel_err
+from ops.kernel import KernelCall, kernel_for
+from simulator import load_chip
+from tests.helpers import as_module, assert_cost_model_tracks, place, rel_err
 
 TOL = {"fp32": 1e-4, "bf16": 2e-2}
 TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -74,13 +73,8 @@ def test_masked_attention_stays_on_host():
 
 
 def _call(qs, ks, dtype, causal, space):
-    item = 4 if dtype == "fp32" else 2
-    addr, inputs = 0, []
-    for s in (qs, ks, ks):
-        inputs.append(Placement(space, addr, s, dtype))
-        addr += -(-math.prod(s) * item // 256) * 256
-    return KernelCall("attention", tuple(inputs), Placement(space, addr, qs, dtype),
-                      {"causal": causal, "scale": 0.2})
+    *inputs, out = place([(s, dtype) for s in (qs, ks, ks, qs)], space, gap=0)
+    return KernelCall("attention", tuple(inputs), out, {"causal": causal, "scale": 0.2})
 
 
 @pytest.mark.parametrize("qs,ks,dtype,causal,space", [
@@ -93,18 +87,7 @@ def _call(qs, ks, dtype, causal, space):
 def test_cost_model_tracks_the_simulator(qs, ks, dtype, causal, space):
     """Every plan's predicted cycles within 25% of the simulated ones, and the chosen plan no
     more than 10% slower than the best."""
-    chip = load_chip("tiny")
-    call = _call(qs, ks, dtype, causal, space)
-    template = kernel_for("attention")
-    simulated = {}
-    for plan in template.plans(call, chip):
-        b = ProgramBuilder(chip)
-        template.emit(call, plan, chip, b)
-        simulated[plan] = simulate(b.build(), chip, timing_only=True).cycles
-        predicted = template.predict(call, plan, chip)
-        assert abs(predicted - simulated[plan]) <= 0.25 * simulated[plan], (plan, predicted, simulated[plan])
-    assert simulated
-    assert simulated[template.choose(call, chip)] <= 1.1 * min(simulated.values())
+    assert_cost_model_tracks(_call(qs, ks, dtype, causal, space), load_chip("tiny"))
 
 
 def test_long_key_rows_use_key_blocks():

@@ -11,7 +11,7 @@ import ember
 from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
 from ops.pooling import _out_size, _pool_reference
 from simulator import ProgramBuilder, load_chip, simulate
-from tests.helpers import rel_err
+from tests.helpers import place, rel_err
 
 NP = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16}
 TINY = load_chip("tiny")
@@ -36,14 +36,8 @@ def conv_call(N, C, H, W, O, k, s=1, p=0, d=1, g=1, bias=False, dtype="fp32", sp
         attrs = {"stride": list(st_), "padding": list(pd), "dilation": list(dl), "groups": g}
         out = (N, O, OH, OW)
     shapes.append((O,) if bias else None)
-    top, pls = 0, []
-    for shape in shapes:
-        if shape is None:
-            pls.append(None)
-            continue
-        pls.append(Placement(space, top, shape, dtype))
-        top += -(-pls[-1].nbytes // 256) * 256 + 256
-    return KernelCall("conv", tuple(pls), Placement(space, top, out, dtype), attrs)
+    *pls, result = place([s and (s, dtype) for s in shapes] + [(out, dtype)], space)
+    return KernelCall("conv", tuple(pls), result, attrs)
 
 
 def pool_call(shape, kind, k, s=None, p=0, d=1, ceil=False, cip=True, div=0, dtype="fp32", space="dram"):

@@ -7,8 +7,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
+from ops.kernel import KernelCall, kernel_for, roofline_cycles
 from simulator import ProgramBuilder, load_chip, simulate
+from tests.helpers import place
 
 BF16 = ml_dtypes.bfloat16
 NP = {"fp32": np.float32, "bf16": BF16, "fp16": np.float16, "int8": np.int8, "int32": np.int32}
@@ -24,14 +25,8 @@ def make_call(op, M, K, N, dtype, space="dram", batch=(), rhs_batch=None, bias=F
         shapes = [(*batch, M, K), (*rb, K, N)]
     else:
         shapes = [(*batch, M, K), (N, K), (N,) if bias else None]
-    top, pls = 0, []
-    for s in shapes:
-        if s is None:
-            pls.append(None)
-            continue
-        pls.append(Placement(space, top, s, dtype))
-        top += -(-pls[-1].nbytes // 256) * 256 + 256
-    return KernelCall(op, tuple(pls), Placement(space, top, (*batch, M, N), out))
+    *pls, result = place([s and (s, dtype) for s in shapes] + [((*batch, M, N), out)], space)
+    return KernelCall(op, tuple(pls), result)
 
 
 def inputs(call, seed=0):

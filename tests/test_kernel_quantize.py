@@ -8,22 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
+from ops.kernel import KernelCall, kernel_for, roofline_cycles
 from ops.kernels.quantize import quantize_rows, scale_rows
 from simulator import ProgramBuilder, load_chip, simulate
+from tests.helpers import place
 
 NP = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "int8": np.int8, "int32": np.int32}
-
-
-def _place(shapes_dtypes):
-    top, out = 0, []
-    for shape, dt in shapes_dtypes:
-        if shape is None:
-            out.append(None)
-            continue
-        out.append(Placement("sram", top, tuple(shape), dt))
-        top += -(-out[-1].nbytes // 256) * 256 + 256
-    return out
 
 
 def _simulate(call, chip, init, plan=None):
@@ -52,7 +42,7 @@ def test_row_quantization_is_bit_exact(op, rows, cols, dtype, chip):
     chip = load_chip(chip)
     x = _rows((rows, cols), dtype, seed=rows)
     out_shape, out_dt = ((rows, 1), "fp32") if op == "row_scale" else ((rows, cols), "int8")
-    xp, outp = _place([((rows, cols), dtype), (out_shape, out_dt)])
+    xp, outp = place([((rows, cols), dtype), (out_shape, out_dt)], "sram")
     call = KernelCall(op, (xp,), outp)
     tmpl = kernel_for(op)
     plans = list(tmpl.plans(call, chip))
@@ -85,8 +75,8 @@ def test_gemm_epilogue_scales_rows_and_columns(chip, M, K, N, bias):
     d = rng.uniform(1e-3, 2e-3, N).astype(np.float32)
     s = rng.uniform(1e-3, 1.0, (M, 1)).astype(np.float32)
     b = rng.standard_normal(N).astype(np.float32)
-    pl = _place([((M, K), "int8"), ((N, K), "int8"), ((N,), "fp32") if bias else (None, None),
-                 ((N,), "fp32"), ((M, 1), "fp32"), ((M, N), "fp32")])
+    pl = place([((M, K), "int8"), ((N, K), "int8"), ((N,), "fp32") if bias else None,
+                ((N,), "fp32"), ((M, 1), "fp32"), ((M, N), "fp32")], "sram")
     call = KernelCall("linear", tuple(pl[:5]), pl[5])
     init = {("sram", pl[0].addr): xq, ("sram", pl[1].addr): wq, ("sram", pl[3].addr): d, ("sram", pl[4].addr): s}
     if bias:

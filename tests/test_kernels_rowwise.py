@@ -3,7 +3,6 @@ norm, inference batch norm and last-dim reductions compiled for the tiny chip, r
 simulator against torch, fp32 and bf16, on fresh random inputs."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 import ember
 from ops.kernel import KernelCall, Placement, kernel_for
 from simulator import ProgramBuilder, load_chip, simulate
-from tests.helpers import as_module, rel_err
+from tests.helpers import as_module, assert_cost_model_tracks, place, rel_err
 
 TOL = {"fp32": 1e-4, "bf16": 2e-2}
 TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -130,15 +129,8 @@ def test_refused_instances_stay_on_host(name, fn, shape):
 
 
 def _call(op, shape, dtype, attrs, params=()):
-    item = 4 if dtype == "fp32" else 2
-    addr, inputs = 0, []
-    for s in (shape, *params):
-        if s is None:                       # an absent optional operand
-            inputs.append(None)
-            continue
-        inputs.append(Placement("sram", addr, s, dtype))
-        addr += -(-math.prod(s) * item // 256) * 256
-    return KernelCall(op, tuple(inputs), Placement("sram", addr, shape, dtype), attrs)
+    *inputs, out = place([s and (s, dtype) for s in (shape, *params, shape)], "sram", gap=0)   # None: absent
+    return KernelCall(op, tuple(inputs), out, attrs)
 
 
 @pytest.mark.parametrize("op,shape,attrs,params", [
@@ -148,17 +140,7 @@ def _call(op, shape, dtype, attrs, params=()):
 def test_cost_model_tracks_the_simulator(op, shape, attrs, params):
     """Every plan's predicted cycles within 25% of the simulated ones on a mid-size shape, and
     the plan chosen no more than 10% slower than the best one."""
-    chip = load_chip("tiny")
-    call = _call(op, shape, "fp32", attrs, params)
-    template = kernel_for(op)
-    simulated = {}
-    for plan in template.plans(call, chip):
-        b = ProgramBuilder(chip)
-        template.emit(call, plan, chip, b)
-        simulated[plan] = simulate(b.build(), chip, timing_only=True).cycles
-        predicted = template.predict(call, plan, chip)
-        assert abs(predicted - simulated[plan]) <= 0.25 * simulated[plan], (plan, predicted, simulated[plan])
-    assert simulated[template.choose(call, chip)] <= 1.1 * min(simulated.values())
+    assert_cost_model_tracks(_call(op, shape, "fp32", attrs, params), load_chip("tiny"))
 
 
 LONG_ROWS = [

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from compiler.graph_ops import GraphOps
+from compiler.graph_ops import GraphOp, GraphOps
 from compiler.passes.concat_chains import concat_chains
 from ops.kernel import ISA_ITEMSIZE, Placement
 
@@ -49,6 +49,18 @@ class _Arena:
         self.free = merged
 
 
+def _buffers(graph: GraphOps) -> tuple[list[GraphOp], set[int], dict[int, int]]:
+    """The ops on the chip (kernels and views), the values they touch, and each view's root: a
+    view shares its input's buffer, so liveness is tracked per buffer (its root value)."""
+    on_chip = [op for op in graph.ops if op.target in ("accelerator", "view")]
+    touched = {v for op in on_chip for v in (*op.operands, *op.results) if v is not None}
+    root: dict[int, int] = {}
+    for op in graph.ops:
+        if op.target == "view":
+            root[op.results[0]] = root.get(op.operands[0], op.operands[0])
+    return on_chip, touched, root
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """Placements for every value an accelerator op reads or writes."""
@@ -66,12 +78,7 @@ class MemoryPlan:
         """Every buffer's live range [first op that needs it, last reader] (weights: the whole
         run), then buffers by accesses / (bytes * ops live), each at the lowest address of SRAM
         (else DRAM) that no buffer placed before it holds at any op of its range."""
-        on_chip = [op for op in graph.ops if op.target in ("accelerator", "view")]
-        touched = {v for op in on_chip for v in (*op.operands, *op.results) if v is not None}
-        root: dict[int, int] = {}
-        for op in graph.ops:
-            if op.target == "view":
-                root[op.results[0]] = root.get(op.operands[0], op.operands[0])
+        on_chip, touched, root = _buffers(graph)
         end_all = len(graph.ops)
         constants = set(graph.weights) | set(graph.literals)
         start: dict[int, int] = {}
@@ -168,13 +175,7 @@ class MemoryPlan:
 
     def _plan(self, graph: GraphOps, chip, weights_first: bool) -> dict[int, Placement]:
         arenas = {"sram": _Arena(chip.sram_bytes), "dram": _Arena(chip.dram.bytes)}
-        on_chip = [op for op in graph.ops if op.target in ("accelerator", "view")]
-        touched = {v for op in on_chip for v in (*op.operands, *op.results) if v is not None}
-        # A view shares its input's buffer: liveness is tracked per buffer (its root value).
-        root: dict[int, int] = {}
-        for op in graph.ops:
-            if op.target == "view":
-                root[op.results[0]] = root.get(op.operands[0], op.operands[0])
+        on_chip, touched, root = _buffers(graph)
         last_use: dict[int, int] = {}
         for op in graph.ops:
             for v in op.operands:

@@ -45,14 +45,11 @@ from ops.kernel import (
     streaming_dma_cycles,
 )
 from ops.kernels.conv import RowTile, emit_fill_tile
+from ops.kernels.matmul import _cdiv
 from simulator.isa import Engine
 
 ALIGN = 64
 NBUF = 2
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass(frozen=True)
