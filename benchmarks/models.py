@@ -2,6 +2,7 @@
 configs) and the tiny reference models, compiled to a Program and simulated on fresh inputs.
 
     .venv/bin/python benchmarks/models.py [--chip tiny] [--dtype fp32|bf16|int8] [--draws N]
+                                          [--device sim|cpu] [--int8-activations per-row|per-tensor]
                                           [--only NAME ...] [--json FILE]
 
 One row per model: ops on the chip and on the host (host ops named, most frequent first), the
@@ -9,7 +10,9 @@ relative error against PyTorch eager and whether it is within the dtype's tolera
 bf16 2e-2; int8: the argmax of the logits agrees with eager's on >= 99% of positions), simulated
 cycles and microseconds, compile and simulation wall time. The logits are the model's first
 output, one position per vector along its last dim; `--draws` runs that many fresh inputs
-(the error is the largest, the agreement pooled over all their positions). Ops Ember lacks run
+(the error is the largest, the agreement pooled over all their positions); `--device cpu` runs
+the same Program's steps through PyTorch (the chip's numbers, no cycles), fast enough for
+hundreds of draws. Ops Ember lacks run
 on the host (`allow_unsupported=True`). A model that fails to load, capture, compile or run
 becomes a row with the reason; the run goes on.
 """
@@ -134,7 +137,8 @@ def argmax_agreement(out, ref) -> tuple[int, int]:
     return int((o.argmax(-1) == r.argmax(-1)).sum()), r[..., 0].numel()
 
 
-def run_model(name: str, chip: str, dtype: str, draws: int = 1) -> Row:
+def run_model(name: str, chip: str, dtype: str, draws: int = 1, device: str = "sim",
+              int8_activations: str = "per-row") -> Row:
     """Compile `models:NAME` to a Program, simulate it on fresh inputs, compare with eager."""
     row = Row(name, model_kind(name))
     spec = f"models:{name}"
@@ -143,7 +147,8 @@ def run_model(name: str, chip: str, dtype: str, draws: int = 1) -> Row:
         model, example = ember.load_model(spec)
         phase = "compile"
         t0 = time.perf_counter()
-        cm = ember.compile(model, example, chip=chip, dtype=dtype, to="program", allow_unsupported=True)
+        cm = ember.compile(model, example, chip=chip, dtype=dtype, to="program", allow_unsupported=True,
+                           int8_activations=int8_activations)
         row.compile_s = time.perf_counter() - t0
         steps = [s for s in cm.program.steps if s["kind"] != "view"]
         row.on_chip = sum(s["kind"] == "kernel" for s in steps)
@@ -158,9 +163,10 @@ def run_model(name: str, chip: str, dtype: str, draws: int = 1) -> Row:
                 ref = model(*fresh)
             phase = "simulate"
             t0 = time.perf_counter()
-            out = cm.run(*fresh, device="sim")
+            out = cm.run(*fresh, device=device)
             row.simulate_s += time.perf_counter() - t0
-            row.cycles, row.us = cm.last_run.cycles, cm.last_run.seconds * 1e6
+            if device == "sim":
+                row.cycles, row.us = cm.last_run.cycles, cm.last_run.seconds * 1e6
             row.error = max(row.error or 0.0, max_relative_error(out, ref))
             agree, positions = argmax_agreement(out, ref)
             same += agree
@@ -186,7 +192,7 @@ def table(rows: list[Row], chip: str, dtype: str) -> Table:
     ok = f"argmax agreement >= {ARGMAX_MIN:.0%}" if dtype == "int8" else f"tolerance {TOLERANCE[dtype]:g}"
     t = Table(title=f"models on the simulated '{chip}' chip, {dtype} ({ok} vs eager)")
     for col in ("model", "kind", "chip ops", "host ops", "host ops by name", "rel err", "argmax", "ok", "cycles",
-                "sim µs", "compile s", "simulate s"):
+                "sim µs", "compile s", "run s"):
         t.add_column(col, justify="left" if col in ("model", "kind", "host ops by name") else "right",
                      overflow="fold")
     for r in rows:
@@ -200,7 +206,7 @@ def table(rows: list[Row], chip: str, dtype: str) -> Table:
         t.add_row(r.name, r.kind, str(r.on_chip), str(sum(r.on_host.values())),
                   escape(", ".join(f"{op} x{n}" for op, n in r.on_host.items()) or "-"),
                   f"{r.error:.2e}", f"{r.agree:.1%} of {r.positions}", "yes" if r.within else "[red]NO[/red]",
-                  str(r.cycles), f"{r.us:.1f}", f"{r.compile_s:.1f}", f"{r.simulate_s:.1f}")
+                  _fmt(r.cycles, "d"), _fmt(r.us, ".1f"), f"{r.compile_s:.1f}", f"{r.simulate_s:.1f}")
         if r.note or r.failure:
             t.add_row("", "", "", "", f"[yellow]{escape(r.note or r.failure)}[/yellow]", "", "", "", "", "", "", "")
     return t
@@ -210,6 +216,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chip", default="tiny", help="a chip name (simulator/chips/) or a YAML file")
     ap.add_argument("--dtype", default="fp32", choices=sorted(TOLERANCE))
+    ap.add_argument("--device", default="sim", choices=("sim", "cpu"),
+                    help="sim: the simulated chip; cpu: the Program's steps through PyTorch (numbers only)")
+    ap.add_argument("--int8-activations", default="per-row", choices=("per-row", "per-tensor"))
     ap.add_argument("--draws", type=int, default=1, help="fresh inputs per model (errors and argmax pooled)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="these models only (hf-llama, llama, resnet-tiny, ...)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per model before it becomes a failure row")
@@ -227,13 +236,13 @@ def main() -> None:
     for i, name in enumerate(names):
         signal.setitimer(signal.ITIMER_REAL, args.timeout)
         try:
-            row = run_model(name, args.chip, args.dtype, args.draws)
+            row = run_model(name, args.chip, args.dtype, args.draws, args.device, args.int8_activations)
         except Timeout as exc:
             row = Row(name, model_kind(name), failure=_reason(exc))
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         rows.append(row)
-        status = row.failure or f"rel err {row.error:.2e}, argmax {row.agree:.1%}, {row.cycles} cycles"
+        status = row.failure or f"rel err {row.error:.2e}, argmax {row.agree:.1%}, {_fmt(row.cycles, 'd')} cycles"
         console.print(escape(f"[{i + 1}/{len(names)}] {name}: {status}"), highlight=False)
     console.print(table(rows, args.chip, args.dtype))
     ran = [r for r in rows if r.error is not None]
