@@ -35,11 +35,15 @@ class Case:
     batch: tuple[int, ...] = ()
     bias: bool = False
     weights: str | None = None   # another space for the weight (rhs / W), e.g. "dram"
+    dequant: bool = False        # int8 linear as the compiler makes it: fp32 out, d[N] per column
+    row_scales: bool = False     # and s[M] per row (activations quantized per row)
 
     @property
     def name(self) -> str:
         b = "x".join(map(str, self.batch)) + "x" if self.batch else ""
-        return f"{self.op} {b}{self.M}x{self.K}x{self.N}" + (" +bias" if self.bias else "")
+        extras = [name for name, on in (("bias", self.bias), ("dequant", self.dequant),
+                                         ("row scales", self.row_scales)) if on]
+        return f"{self.op} {b}{self.M}x{self.K}x{self.N}" + "".join(f" +{e}" for e in extras)
 
 
 CASES = [
@@ -57,25 +61,35 @@ CASES = [
     Case("linear", 37, 1234, 555, "fp32", "sram", bias=True),
     Case("matmul", 128, 64, 128, "bf16", "sram", batch=(16,)),
     Case("linear", 4096, 256, 4096, "int8", "dram", bias=True),
+    # int8 linears as the dtype pass emits them (int32 accumulator -> * s[m] * d[n] + b[n], fp32)
+    Case("linear", 56, 64, 176, "int8", "sram", bias=True, dequant=True, row_scales=True),
+    Case("linear", 176, 512, 1408, "int8", "sram", dequant=True, row_scales=True),
+    Case("linear", 1, 4096, 14336, "int8", "dram", dequant=True, row_scales=True),
+    Case("linear", 2048, 4096, 4096, "int8", "sram", weights="dram", dequant=True, row_scales=True),
 ]
 QUICK = [0, 1, 6, 10]
 
 
 def build_call(case: Case) -> tuple[KernelCall, dict]:
     """Placements packed one after another per space; random inputs (for functional runs)."""
-    out_dtype = "int32" if case.dtype == "int8" else case.dtype
+    out_dtype = "fp32" if case.dequant else "int32" if case.dtype == "int8" else case.dtype
     a_shape = (*case.batch, case.M, case.K)
     shapes = [a_shape, (*case.batch, case.K, case.N) if case.op == "matmul" else (case.N, case.K)]
+    dtypes = [case.dtype, case.dtype]
     if case.op == "linear":
         shapes.append((case.N,) if case.bias else None)
-    spaces = [case.space, case.weights or case.space, case.space]
+        dtypes.append("fp32" if case.dequant else case.dtype)
+    if case.dequant:
+        shapes += [(case.N,)] + ([(*case.batch, case.M, 1)] if case.row_scales else [])
+        dtypes += ["fp32", "fp32"]
+    spaces = [case.space, case.weights or case.space] + [case.space] * (len(shapes) - 2)
     top = {"dram": 0, "sram": 0}
     placements = []
-    for shape, space in zip(shapes, spaces):
+    for shape, space, dtype in zip(shapes, spaces, dtypes):
         if shape is None:
             placements.append(None)
             continue
-        placements.append(Placement(space, top[space], shape, case.dtype))
+        placements.append(Placement(space, top[space], shape, dtype))
         top[space] += -(-placements[-1].nbytes // 4096) * 4096
     out = Placement(case.space, top[case.space], (*case.batch, case.M, case.N), out_dtype)
     return KernelCall(case.op, tuple(placements), out), {}
@@ -89,6 +103,8 @@ def run_case(case: Case, chip, functional: bool) -> dict:
     if functional:       # check the numbers against a float64 / int64 reference
         xs = [None if p is None else init[(p.space, p.addr)].astype(np.float64) for p in call.inputs]
         ref = np.matmul(xs[0], xs[1]) if case.op == "matmul" else xs[0] @ xs[1].T
+        if case.dequant:
+            ref = ref * (xs[4] if case.row_scales else 1.0) * xs[3]
         if case.op == "linear" and xs[2] is not None:
             ref = ref + xs[2]
         r["num_err"] = float(np.abs(r["output"] - ref).max() / max(np.abs(ref).max(), 1e-30))

@@ -67,6 +67,15 @@ def place(specs, space: str = "dram", gap: int = 256) -> list[Placement | None]:
     return out
 
 
+def chosen_plan_cycles(call, chip) -> tuple:
+    """(plan, predicted cycles, simulated cycles, timing only) of the plan the template chooses."""
+    template = kernel_for(call.op)
+    plan = template.choose(call, chip)
+    b = ProgramBuilder(chip)
+    template.emit(call, plan, chip, b)
+    return plan, template.predict(call, plan, chip), simulate(b.build(), chip, timing_only=True).cycles
+
+
 def assert_cost_model_tracks(call, chip, rel: float = 0.25, choice: float = 1.1) -> None:
     """Every plan's predicted cycles within `rel` of its simulated ones (timing only), and the
     plan the template chooses no more than `choice` times slower than the best one."""

@@ -9,7 +9,7 @@ import torch
 import ember
 from ops.kernel import KernelCall, kernel_for
 from simulator import ProgramBuilder, load_chip, simulate
-from tests.helpers import place
+from tests.helpers import chosen_plan_cycles, place
 
 TOL = {"fp32": 1e-4, "bf16": 2e-2}
 TINY = load_chip("tiny")
@@ -202,11 +202,7 @@ def test_kernel_epilogue_matches_torch(op, M, K, N, dtype, res_dtype, batch, bia
 def test_fused_cost_model_within_15_percent(chip, M, K, N, epilogue):
     call = _call("linear", M, K, N, "bf16", epilogue, "fp32", bias=True)
     tmpl = kernel_for("linear")
-    plan = tmpl.choose(call, chip)
-    b = ProgramBuilder(chip)
-    tmpl.emit(call, plan, chip, b)
-    sim = simulate(b.build(), chip, timing_only=True).cycles
-    pred = tmpl.predict(call, plan, chip)
+    plan, pred, sim = chosen_plan_cycles(call, chip)
     assert abs(pred - sim) / sim <= 0.15, f"{plan}: predicted {pred}, simulated {sim}"
     plain = KernelCall("linear", call.inputs[:3], call.output)
     assert tmpl.flops(call) > tmpl.flops(plain)

@@ -11,7 +11,7 @@ import torch
 from ops.kernel import KernelCall, kernel_for, roofline_cycles
 from ops.kernels.quantize import quantize_rows, scale_rows
 from simulator import ProgramBuilder, load_chip, simulate
-from tests.helpers import place
+from tests.helpers import chosen_plan_cycles, place
 
 NP = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "int8": np.int8, "int32": np.int32}
 
@@ -88,3 +88,16 @@ def test_gemm_epilogue_scales_rows_and_columns(chip, M, K, N, bias):
         want = want + b[None, :]
     np.testing.assert_array_equal(got, want)
     assert res.cycles >= roofline_cycles(call, kernel_for("linear"), chip)
+
+
+@pytest.mark.parametrize("chip,M,K,N,bias", [("mtia2i", 56, 64, 176, True), ("mtia2i", 176, 512, 1408, False),
+                                             ("mtia2i", 300, 512, 384, True), ("tiny", 56, 176, 64, True)])
+def test_dequantizing_gemm_cost_within_15_percent(chip, M, K, N, bias):
+    """The cost model of the int8 linears the dtype pass makes (row and column scales, bias),
+    at model sizes where the column params' loads and the output stores are a large share."""
+    chip = load_chip(chip)
+    pl = place([((M, K), "int8"), ((N, K), "int8"), ((N,), "fp32") if bias else None,
+                ((N,), "fp32"), ((M, 1), "fp32"), ((M, N), "fp32")], "sram")
+    call = KernelCall("linear", tuple(pl[:5]), pl[5])
+    plan, pred, cycles = chosen_plan_cycles(call, chip)
+    assert abs(pred - cycles) <= 0.15 * cycles, (plan, pred, cycles)

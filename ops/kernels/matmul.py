@@ -17,9 +17,12 @@ Shape of the schedule (one plan):
   DPE's [kt, nt] operand layout.
 * Epilogue in place on the fp32/int32 accumulator: bias add (SIMD, or the reduction engine for
   int32), rounding to the output dtype, then a strided DMA of the tile to the output. The bias
-  is read in its own dtype. A quantized GEMM (int8 operands and a fourth operand, the fp32
-  dequantization vector d[N]) instead widens the int32 accumulator to fp32, multiplies each
-  column n by d[n], and adds the bias in fp32. When the activation was quantized per row, a
+  is read in its own dtype; it and the dequantization vector (the "column params") are loaded
+  after the first job's first ``nbuf`` fetches, which the DPE waits for, and replicated over the
+  rows the epilogue adds per command by reading them that many times from memory or by a local
+  copy, whichever the chip's rates make sooner. A quantized GEMM (int8 operands and a fourth
+  operand, the fp32 dequantization vector d[N]) instead widens the int32 accumulator to fp32,
+  multiplies each column n by d[n], and adds the bias in fp32. When the activation was quantized per row, a
   fifth operand s[M] (fp32, loaded per job like a residual tile) first scales row m by s[m].
   ``cbufs`` accumulators let the next job's DPE run while the epilogue and store drain.
 * A fused elementwise epilogue (attribute ``epilogue``, set by the fuse-epilogues pass) runs
@@ -334,6 +337,36 @@ def _k_groups(K: int, kt: int) -> list[tuple[int, int]]:
     return [(kt, full)] * (full > 0) + [(rem, 1)] * (rem > 0)
 
 
+def _column_params(call: KernelCall, g: _Gemm) -> list:
+    """The per-column vectors the epilogue reads per N tile: the bias, the dequantization vector."""
+    return ([call.inputs[2]] if g.has_bias else []) + ([_dequant(call)] if g.scaled else [])
+
+
+def _params_load(rt: _Rates, space: str, row: int, rows: int, active: int, R: int) -> tuple[bool, float]:
+    """How one column-params row of `row` bytes becomes the `rows`-row tile the epilogue adds
+    per command, and the DMA-queue cycles it takes: (True, t) read `rows` times from memory by
+    one DMA (source stride 0), all `active` PEs at once; or (False, t) read once and copied
+    local to local by a second DMA. Whichever the chip's rates make sooner."""
+    direct = max(rt.dma_alone(rows * row, space, R // 2), active * rows * row / rt.mem[space] + rt.lat)
+    if rows <= 1:
+        return True, direct
+    twice = rt.dma_alone(row, space, R // 2) + rt.lat + (rows - 1) * row / rt.local
+    return (True, direct) if direct <= twice else (False, twice)
+
+
+def _params_cycles(call: KernelCall, g: _Gemm, p: MatmulPlan, rt: _Rates, active: int, R: int) -> float:
+    """DMA-queue cycles of one N tile's column params (see `_params_load`)."""
+    rows, n = min(BIAS_ROWS, p.mt, g.M), min(p.nt, g.N)
+    total = 0.0
+    for prm in _column_params(call, g):
+        es = ISA_ITEMSIZE[prm.dtype]
+        if len(prm.shape) == 0:          # a scalar bias: one element, copied locally
+            total += rt.dma_alone(es, prm.space, R // 2) + rt.lat + rows * n * es / rt.local
+        else:
+            total += _params_load(rt, prm.space, n * es, rows, active, R)[1]
+    return total
+
+
 def _epilogue_cycles(g: _Gemm, rt: _Rates, m: int, n: int) -> int:
     """SIMD / reduction-engine cycles of one job's epilogue (bias add, dequantization, fused
     elementwise steps, rounding)."""
@@ -554,22 +587,28 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
         queue = qa + qb if both else max(qa, qb)
         fetch = qa_c + qb_c if both else max(qa_c, qb_c)
         x = max(t, queue, mem_t)
-        return max(x, (fetch + t) / p.nbuf), fetch, queue, mem_t
+        # the first fetch, all queues at once. When every fetching queue fetches both A and B
+        # (one after the other), all of A's traffic goes first and B's waits only behind it;
+        # otherwise queues fetching one operand go on to their next fetches meanwhile
+        first = fetch
+        if both and fa == fb:
+            a_end = max(qa, mem_t * len(fa) * a_b / max(1, len(fa) * a_b + len(fb) * b_b) + lat)
+            first = max(a_end + qb, mem_t + lat)
+        return max(x, (fetch + t) / p.nbuf), fetch, queue, mem_t, t, first
 
-    period = {}
-    store = {}
+    period, queue, store, busy = {}, {}, {}, {}
     # PEs reach the end of their jobs together: a job's stores (all active PEs) share the
     # output memory, with each other and with the next job's fetches
     active = min(R * C, g.batch * L.Tm * L.Tn)
     # fetching rotates over a row's / column's PEs job by job (see a_issuer)
     store_share = 1.0 if not shared else 1.0 / min(len(jobs), C if L.a_shared else R)
-    # a new N tile per job means a new bias tile: a fetch and a local copy in this PE's queue
-    # behind the previous store, then the widening on the SIMD engine, before the epilogue
+    # a new N tile per job means new column params (bias, dequantization vector): loads in this
+    # PE's queue behind the previous store, then the bias's widening on the SIMD engine
+    params = _params_cycles(call, g, p, rt, active, R)
+    widen = (_cdiv(min(BIAS_ROWS, p.mt, g.M) * min(p.nt, g.N), rt.simd) + rt.simd_lat) if g.has_bias else 0
     bias_reload = 0.0
-    if (g.has_bias or g.scaled) and (len({n for _, n in jobs}) > 1 or L.QN > 1):
-        nb = min(p.nt, g.N)
-        bias_reload = (2 * lat + nb * es / rt.link + min(BIAS_ROWS, p.mt, g.M) * nb * es / rt.local
-                       + _cdiv(min(BIAS_ROWS, p.mt, g.M) * nb, rt.simd) + rt.simd_lat)
+    if params and (len({n for _, n in jobs}) > 1 or L.QN > 1):
+        bias_reload = params + widen
     wave = {}
     residuals = [(call.inputs[st.operand].space, ISA_ITEMSIZE[st.dtype]) for st in g.residuals]
     row_scale = _row_scale(call)
@@ -585,11 +624,30 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
         # the fetching queue also carries this PE's store of the job
         # every active PE loads its residual tiles once per job, through the fetches' memory
         res_mem = sum(active * m * n * rs / rt.mem[sp] for sp, rs in residuals)
-        period[m, n] = max(sum(c * s[0] for c, s in per),
-                           sum(c * s[2] for c, s in per) + store_share * (store[m, n] + res_load) + bias_reload,
-                           sum(c * s[3] for c, s in per) + res_mem)
+        queue[m, n] = sum(c * s[2] for c, s in per) + store_share * (store[m, n] + res_load) + bias_reload
+        # between two jobs' stores, a chain through the queue: the next params, the epilogue that
+        # reads them, the store that waits for the epilogue
+        chain = store[m, n] + bias_reload + _epilogue_cycles(g, rt, m, n) if bias_reload else 0.0
+        busy[m, n] = (sum(c * s[0] for c, s in per), sum(c * s[3] for c, s in per) + res_mem)
+        period[m, n] = max(busy[m, n][0], queue[m, n], chain, busy[m, n][1])
     epi = {mn: _epilogue_cycles(g, rt, *mn) for mn in period}
     path = sum(period[j] for j in jobs)
+    # the ends of the queue: the first job's first fetch is the fill, the last job's epilogue
+    # and store are the drain (and no chain leads to the first job); the first job's queue also
+    # loads the column params when no job reloads; the DPE has its first tile after the fill
+    first, last = jobs[0], jobs[-1]
+    s0 = step(first[0], kg[0][0], first[1])
+    b_first = busy[first][0] - s0[0] + s0[4]
+    q_first = queue[first] - s0[2]
+    if g.transposed_b:     # the queue goes on while the MLU transposes the first W tile
+        q_first -= _cdiv(kg[0][0] * nt_full * es, rt.mlu) + rt.mlu_lat
+    if params and not bias_reload:
+        q_first += params + widen
+    if len(jobs) == 1:
+        path += max(b_first, q_first - store_share * store[last], busy[last][1]) - period[last]
+    else:
+        path += max(b_first, q_first, busy[first][1]) - period[first]
+        path += max(busy[last][0], queue[last] - store_share * store[last], busy[last][1]) - period[last]
     for t in range(len(jobs) - 1):      # the next job's DPE waits for this accumulator to drain
         if p.cbufs == 1:                # the DPE waits for the store
             path += epi[jobs[t]] + wave[jobs[t]] + bias_reload
@@ -599,11 +657,13 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
             path += max(0.0, epi[jobs[t]] + wave[jobs[t]] - (p.nbuf - 1) * period[nxt] / nsteps)
         else:
             path += max(0.0, epi[jobs[t]] + store[jobs[t]] - period[jobs[t + 1]])
-    fill = step(mt_full, kg[0][0], nt_full)[1]
+    fill = step(mt_full, kg[0][0], nt_full)[5]
     if g.transposed_b:
         fill += _cdiv(kg[0][0] * nt_full * es, rt.mlu) + rt.mlu_lat
-    # PEs finish at staggered times, so about half of the pile-up shows
-    drain = epi[jobs[-1]] + max(store[jobs[-1]], 0.5 * final_stores)
+    # after many jobs, or with each PE fetching its own tiles, PEs finish at staggered times and
+    # about half of the pile-up shows; after one job on multicast operands (which every PE of a
+    # row or column receives at once), all of it
+    drain = epi[jobs[-1]] + max(store[jobs[-1]], (1.0 if len(jobs) == 1 and shared else 0.5) * final_stores)
     # memory-bound floor: every byte over its memory once per fetch
     a_bytes = g.batch * g.M * g.K * es * ((R // L.pm) * L.QN if L.a_shared else L.Tn)
     b_bytes = g.batch * g.N * g.K * es * ((C // L.pn) * L.QM if L.b_shared else L.Tm)
@@ -638,6 +698,7 @@ class _Emitter:
         self.steps = _k_steps(g.K, p.kt)
         self.nk = len(self.steps)
         self.pe_tok: dict[int, dict] = {}
+        self.rates = _Rates(chip)
 
     # one job list, the same length on every PE
     def jobs(self, r: int, c: int):
@@ -785,7 +846,8 @@ class _Emitter:
             if (g.has_bias or g.scaled) and jobs[t][2] != prev_n:
                 # the bias tile of job i replaces that of job i-1 once i-1's epilogue is done,
                 # which its store (just before in this queue) waits for
-                bkey = (-1, 0, 0, 0) if i == 0 else prev_key[:3] + (1,)
+                # (the first one after the job's first nbuf fetches, which the DPE waits for)
+                bkey = (t * nk + min(p.nbuf, nk), 0, -2, 0) if i == 0 else prev_key[:3] + (1,)
                 events.append((bkey, "bias", (t, i)))
             if g.residuals or g.row_scaled:
                 # a fused epilogue's residual tiles (and the rows' scales): after the job's own
@@ -796,7 +858,7 @@ class _Emitter:
                 events.append((rkey, "residual", (t, i)))
             prev_n, prev_key = jobs[t][2], key
         # split step runs at store positions
-        cut_points = sorted(k for k, kind, _ in events if kind == "store")
+        cut_points = sorted(k for k, kind, _ in events if kind in ("store", "bias"))
         items = []
         for key, kind, payload in events:
             if kind != "steps":
@@ -877,22 +939,25 @@ class _Emitter:
 
     def _column_params_load(self, pe, job, tok):
         """Bias (and dequantization vector) of the job's N tile, replicated over the rows the
-        epilogue adds per command: one row from memory, the copies local to local (memory
-        carries n elements, not rows x n)."""
+        epilogue adds per command: each read `rows` times from memory, or read once and copied
+        local to local, whichever `_params_load` finds sooner on this chip."""
         g, p = self.g, self.p
         n0, n = self.n_tile(job[2])
         rows = min(BIAS_ROWS, p.mt, g.M)
-        params = []
-        if g.has_bias:
-            params.append((self.call.inputs[2], self.buf.bias_raw, g.scalar_bias, tok["bias"]))
-        if g.scaled:
-            params.append((_dequant(self.call), self.buf.scale, False, tok["scale"]))
-        for src_p, raw, scalar, signal in params:
+        bufs = ([(self.buf.bias_raw, tok["bias"])] if g.has_bias else []) + (
+            [(self.buf.scale, tok["scale"])] if g.scaled else [])
+        active = min(self.R * self.C, g.batch * self.L.Tm * self.L.Tn)
+        for src_p, (raw, signal) in zip(_column_params(self.call, g), bufs):
             es = ISA_ITEMSIZE[src_p.dtype]
-            if scalar:
-                row, copies, src = es, rows * n - 1, src_p.addr
+            if len(src_p.shape) == 0:     # a scalar bias
+                row, copies, src, direct = es, rows * n - 1, src_p.addr, False
             else:
                 row, copies, src = n * es, rows - 1, src_p.addr + n0 * es
+                direct = _params_load(self.rates, src_p.space, row, rows, active, self.R)[0]
+            if direct:
+                pe.dma(src_p.space, src, "local", raw, rows=copies + 1, row_bytes=row, src_stride=0,
+                       signal=signal)
+                continue
             pe.dma(src_p.space, src, "local", raw, nbytes=row, signal=None if copies else signal)
             if copies:
                 pe.dma("local", raw, "local", raw + row, rows=copies, row_bytes=row, src_stride=0,
