@@ -58,6 +58,8 @@ class Row:
     within: bool | None = None
     agree: float | None = None          # argmax agreement over `positions`
     positions: int = 0
+    flip_margin: float | None = None    # the largest eager margin (see argmax_agreement) at a flip
+    near_ties: float | None = None      # the share of positions with a margin at most that
     cycles: int | None = None
     us: float | None = None
     compile_s: float | None = None
@@ -131,10 +133,14 @@ def _logits(out) -> torch.Tensor:
     return torch.utils._pytree.tree_flatten(out)[0][0].float()
 
 
-def argmax_agreement(out, ref) -> tuple[int, int]:
-    """(positions whose argmax over the last dim agrees, positions) of the first output."""
+def argmax_agreement(out, ref) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per position of the first output (flattened): whether the argmax over the last dim
+    agrees with eager's, and eager's margin there: the gap between its two largest logits, in
+    standard deviations of that position's logits (how near a tie eager's own answer is)."""
     o, r = _logits(out), _logits(ref)
-    return int((o.argmax(-1) == r.argmax(-1)).sum()), r[..., 0].numel()
+    top2 = r.topk(2, dim=-1).values
+    margin = (top2[..., 0] - top2[..., 1]) / r.std(-1).clamp_min(1e-30)
+    return (o.argmax(-1) == r.argmax(-1)).flatten(), margin.flatten()
 
 
 def run_model(name: str, chip: str, dtype: str, draws: int = 1, device: str = "sim",
@@ -154,7 +160,7 @@ def run_model(name: str, chip: str, dtype: str, draws: int = 1, device: str = "s
         row.on_chip = sum(s["kind"] == "kernel" for s in steps)
         row.on_host = dict(Counter(host_op_name(s, cm.program.tensors) for s in steps
                                    if s["kind"] == "host").most_common())
-        same = 0
+        agree, margins = [], []
         row.simulate_s = 0.0
         for _ in range(draws):
             phase = "eager"
@@ -168,10 +174,15 @@ def run_model(name: str, chip: str, dtype: str, draws: int = 1, device: str = "s
             if device == "sim":
                 row.cycles, row.us = cm.last_run.cycles, cm.last_run.seconds * 1e6
             row.error = max(row.error or 0.0, max_relative_error(out, ref))
-            agree, positions = argmax_agreement(out, ref)
-            same += agree
-            row.positions += positions
-        row.agree = same / row.positions
+            same, margin = argmax_agreement(out, ref)
+            agree.append(same)
+            margins.append(margin)
+        agree, margins = torch.cat(agree), torch.cat(margins)
+        row.positions = agree.numel()
+        row.agree = agree.float().mean().item()
+        if not agree.all():
+            row.flip_margin = margins[~agree].max().item()
+            row.near_ties = (margins <= row.flip_margin).float().mean().item()
         row.within = row.agree >= ARGMAX_MIN if dtype == "int8" else row.error <= TOLERANCE[dtype]
         if not row.within and dtype != "int8":
             phase = "torch.export check"
@@ -186,6 +197,15 @@ def run_model(name: str, chip: str, dtype: str, draws: int = 1, device: str = "s
 
 def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def argmax_cell(r: Row) -> str:
+    """Agreement, and where the flips are: at eager margins up to `flip_margin` standard
+    deviations, which that share of all positions have."""
+    cell = f"{r.agree:.1%} of {r.positions}"
+    if r.flip_margin is not None:
+        cell += f"; flips at gaps <= {r.flip_margin:.2f} sd ({r.near_ties:.1%} of positions)"
+    return cell
 
 
 def table(rows: list[Row], chip: str, dtype: str) -> Table:
@@ -205,7 +225,7 @@ def table(rows: list[Row], chip: str, dtype: str) -> Table:
             continue
         t.add_row(r.name, r.kind, str(r.on_chip), str(sum(r.on_host.values())),
                   escape(", ".join(f"{op} x{n}" for op, n in r.on_host.items()) or "-"),
-                  f"{r.error:.2e}", f"{r.agree:.1%} of {r.positions}", "yes" if r.within else "[red]NO[/red]",
+                  f"{r.error:.2e}", argmax_cell(r), "yes" if r.within else "[red]NO[/red]",
                   _fmt(r.cycles, "d"), _fmt(r.us, ".1f"), f"{r.compile_s:.1f}", f"{r.simulate_s:.1f}")
         if r.note or r.failure:
             t.add_row("", "", "", "", f"[yellow]{escape(r.note or r.failure)}[/yellow]", "", "", "", "", "", "", "")
@@ -242,7 +262,7 @@ def main() -> None:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         rows.append(row)
-        status = row.failure or f"rel err {row.error:.2e}, argmax {row.agree:.1%}, {_fmt(row.cycles, 'd')} cycles"
+        status = row.failure or f"rel err {row.error:.2e}, argmax {argmax_cell(row)}, {_fmt(row.cycles, 'd')} cycles"
         console.print(escape(f"[{i + 1}/{len(names)}] {name}: {status}"), highlight=False)
     console.print(table(rows, args.chip, args.dtype))
     ran = [r for r in rows if r.error is not None]
