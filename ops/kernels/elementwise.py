@@ -1,5 +1,5 @@
-"""Elementwise kernels (`ember.unary`, `ember.binary` on equal shapes, and the `quantize` step the
-dtype pass inserts before an int8 GEMM) on the SIMD engines.
+"""Elementwise kernels (`ember.unary`, `ember.binary`, and the `quantize` step the dtype pass
+inserts before an int8 GEMM) on the SIMD engines.
 
 The flat elements are split evenly over the PEs. Each PE streams its range through local memory
 in tiles, double-buffered: the DMA engine loads tile t+1 while the SIMD engine computes tile t,
@@ -10,6 +10,12 @@ being overwritten before its store has finished.
 Each operand is read in its own dtype and the result written in its own (the SIMD engine computes
 in fp32 and rounds, or for `quantize` rounds and saturates to int8). A binary op whose operands
 differ in dtype first widens the narrower ones to fp32 in a scratch tile.
+
+A binary operand may broadcast over the result's leading dims (a rotary table shared by every
+head, a bias row): it repeats every `period` elements of the flat result. Tiles are then sized so
+that the period divides them or they divide the period, and each PE's range is whole tiles, so
+every tile reads that operand with one DMA: a slice of it, or whole copies (source stride 0).
+Other broadcasts are materialized before the op (compiler/passes/broadcast_operands.py).
 """
 from __future__ import annotations
 
@@ -73,6 +79,42 @@ class ElementwisePlan:
     tile: int         # elements per tile
 
 
+def broadcast_period(shape, result_shape) -> int | None:
+    """Elements of an operand that repeats over the result's leading dims (shape (..., 1, d_j,
+    ..., d_n) against (..., d_j, ..., d_n): a rotary table shared by every head, a bias row),
+    read again every that many elements of the flat result; None when it broadcasts otherwise
+    (a size-1 dim among broadcast ones) or not at all."""
+    shape, result_shape = tuple(shape), tuple(result_shape)
+    if len(shape) > len(result_shape):
+        return None
+    padded = (1,) * (len(result_shape) - len(shape)) + shape
+    j = len(padded)
+    while j > 0 and padded[j - 1] == result_shape[j - 1]:
+        j -= 1
+    if any(d != 1 for d in padded[:j]):
+        return None
+    period = math.prod(padded)
+    return None if period == math.prod(result_shape) else max(1, period)
+
+
+def _period(call: KernelCall) -> int | None:
+    """The one period of a binary call's broadcast operands (see `broadcast_period`), or None."""
+    if call.op != "binary":
+        return None
+    periods = {broadcast_period(p.shape, call.output.shape) for p in call.inputs} - {None}
+    return periods.pop() if periods else None
+
+
+def _fit_tile(tile: int, period: int | None) -> int:
+    """The tile size nearest below `tile` that a period divides or that divides the period, so
+    that a tile starting at a multiple of it reads its broadcast operand as one DMA."""
+    if period is None:
+        return tile
+    if tile >= period:
+        return tile // period * period
+    return next(d for d in range(tile, 0, -1) if period % d == 0)
+
+
 def _widened(call: KernelCall) -> list[int]:
     """Operands of a binary op that are widened to fp32 first (their dtypes differ)."""
     if call.op != "binary" or len({p.dtype for p in call.inputs}) == 1:
@@ -88,7 +130,11 @@ class ElementwiseKernel(KernelTemplate):
             return True
         if op == "unary":
             return attrs["kind"] in UNARY_FN or unary_passes(attrs["kind"], attrs["alpha"], attrs["beta"]) is not None
-        return attrs["kind"] in BINARY_FN and all(o.shape == result.shape for o in operands)
+        if attrs["kind"] not in BINARY_FN:
+            return False
+        periods = [broadcast_period(o.shape, result.shape) for o in operands]
+        return all(o.shape == result.shape or p is not None for o, p in zip(operands, periods)) \
+            and len(set(periods) - {None}) <= 1
 
     def _sizes(self, call: KernelCall) -> tuple[int, int, int]:
         n = max(1, math.prod(call.output.shape))
@@ -109,21 +155,29 @@ class ElementwiseKernel(KernelTemplate):
 
     def plans(self, call: KernelCall, chip):
         n, _, _ = self._sizes(call)
-        for tile in TILE_CHOICES:
+        for tile in sorted({_fit_tile(t, _period(call)) for t in TILE_CHOICES}):
             if self._tile_bytes(call, tile) > chip.local_mem.bytes:
                 continue
             pes = max(1, min(chip.num_pes, math.ceil(n / tile)))
             yield ElementwisePlan(pes, tile)
 
-    def predict(self, call: KernelCall, plan: ElementwisePlan, chip) -> int:
-        n, k, _ = self._sizes(call)
+    @staticmethod
+    def _per_pe(call: KernelCall, plan: ElementwisePlan, n: int) -> int:
+        """Elements per PE: an even share, in whole tiles when an operand is broadcast (so that
+        every tile starts at a multiple of the tile size)."""
         per_pe = math.ceil(n / plan.pes)
+        return per_pe if _period(call) is None else min(n, math.ceil(per_pe / plan.tile) * plan.tile)
+
+    def predict(self, call: KernelCall, plan: ElementwisePlan, chip) -> int:
+        n, k, item = self._sizes(call)
+        per_pe = self._per_pe(call, plan, n)
         tiles = math.ceil(per_pe / plan.tile)
-        vec = math.ceil(plan.tile / chip.simd.elems_per_cycle)
+        vec = math.ceil(min(plan.tile, per_pe) / chip.simd.elems_per_cycle)     # a tile may be short
         simd = vec * self._passes(call, chip) + vec * len(_widened(call))
         bw = {"dram": chip.dram_bytes_per_s, "sram": chip.sram.bytes_per_s}
-        # every PE's tiles share the memory's bandwidth; each DMA also pays its latency
-        nbytes = sum(p.nbytes for p in call.inputs) + call.output.nbytes
+        # every PE's tiles share the memory's bandwidth (a broadcast operand is read once per
+        # result element); each DMA also pays its latency
+        nbytes = n * (sum(ISA_ITEMSIZE[p.dtype] for p in call.inputs) + item)
         moved = nbytes / bw[call.output.space] * chip.clock_hz
         dma = tiles * (k + 1) * chip.dma.latency_cycles + moved
         return int(max(dma, tiles * simd) + simd + chip.dma.latency_cycles)
@@ -145,7 +199,8 @@ class ElementwiseKernel(KernelTemplate):
 
     def emit(self, call: KernelCall, plan: ElementwisePlan, chip, builder) -> None:
         n, k, item = self._sizes(call)
-        per_pe = math.ceil(n / plan.pes)
+        per_pe = self._per_pe(call, plan, n)
+        periods = [broadcast_period(p.shape, call.output.shape) for p in call.inputs]
         items = [ISA_ITEMSIZE[p.dtype] for p in call.inputs]
         offset = 0
         in_buf = []
@@ -174,8 +229,16 @@ class ElementwiseKernel(KernelTemplate):
             def load(t: int) -> None:
                 s, m = tiles[t]
                 for i, src in enumerate(call.inputs):
-                    pe.dma(src.space, src.addr + s * items[i], "local", in_buf[i][t % 2], nbytes=m * items[i],
-                           signal=loaded)
+                    period, it = periods[i], items[i]
+                    if period is None:
+                        pe.dma(src.space, src.addr + s * it, "local", in_buf[i][t % 2], nbytes=m * it,
+                               signal=loaded)
+                    elif plan.tile <= period:      # a slice of the operand (the tile divides it)
+                        pe.dma(src.space, src.addr + s % period * it, "local", in_buf[i][t % 2],
+                               nbytes=m * it, signal=loaded)
+                    else:                          # whole copies of it, read again (stride 0)
+                        pe.dma(src.space, src.addr, "local", in_buf[i][t % 2], rows=m // period,
+                               row_bytes=period * it, src_stride=0, signal=loaded)
 
             def store(t: int) -> None:
                 s, m = tiles[t]
