@@ -43,7 +43,9 @@ def test_leading_broadcasts_read_in_place(chip, dtype, tol):
 def test_other_broadcasts_are_materialized():
     """A per-row scale (a size-1 last dim) and a per-head one (size-1 dims between full ones)."""
     model = as_module(lambda x, rows, heads: x * rows + heads)
-    inputs = lambda: (torch.randn(2, 4, 6, 32), torch.randn(2, 4, 6, 1), torch.randn(1, 4, 1, 32))  # noqa: E731
+
+    def inputs():
+        return torch.randn(2, 4, 6, 32), torch.randn(2, 4, 6, 1), torch.randn(1, 4, 1, 32)
     cm = ember.compile(model, inputs(), chip="tiny", dtype="fp32", to="program")
     assert not _ops(cm, "host") and _ops(cm, "kernel").count("broadcast") == 2
     fresh = inputs()
