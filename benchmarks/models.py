@@ -138,8 +138,11 @@ def argmax_agreement(out, ref) -> tuple[torch.Tensor, torch.Tensor]:
     agrees with eager's, and eager's margin there: the gap between its two largest logits, in
     standard deviations of that position's logits (how near a tie eager's own answer is)."""
     o, r = _logits(out), _logits(ref)
-    top2 = r.topk(2, dim=-1).values
-    margin = (top2[..., 0] - top2[..., 1]) / r.std(-1).clamp_min(1e-30)
+    if r.shape[-1] < 2:         # one value per position: no tie possible
+        margin = torch.full(r.shape[:-1], float("inf"))
+    else:
+        top2 = r.topk(2, dim=-1).values
+        margin = (top2[..., 0] - top2[..., 1]) / r.std(-1).clamp_min(1e-30)
     return (o.argmax(-1) == r.argmax(-1)).flatten(), margin.flatten()
 
 
@@ -202,6 +205,8 @@ def _fmt(value, spec: str) -> str:
 def argmax_cell(r: Row) -> str:
     """Agreement, and where the flips are: at eager margins up to `flip_margin` standard
     deviations, which that share of all positions have."""
+    if r.agree is None:
+        return "-"
     cell = f"{r.agree:.1%} of {r.positions}"
     if r.flip_margin is not None:
         cell += f"; flips at gaps <= {r.flip_margin:.2f} sd ({r.near_ties:.1%} of positions)"

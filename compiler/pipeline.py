@@ -1,9 +1,10 @@
 """The compile pipeline: named phases in order, each one's IR kept for `cm.ir(phase)`.
 
     graph    capture (torch.export + decompositions) and import: graph-level `ember` ops
-    tiled    partition (accelerator / host), dtype lowering (storage dtypes; for int8, calibration
-             on the example inputs and quantization), fusion of elementwise epilogues into
-             contractions (unless `fuse` is off), memory plan, tile and map each kernel
+    tiled    partition (accelerator / host), rotary embeddings as one op (unless `fuse` is off;
+             after int8 calibration on the example inputs), dtype lowering (storage dtypes; for
+             int8, quantization), fusion of elementwise epilogues into contractions (unless `fuse` is
+             off), memory plan, tile and map each kernel
              (cost model); the IR is the graph with each op's target, dtypes, quantization and
              plan attached
     program  every kernel's per-PE commands, serialized into a Program
@@ -36,6 +37,7 @@ from compiler.passes.gqa_heads import FoldKVHeadExpansion
 from compiler.passes.attention_masks import FoldAttentionMasks
 from compiler.passes.memory_plan import MemoryPlan
 from compiler.passes.partition import Partition
+from compiler.passes.rotary import FuseRotary
 from compiler.passes.tile import TileAndMap
 from ops.registry import to_numpy
 
@@ -138,6 +140,8 @@ def _annotate(graph) -> None:
             attrs["ember.plan"] = ir.StringAttr.get(repr(op.plan))
         if op.attrs.get("epilogue"):
             attrs["ember.epilogue"] = ir.StringAttr.get(repr(op.attrs["epilogue"]))
+        if op.opdef is None and op.target == "accelerator":     # a pass's op in this one's place
+            attrs["ember.kernel"] = ir.StringAttr.get(op.name)
 
 
 def _phase_tiled(model: torch.nn.Module, example_inputs: tuple, options: CompileOptions,
@@ -155,6 +159,8 @@ def _phase_tiled(model: torch.nn.Module, example_inputs: tuple, options: Compile
             constants = _constants(graph, graph_result)
             if options.int8_activations == "per-tensor":
                 amax = _calibration_amax(graph, graph_result, constants, example_inputs)
+        if options.fuse:        # (after calibration, which runs the graph's own ops)
+            FuseRotary().run(graph)
         DtypeLowering().run(graph, options.dtype, constants, amax, options.int8_activations)
         if options.fuse:
             FuseEpilogues().run(graph)

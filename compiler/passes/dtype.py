@@ -48,7 +48,7 @@ CONTRACTION_OPERANDS = {"linear": (0, 1), "matmul": (0, 1), "attention": (0, 1, 
 #: Ops whose kernels read each operand in its own dtype and write the result in any float dtype
 #: (they widen to fp32 on the SIMD engine or accumulate in fp32 / int32).
 MIXED_OPS = frozenset({"unary", "binary", "softmax", "norm", "batch_norm", "reduce", "linear", "matmul",
-                       "quantize", "row_scale", "quantize_rows"})
+                       "quantize", "row_scale", "quantize_rows", "rotary"})
 #: The narrow dtype contraction operands are held in, per compile dtype.
 NARROW = {"fp32": "fp32", "bf16": "bf16", "int8": "bf16"}
 #: Symmetric int8 range (-128 is left out so that the grid is symmetric about 0).

@@ -25,6 +25,7 @@ import torch
 
 from ops.registry import DTYPE_TO_TORCH, op as lookup_op, to_torch
 from ops.kernels.quantize import quantize_rows, scale_rows
+from ops.kernels.rotary import rotary
 from runtime.host import HostOp, decode_host_call, host_op_of
 
 #: ISA element types of the Program's tensor table, as torch dtypes (floating ones only: the
@@ -132,6 +133,9 @@ class TorchExecutor:
             return lambda x: (scale_rows(x)[0],)
         if step["op"] == "quantize_rows":
             return lambda x: (quantize_rows(x),)
+        if step["op"] == "rotary":
+            out_type = DTYPE_TO_TORCH[self.tensors[results[0]]["dtype"]]
+            return lambda x, cos, sin, _sign: (rotary(x, cos, sin).to(out_type),)
         opdef = lookup_op(step["op"])
         if opdef.torch_impl is None:
             raise NotImplementedError(f"ember.{opdef.name} has no torch implementation")
