@@ -114,7 +114,8 @@ class RotaryKernel(KernelTemplate):
         """Rows per PE: an even share in whole tiles."""
         return min(rows, math.ceil(math.ceil(rows / plan.pes) / plan.tile_rows) * plan.tile_rows)
 
-    def _simd(self, call: KernelCall, n: int, chip) -> list[tuple[str, int]]:
+    @staticmethod
+    def _simd(call: KernelCall, n: int) -> list[tuple[str, int]]:
         """The SIMD commands of a tile of n elements: (kind, elements)."""
         widen = [("COPY", n) for p in (call.inputs[0], call.inputs[0], *call.inputs[1:3]) if p.dtype != "fp32"]
         return widen + [("MUL", n)] * 3 + [("ADD", n)]
@@ -129,7 +130,7 @@ class RotaryKernel(KernelTemplate):
         tiles = math.ceil(per_pe / plan.tile_rows)
         n = min(plan.tile_rows, per_pe) * d
         w, lat = chip.simd.elems_per_cycle, chip.simd.latency_cycles
-        simd = sum(math.ceil(k / w) + lat for _, k in self._simd(call, n, chip))
+        simd = sum(math.ceil(k / w) + lat for _, k in self._simd(call, n))
         mlu = 2 * (math.ceil(n * ISA_ITEMSIZE[call.inputs[0].dtype] / 2 / chip.mlu.bytes_per_cycle)
                    + chip.mlu.latency_cycles)
         x, cos, _, sign = call.inputs
@@ -164,6 +165,8 @@ class RotaryKernel(KernelTemplate):
         x, cos, sin, sign = call.inputs
         out = call.output
         xi, ti, oi = ISA_ITEMSIZE[x.dtype], ISA_ITEMSIZE[cos.dtype], ISA_ITEMSIZE[out.dtype]
+        if sign.dtype != "fp32":
+            raise ValueError(f"ember.rotary: the sign row must be fp32, not {sign.dtype}")
         period = _table_period(call)
         m = plan.tile_rows
         for p in range(plan.pes):
@@ -174,8 +177,6 @@ class RotaryKernel(KernelTemplate):
             loaded, swapped, computed, stored, ready = (builder.token() for _ in range(5))
             pe.dma(sign.space, sign.addr, "local", lay["sign"], rows=min(m, end - start), row_bytes=d * 4,
                    src_stride=0, signal=ready)
-            if sign.dtype != "fp32":
-                raise ValueError("ember.rotary: the sign row must be fp32")
             tiles = [(s, min(m, end - s)) for s in range(start, end, m)]
 
             def table(src, buf, s: int, k: int, slot: int) -> None:
