@@ -11,6 +11,7 @@ import torch
 import ember
 from ops.kernel import KernelCall, kernel_for
 from ops.kernels.elementwise import broadcast_period
+from ops.registry import TensorSpec
 from simulator import ProgramBuilder, load_chip, simulate
 from tests.helpers import as_module, place, rel_err
 
@@ -50,6 +51,15 @@ def test_other_broadcasts_are_materialized():
     assert not _ops(cm, "host") and _ops(cm, "kernel").count("broadcast") == 2
     fresh = inputs()
     assert rel_err(cm.run(*fresh, device="sim"), model(*fresh)) <= 1e-4
+
+
+def test_a_period_without_usable_tiles_is_materialized():
+    """A prime period larger than every tile size would mean one-element tiles."""
+    template = kernel_for("binary")
+    x, row = TensorSpec((3, 20011), "f32"), TensorSpec((20011,), "f32")
+    assert not template.accepts("binary", [x, row], x, {"kind": "add"})
+    y, even = TensorSpec((3, 20480), "f32"), TensorSpec((20480,), "f32")     # 4096 divides it
+    assert template.accepts("binary", [y, even], y, {"kind": "add"})
 
 
 @pytest.mark.parametrize("shape,result,period", [

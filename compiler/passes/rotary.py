@@ -9,7 +9,8 @@ a round trip through memory, for every query and key of every layer. Where all o
 the accelerator and nothing else reads their intermediate values, this pass puts one `rotary`
 op in their place (ops/kernels/rotary.py), with a constant sign row as its fourth operand.
 Either operand order of the add and the multiplies matches. Runs on the backend's op list after
-partition, before dtype lowering (which holds the op's operands in their own dtypes).
+partition and int8 calibration (which interprets the graph's own ops), before dtype lowering
+(which holds the op's operands in their own dtypes).
 """
 from __future__ import annotations
 
@@ -48,13 +49,13 @@ class FuseRotary:
                 continue
             x, cos, sin, absorbed = match
             d = graph.specs[x].shape[-1]
-            if d not in signs:
-                signs[d] = graph.new_value(TensorSpec((d,), "f32"))
-                graph.literals[signs[d]] = np.asarray(sign_row(d), dtype=np.float32)
-            operands = [x, cos, sin, signs[d]]
-            specs = [graph.specs[v] for v in operands]
+            specs = [graph.specs[v] for v in (x, cos, sin)] + [TensorSpec((d,), "f32")]
             if not template.accepts("rotary", specs, graph.specs[add.results[0]], {}):
                 continue
+            if d not in signs:
+                signs[d] = graph.new_value(specs[3])
+                graph.literals[signs[d]] = np.asarray(sign_row(d), dtype=np.float32)
+            operands = [x, cos, sin, signs[d]]
             gone.update(id(op) for op in absorbed)
             made[id(add)] = GraphOp(add.index, "rotary", None, {}, operands, list(add.results), add.location,
                                     target="accelerator", operation=add.operation)

@@ -115,6 +115,12 @@ def _fit_tile(tile: int, period: int | None) -> int:
     return next(d for d in range(tile, 0, -1) if period % d == 0)
 
 
+def _useful_tiles(period: int | None) -> list[int]:
+    """The tile choices fitted to `period`, leaving out those it would shrink below a quarter
+    (a period with no divisor near a tile size: thousands of tiny tiles)."""
+    return sorted({f for t in TILE_CHOICES if 4 * (f := _fit_tile(t, period)) >= t})
+
+
 def _widened(call: KernelCall) -> list[int]:
     """Operands of a binary op that are widened to fp32 first (their dtypes differ)."""
     if call.op != "binary" or len({p.dtype for p in call.inputs}) == 1:
@@ -133,8 +139,9 @@ class ElementwiseKernel(KernelTemplate):
         if attrs["kind"] not in BINARY_FN:
             return False
         periods = [broadcast_period(o.shape, result.shape) for o in operands]
+        found = set(periods) - {None}
         return all(o.shape == result.shape or p is not None for o, p in zip(operands, periods)) \
-            and len(set(periods) - {None}) <= 1
+            and len(found) <= 1 and bool(_useful_tiles(next(iter(found), None)))
 
     def _sizes(self, call: KernelCall) -> tuple[int, int, int]:
         n = max(1, math.prod(call.output.shape))
@@ -155,7 +162,7 @@ class ElementwiseKernel(KernelTemplate):
 
     def plans(self, call: KernelCall, chip):
         n, _, _ = self._sizes(call)
-        for tile in sorted({_fit_tile(t, _period(call)) for t in TILE_CHOICES}):
+        for tile in _useful_tiles(_period(call)):
             if self._tile_bytes(call, tile) > chip.local_mem.bytes:
                 continue
             pes = max(1, min(chip.num_pes, math.ceil(n / tile)))
