@@ -105,7 +105,7 @@ def _period(call: KernelCall) -> int | None:
     return periods.pop() if periods else None
 
 
-def _fit_tile(tile: int, period: int | None) -> int:
+def fit_tile(tile: int, period: int | None) -> int:
     """The tile size nearest below `tile` that a period divides or that divides the period, so
     that a tile starting at a multiple of it reads its broadcast operand as one DMA."""
     if period is None:
@@ -115,10 +115,25 @@ def _fit_tile(tile: int, period: int | None) -> int:
     return next(d for d in range(tile, 0, -1) if period % d == 0)
 
 
+def load_repeating(pe, src, period: int | None, tile: int, start: int, n: int, dst: int, signal) -> None:
+    """DMA elements [start, start + n) of the flat result's view of operand `src` into `dst`:
+    the operand itself (period None), a slice of it (the tile divides its period), or whole
+    copies of it read again with source stride 0 (its period divides the tile). `start` is a
+    multiple of `tile` (see `fit_tile`)."""
+    it = ISA_ITEMSIZE[src.dtype]
+    if period is None:
+        pe.dma(src.space, src.addr + start * it, "local", dst, nbytes=n * it, signal=signal)
+    elif tile <= period:
+        pe.dma(src.space, src.addr + start % period * it, "local", dst, nbytes=n * it, signal=signal)
+    else:
+        pe.dma(src.space, src.addr, "local", dst, rows=n // period, row_bytes=period * it, src_stride=0,
+               signal=signal)
+
+
 def _useful_tiles(period: int | None) -> list[int]:
     """The tile choices fitted to `period`, leaving out those it would shrink below a quarter
     (a period with no divisor near a tile size: thousands of tiny tiles)."""
-    return sorted({f for t in TILE_CHOICES if 4 * (f := _fit_tile(t, period)) >= t})
+    return sorted({f for t in TILE_CHOICES if 4 * (f := fit_tile(t, period)) >= t})
 
 
 def _widened(call: KernelCall) -> list[int]:
@@ -236,16 +251,7 @@ class ElementwiseKernel(KernelTemplate):
             def load(t: int) -> None:
                 s, m = tiles[t]
                 for i, src in enumerate(call.inputs):
-                    period, it = periods[i], items[i]
-                    if period is None:
-                        pe.dma(src.space, src.addr + s * it, "local", in_buf[i][t % 2], nbytes=m * it,
-                               signal=loaded)
-                    elif plan.tile <= period:      # a slice of the operand (the tile divides it)
-                        pe.dma(src.space, src.addr + s % period * it, "local", in_buf[i][t % 2],
-                               nbytes=m * it, signal=loaded)
-                    else:                          # whole copies of it, read again (stride 0)
-                        pe.dma(src.space, src.addr, "local", in_buf[i][t % 2], rows=m // period,
-                               row_bytes=period * it, src_stride=0, signal=loaded)
+                    load_repeating(pe, src, periods[i], plan.tile, s, m, in_buf[i][t % 2], loaded)
 
             def store(t: int) -> None:
                 s, m = tiles[t]

@@ -22,8 +22,9 @@ Shape of the schedule (one plan):
   rows the epilogue adds per command by reading them that many times from memory or by a local
   copy, whichever the chip's rates make sooner. A quantized GEMM (int8 operands and a fourth
   operand, the fp32 dequantization vector d[N]) instead widens the int32 accumulator to fp32,
-  multiplies each column n by d[n], and adds the bias in fp32. When the activation was quantized per row, a
-  fifth operand s[M] (fp32, loaded per job like a residual tile) first scales row m by s[m].
+  multiplies each column n by d[n], and adds the bias in fp32. When the activation was quantized
+  per row, a fifth operand s[M] (fp32, loaded per job like a residual tile) first scales row m by
+  s[m].
   ``cbufs`` accumulators let the next job's DPE run while the epilogue and store drain.
 * A fused elementwise epilogue (attribute ``epilogue``, set by the fuse-epilogues pass) runs
   after that, still in fp32 on the accumulator: unary SIMD functions, scales, and binary ops with
@@ -597,6 +598,7 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
         return max(x, (fetch + t) / p.nbuf), fetch, queue, mem_t, t, first
 
     period, queue, store, busy = {}, {}, {}, {}
+    epi = {mn: _epilogue_cycles(g, rt, *mn) for mn in set(jobs)}
     # PEs reach the end of their jobs together: a job's stores (all active PEs) share the
     # output memory, with each other and with the next job's fetches
     active = min(R * C, g.batch * L.Tm * L.Tn)
@@ -606,9 +608,9 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
     # PE's queue behind the previous store, then the bias's widening on the SIMD engine
     params = _params_cycles(call, g, p, rt, active, R)
     widen = (_cdiv(min(BIAS_ROWS, p.mt, g.M) * min(p.nt, g.N), rt.simd) + rt.simd_lat) if g.has_bias else 0
-    bias_reload = 0.0
+    params_reload = 0.0
     if params and (len({n for _, n in jobs}) > 1 or L.QN > 1):
-        bias_reload = params + widen
+        params_reload = params + widen
     wave = {}
     residuals = [(call.inputs[st.operand].space, ISA_ITEMSIZE[st.dtype]) for st in g.residuals]
     row_scale = _row_scale(call)
@@ -624,13 +626,12 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
         # the fetching queue also carries this PE's store of the job
         # every active PE loads its residual tiles once per job, through the fetches' memory
         res_mem = sum(active * m * n * rs / rt.mem[sp] for sp, rs in residuals)
-        queue[m, n] = sum(c * s[2] for c, s in per) + store_share * (store[m, n] + res_load) + bias_reload
+        queue[m, n] = sum(c * s[2] for c, s in per) + store_share * (store[m, n] + res_load) + params_reload
         # between two jobs' stores, a chain through the queue: the next params, the epilogue that
         # reads them, the store that waits for the epilogue
-        chain = store[m, n] + bias_reload + _epilogue_cycles(g, rt, m, n) if bias_reload else 0.0
+        chain = store[m, n] + params_reload + epi[m, n] if params_reload else 0.0
         busy[m, n] = (sum(c * s[0] for c, s in per), sum(c * s[3] for c, s in per) + res_mem)
         period[m, n] = max(busy[m, n][0], queue[m, n], chain, busy[m, n][1])
-    epi = {mn: _epilogue_cycles(g, rt, *mn) for mn in period}
     path = sum(period[j] for j in jobs)
     # the ends of the queue: the first job's first fetch is the fill, the last job's epilogue
     # and store are the drain (and no chain leads to the first job); the first job's queue also
@@ -641,7 +642,7 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
     q_first = queue[first] - s0[2]
     if g.transposed_b:     # the queue goes on while the MLU transposes the first W tile
         q_first -= _cdiv(kg[0][0] * nt_full * es, rt.mlu) + rt.mlu_lat
-    if params and not bias_reload:
+    if params and not params_reload:
         q_first += params + widen
     if len(jobs) == 1:
         path += max(b_first, q_first - store_share * store[last], busy[last][1]) - period[last]
@@ -650,7 +651,7 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
         path += max(busy[last][0], queue[last] - store_share * store[last], busy[last][1]) - period[last]
     for t in range(len(jobs) - 1):      # the next job's DPE waits for this accumulator to drain
         if p.cbufs == 1:                # the DPE waits for the store
-            path += epi[jobs[t]] + wave[jobs[t]] + bias_reload
+            path += epi[jobs[t]] + wave[jobs[t]] + params_reload
         elif o_sp in (a_sp, b_sp):      # the burst of stores holds up the next fetches (FCFS);
             # the DPE runs on what is already prefetched meanwhile
             nxt = jobs[t + 1]

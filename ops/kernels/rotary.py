@@ -31,7 +31,7 @@ from ops.kernel import (
     register_kernel,
     streaming_dma_cycles,
 )
-from ops.kernels.elementwise import _fit_tile, broadcast_period
+from ops.kernels.elementwise import broadcast_period, fit_tile, load_repeating
 from simulator.isa import Engine
 
 ALIGN = 64
@@ -103,7 +103,7 @@ class RotaryKernel(KernelTemplate):
         for m in TILE_ROWS:
             m = min(m, rows)
             if period is not None:
-                m = _fit_tile(m, period // d)
+                m = fit_tile(m, period // d)
             if m in seen or self._layout(call, m)["end"] > chip.local_mem.bytes:
                 continue
             seen.add(m)
@@ -151,12 +151,6 @@ class RotaryKernel(KernelTemplate):
     def flops(self, call: KernelCall) -> int:
         return 4 * math.prod(call.output.shape)
 
-    def bytes_moved(self, call: KernelCall) -> dict[str, int]:
-        moved: dict[str, int] = {}
-        for p in (*call.inputs, call.output):
-            moved[p.space] = moved.get(p.space, 0) + p.nbytes
-        return moved
-
     def emit(self, call: KernelCall, plan: RotaryPlan, chip, builder) -> None:
         rows, d = self._rows(call)
         h = d // 2
@@ -164,7 +158,7 @@ class RotaryKernel(KernelTemplate):
         lay = self._layout(call, plan.tile_rows)
         x, cos, sin, sign = call.inputs
         out = call.output
-        xi, ti, oi = ISA_ITEMSIZE[x.dtype], ISA_ITEMSIZE[cos.dtype], ISA_ITEMSIZE[out.dtype]
+        xi, oi = ISA_ITEMSIZE[x.dtype], ISA_ITEMSIZE[out.dtype]
         if sign.dtype != "fp32":
             raise ValueError(f"ember.rotary: the sign row must be fp32, not {sign.dtype}")
         period = _table_period(call)
@@ -179,22 +173,10 @@ class RotaryKernel(KernelTemplate):
                    src_stride=0, signal=ready)
             tiles = [(s, min(m, end - s)) for s in range(start, end, m)]
 
-            def table(src, buf, s: int, k: int, slot: int) -> None:
-                e0, n = s * d, k * d
-                if period is None:
-                    pe.dma(src.space, src.addr + e0 * ti, "local", buf[slot], nbytes=n * ti, signal=loaded)
-                elif m * d <= period:       # a slice of the table (the tile divides its period)
-                    pe.dma(src.space, src.addr + e0 % period * ti, "local", buf[slot], nbytes=n * ti,
-                           signal=loaded)
-                else:                       # whole copies of it, read again (stride 0)
-                    pe.dma(src.space, src.addr, "local", buf[slot], rows=n // period, row_bytes=period * ti,
-                           src_stride=0, signal=loaded)
-
             def load(t: int) -> None:
                 s, k = tiles[t]
-                pe.dma(x.space, x.addr + s * d * xi, "local", lay["x"][t % 2], nbytes=k * d * xi, signal=loaded)
-                table(cos, lay["cos"], s, k, t % 2)
-                table(sin, lay["sin"], s, k, t % 2)
+                for name, src, rep in (("x", x, None), ("cos", cos, period), ("sin", sin, period)):
+                    load_repeating(pe, src, rep, m * d, s * d, k * d, lay[name][t % 2], loaded)
 
             load(0)
             for t, (s, k) in enumerate(tiles):
