@@ -48,8 +48,8 @@ from compiler.lowered_dialect import (BOOL_FIELDS, BUFFER, DELTAS_ATTR, ENUM_FIE
                                       LOOP_ATTR, NUM_PES_ATTR, PE_ATTR, RAW_FIELDS, RELOCATABLE_ATTR,
                                       CommandForm)
 from ops.registry import TensorSpec, op as lookup_op
-from simulator.isa import (CMD_DTYPE, ENGINE_OF_OP, NUM_ARGS, ChipProgram, DType, Engine, Op, RelocatedProgram,
-                          SimdFn, Space)
+from simulator.isa import (CMD_DTYPE, ENGINE_OF_OP, INDEXED_SHIFT, NUM_ARGS, ChipProgram, DType, Engine, Indexed,
+                          Op, RelocatedProgram, SimdFn, Space, unpack_index)
 from simulator.isa.program import LOOP_DTYPE, NUM_STRIDES
 
 _LOCAL = int(Space.LOCAL)
@@ -78,6 +78,7 @@ def command_fields(rec: dict[str, Any], form: CommandForm) -> dict[str, Any]:
     """The named attributes of one command record (Python values), without sync or raw fields."""
     a = rec["a"]
     out: dict[str, Any] = {name: a[i] for i, name in enumerate(form.slots)}
+    indexed = (rec["flags"] >> INDEXED_SHIFT & 3) in (Indexed.SRC, Indexed.DST)
     getters = {
         "engine": lambda: _enum_name(Engine, rec["engine"]),
         "dtype": lambda: _enum_name(DType, rec["dtype"]),
@@ -90,6 +91,11 @@ def command_fields(rec: dict[str, Any], form: CommandForm) -> dict[str, Any]:
         "imm": lambda: _imm(a[3]),
         "dst_pe": lambda: rec["peer"],
         "mcast": lambda: _enum_name(ENUM_FIELDS["mcast"], rec["flags"] >> 1 & 3),
+        "indexed": lambda: _enum_name(Indexed, rec["flags"] >> INDEXED_SHIFT & 3),
+        # an index address, count and step only mean something on an indexed DMA (else in `raw`)
+        "index_addr": lambda: unpack_index(a[6])[0] if indexed else -1,
+        "index_count": lambda: unpack_index(a[6])[1] if indexed and a[6] >= 0 else -1,
+        "index_step": lambda: a[7] if indexed else -1,
     }
     for name in form.fields:
         out[name] = getters[name]()
@@ -119,6 +125,14 @@ def command_record(form: CommandForm, pe: int, fields: dict[str, Any], wait: tup
             continue
         if name == "mcast":
             rec["flags"] |= int(ENUM_FIELDS[name][value.upper()]) << 1
+        elif name == "indexed":
+            rec["flags"] |= int(Indexed[value.upper()]) << INDEXED_SHIFT
+            rec["dtype"] = int(DType.INT32)          # the index's type, as the builder writes it
+        elif name in ("index_addr", "index_count"):
+            addr, count = unpack_index(a[6])
+            a[6] = addr | int(value) << 32 if name == "index_count" else int(value) | count << 32
+        elif name == "index_step":
+            a[7] = int(value)
         elif name in ENUM_FIELDS:
             rec[_RECORD_FIELD.get(name, name)] = int(ENUM_FIELDS[name][value.upper()])
         elif name in BOOL_FIELDS:
@@ -147,13 +161,7 @@ def _raw_fields(rec: dict[str, Any], rebuilt: dict[str, Any]) -> dict[str, int]:
     return raw
 
 
-def _stride_keys(form: CommandForm) -> list[str]:
-    """The `per_iter` key of each stride slot: the operand's name, `aK` for an unnamed slot,
-    `wait` for the wait count."""
-    return [*form.slots, *(f"a{i}" for i in range(len(form.slots), NUM_ARGS)), "wait"]
-
-
-_STRIDE_KEYS = {op: _stride_keys(form) for op, form in FORMS.items()}
+_STRIDE_KEYS = {op: list(form.stride_keys) for op, form in FORMS.items()}
 
 
 # ----------------------------------------------------------------------------- text

@@ -20,6 +20,12 @@ dtype, function or spaces) are IRDL constraints, so upstream tools check them to
     raw = {field = value, ...}        command fields that the named attributes do not give
                                       (a record the builder would not write); applied last
     dst_pe, mcast                     on `ember.dma`: the destination PE, the fan-out
+    indexed, index_addr, index_count, index_step
+                                      on an indexed `ember.dma`: which address ("src": a
+                                      gather, "dst": a scatter) moves by index_step bytes per
+                                      unit of the int32 at local index_addr, which must lie in
+                                      [0, index_count); in `per_iter`, `index_addr` / `index_step`
+                                      name a[6] / a[7]
 
 Structure comes from upstream dialects: a kernel is a `func.func private` on its operand tensors
 holding one `scf.execute_region {ember.pe = N}` per run of one PE's commands (repeat loops are
@@ -38,16 +44,16 @@ from torch_mlir import ir
 from torch_mlir.dialects.ext import Result, attribute, result
 
 from compiler.dialect import Ember, op_classes
-from simulator.isa import DType, Dir, Engine, Mcast, Op, SimdFn, Space
+from simulator.isa import DType, Dir, Engine, Indexed, Mcast, Op, SimdFn, Space
 
 # What each named, non-slot attribute says, and the enum its string names (lower case).
 ENUM_FIELDS: dict[str, type] = {
     "engine": Engine, "dtype": DType, "out_dtype": DType, "fn": SimdFn, "src_space": Space,
-    "dst_space": Space, "direction": Dir, "mcast": Mcast,
+    "dst_space": Space, "direction": Dir, "mcast": Mcast, "indexed": Indexed,
 }
 BOOL_FIELDS = frozenset({"accumulate"})
 FLOAT_FIELDS = frozenset({"imm"})          # SIMD_SCALAR: a[3] holds the float64 bits
-INT_FIELDS = frozenset({"dst_pe"})
+INT_FIELDS = frozenset({"dst_pe", "index_addr", "index_count", "index_step"})
 
 COMMON_OPTIONAL = ("wait", "signal", "per_iter", "addr_slots", "raw")
 # Command fields `raw` may set: the operand slots, then the record's other fields.
@@ -59,15 +65,24 @@ RAW_FIELDS = tuple(f"a{i}" for i in range(8)) + (
 @dataclass(frozen=True)
 class CommandForm:
     """How one opcode's command reads as a lowered op: `slots` names a[0], a[1], ... in order;
-    `fields` are its other required attributes; `optional` ones are left out at their default."""
+    `fields` are its other required attributes; `optional` ones are left out at their default;
+    `stride_names` name the slots after `slots` in `per_iter` (others are `aK`)."""
     op: Op
     slots: tuple[str, ...]
     fields: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
+    stride_names: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         return self.op.name.lower()
+
+    @property
+    def stride_keys(self) -> tuple[str, ...]:
+        """The `per_iter` key of each stride slot: a[0..7] by name (`aK` for an unnamed one),
+        then `wait` for the wait count."""
+        named = self.slots + self.stride_names
+        return (*named, *(f"a{i}" for i in range(len(named), 8)), "wait")
 
     @property
     def allowed(self) -> frozenset[str]:
@@ -78,7 +93,8 @@ _SIMD = ("fn", "dtype", "out_dtype")
 FORMS: dict[Op, CommandForm] = {f.op: f for f in (
     CommandForm(Op.NOP, (), ("engine",)),
     CommandForm(Op.DMA, ("src_addr", "dst_addr", "rows", "row_bytes", "src_stride", "dst_stride"),
-                ("src_space", "dst_space"), ("dst_pe", "mcast")),
+                ("src_space", "dst_space"), ("dst_pe", "mcast", "indexed", "index_addr", "index_count", "index_step"),
+                ("index_addr", "index_step")),
     CommandForm(Op.DPE_MATMUL, ("a_addr", "b_addr", "c_addr", "m", "k", "n"), ("dtype", "accumulate")),
     CommandForm(Op.RE_ACC, ("dst_addr", "src_addr", "n"), ("dtype",)),
     CommandForm(Op.RE_SEND, ("src_addr", "dst_addr", "n"), ("dtype", "direction", "accumulate")),
@@ -147,8 +163,7 @@ def check_command(form: CommandForm, attributes: ir.OpAttributeMap) -> None:
             if not isinstance(attr, ir.DenseI64ArrayAttr) or len(attr) != 2:
                 raise TypeError(f"'{name}' must be array<i64: x, y>")
         elif name == "per_iter":
-            keys = set(form.slots) | {f"a{i}" for i in range(len(form.slots), 8)} | {"wait"}
-            _check_int_dict(name, attr, keys)
+            _check_int_dict(name, attr, set(form.stride_keys))
         elif name == "raw":
             _check_int_dict(name, attr, set(RAW_FIELDS))
 

@@ -24,15 +24,16 @@ Python API (what the compiler and runtime use)::
 Modules: ``spec`` (chips), ``isa`` (opcodes, encoding, builder), ``functional`` and ``memory``
 (numbers), ``timing_ref`` and ``csrc/`` (timing: Python reference and C++ engine), ``stats``,
 ``trace``, ``validate``, ``errors``. Faults raise subclasses of ``SimulatorError``:
-``LocalMemoryOverflow``, ``AddressOutOfRange``, ``UninitializedRead``, ``DeadlockError``.
+``LocalMemoryOverflow``, ``AddressOutOfRange``, ``IndexOutOfRange`` (an indexed DMA's index
+outside its tensor), ``UninitializedRead``, ``DeadlockError``.
 """
-from simulator.errors import (AddressOutOfRange, DeadlockError, InvalidCommand,
+from simulator.errors import (AddressOutOfRange, DeadlockError, IndexOutOfRange, InvalidCommand,
                               LocalMemoryOverflow, SimulatorError, UninitializedRead)
 from simulator.isa import ChipProgram, DType, Engine, Mcast, Op, ProgramBuilder, SimdFn, Space
 from simulator.simulate import SimResult, run_timing, simulate
 from simulator.spec import ChipSpec, ChipSpecError, list_chips, load_chip
 
-__all__ = ["AddressOutOfRange", "DeadlockError", "InvalidCommand", "LocalMemoryOverflow",
+__all__ = ["AddressOutOfRange", "DeadlockError", "IndexOutOfRange", "InvalidCommand", "LocalMemoryOverflow",
            "SimulatorError", "UninitializedRead", "ChipProgram", "DType", "Engine", "Mcast", "Op",
            "ProgramBuilder", "SimdFn", "Space", "SimResult", "run_timing", "simulate",
            "ChipSpec", "ChipSpecError", "list_chips", "load_chip"]

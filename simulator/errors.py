@@ -14,6 +14,11 @@ class LocalMemoryOverflow(AddressOutOfRange):
     """A command touches local memory past the PE's local memory size."""
 
 
+class IndexOutOfRange(AddressOutOfRange):
+    """An indexed DMA read an index outside the positions of the tensor its address points
+    into (an embedding id or a cache position out of range); nothing is moved."""
+
+
 class UninitializedRead(SimulatorError):
     """A command reads bytes that nothing has written (memory starts poisoned)."""
 

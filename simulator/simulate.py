@@ -10,7 +10,7 @@ import numpy as np
 
 from simulator.errors import DeadlockError
 from simulator.functional import Machine
-from simulator.isa import ChipProgram, Engine, Op, RelocatedProgram, Space, format_command
+from simulator.isa import NUM_ARGS, ChipProgram, Engine, Op, RelocatedProgram, Space, format_command
 from simulator.spec import ChipSpec, load_chip
 from simulator.stats import build_stats
 from simulator.timing_params import timing_params
@@ -99,7 +99,8 @@ class TimingCache:
     The timing engine reads an address only to pick the DRAM channel or SRAM bank a DMA
     starts on: ``(addr // interleave) % channels``, a function of ``addr`` modulo
     ``interleave * channels`` (also for every loop iteration, whose strides are in the key).
-    Local-memory and host addresses pick no server. So the key is the program with DMA
+    Local-memory and host addresses pick no server, nor do an indexed DMA's index address, count
+    and step (a[6], a[7]). So the key is the program with DMA
     DRAM/SRAM addresses reduced modulo the least common multiple of the two memories'
     ``interleave * channels``, and every other address (and SIMD immediates) zeroed. A
     relocated program's key is its base's key plus its deltas reduced the same way.
@@ -133,6 +134,9 @@ class TimingCache:
             a[mem, j] %= period
             a[dma & ~mem, j] = 0
             strides[dma & ~mem, j] = 0
+        # an indexed DMA's index address, count and step: its timing never depends on them
+        a[dma, 6:] = 0
+        strides[dma, 6:NUM_ARGS] = 0
         for o, slots in _UNTIMED_SLOTS.items():
             rows = np.flatnonzero(op == int(o))
             for j in slots:

@@ -8,7 +8,8 @@ server serves its requests one after another in request order (FCFS): a command'
 server s runs from max(issue, s free) for its occupancy, and the command completes when its
 last share is done, plus its fixed latency (DMA latency, hops). No server ever carries more
 than its bandwidth, and a server that is not the bottleneck of a transfer is not held idle
-for the whole transfer. Completion signals the command's token. An engine counts as busy
+for the whole transfer. An indexed DMA is timed at its unmoved addresses (timing never reads data)
+and also reads its 4-byte index on the PE's local-memory port. Completion signals the command's token. An engine counts as busy
 from issue to completion (stalls on busy servers included).
 
 Events are processed in the order (time, kind, queue) with completions (kind 0) before issue
@@ -27,6 +28,8 @@ NUM_ENGINES = 5
 NOP, DMA, DPE, RE_ACC, RE_SEND, S_UN, S_BIN, S_SCA, S_RED, S_BC, M_T, M_CP, M_CAT = range(13)
 DRAM, SRAM, LOCAL, HOST = 0, 1, 2, 3
 ESIZE = (4, 2, 2, 1, 4)
+INDEXED_SHIFT = 3         # DMA flags bits 3-4: an index moves the source or the destination
+INDEX_BYTES = 4           # what an indexed DMA reads from its PE's local memory (an int32)
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -34,7 +37,8 @@ def ceil_div(a: int, b: int) -> int:
 
 
 def is_lut(fn: int) -> bool:
-    return fn == 6 or fn >= 8
+    """DIV and EXP .. GELU_ERF (SimdFn 6, 8-17); the functions after them are not tables."""
+    return fn == 6 or 8 <= fn <= 17
 
 
 class Costs:
@@ -142,6 +146,8 @@ class Costs:
                 for rr in range(rs, rd, step):
                     _add(acc, self.link(rr, cd, 1 if step > 0 else 0))
                 hops = abs(cd - cs) + abs(rd - rs) + self._spread(acc, rd, cd, mcast)
+        if (flags >> INDEXED_SHIFT) & 3:   # the index, read from this PE's local memory
+            acc[self.base_local + pe] = acc.get(self.base_local + pe, 0) + INDEX_BYTES
         servers = {}
         for sid, b in acc.items():
             if self.base_link <= sid < self.host:

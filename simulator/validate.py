@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.errors import AddressOutOfRange, InvalidCommand, LocalMemoryOverflow
-from simulator.isa import ENGINE_OF_OP, NUM_ENGINES, ChipProgram, Op, Space, format_command
+from simulator.isa import (ENGINE_OF_OP, INDEXED_SHIFT, NUM_ENGINES, ChipProgram, DType, Indexed, Op, Space,
+                           format_command)
+from simulator.isa.encoding import INDEX_ADDR_BITS, INDEX_ADDR_MASK
 from simulator.spec import ChipSpec
 
 _ESIZE = np.array([4, 2, 2, 1, 4], np.int64)
@@ -42,6 +44,10 @@ def extents(cmds: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, 
         if o is Op.DMA:
             add(cmds["src_space"][idx].astype(np.int64), a[:, 0], span(a[:, 2], a[:, 3], a[:, 4]), "dma source")
             add(cmds["dst_space"][idx].astype(np.int64), a[:, 1], span(a[:, 2], a[:, 3], a[:, 5]), "dma destination")
+            indexed = ((cmds["flags"][idx] >> INDEXED_SHIFT) & 3) != 0
+            if indexed.any():       # the index an indexed DMA reads from the issuing PE's memory
+                out.append((idx[indexed], loc[indexed], a[indexed, 6] & INDEX_ADDR_MASK,
+                            np.full(int(indexed.sum()), 4, np.int64), "dma index"))
         elif o is Op.DPE_MATMUL:
             add(loc, a[:, 0], a[:, 3] * a[:, 4] * es, "matmul A")
             add(loc, a[:, 1], a[:, 4] * a[:, 5] * es, "matmul B")
@@ -107,6 +113,15 @@ def validate(prog: ChipProgram, chip: ChipSpec) -> None:
         _fail(AddressOutOfRange, prog, bad, "negative address, size or stride")
     if (bad := is_dma & ((c["src_space"] > 3) | (c["dst_space"] > 3) | (((c["flags"] >> 1) & 3) == 3))).any():
         _fail(InvalidCommand, prog, bad, "unknown memory space or multicast mode")
+    side = (c["flags"].astype(np.int64) >> INDEXED_SHIFT) & 3
+    is_indexed = is_dma & (side != int(Indexed.NONE))
+    if is_indexed.any():
+        if (bad := is_indexed & (side > int(Indexed.DST))).any():
+            _fail(InvalidCommand, prog, bad, "unknown indexed-DMA mode (flags bits 3-4 are 3)")
+        if (bad := is_indexed & (c["dtype"] != int(DType.INT32))).any():
+            _fail(InvalidCommand, prog, bad, "an indexed DMA reads an int32 index (dtype must be int32)")
+        if (bad := is_indexed & ((args[:, 6] >> INDEX_ADDR_BITS) < 1)).any():
+            _fail(InvalidCommand, prog, bad, "an indexed DMA needs a count of at least 1 position")
     peer = c["peer"].astype(np.int64)
     if (bad := is_dma & ((peer < -1) | (peer >= prog.num_pes))).any():
         _fail(AddressOutOfRange, prog, bad, f"destination PE outside 0..{prog.num_pes - 1}")
@@ -138,4 +153,34 @@ def validate(prog: ChipProgram, chip: ChipSpec) -> None:
                 j = int(np.flatnonzero(over)[0])
                 why = (f"{name} [{int(lo[j]):#x}, {int(lo[j] + n[j]):#x}) is past the end of "
                        f"{names[s]} ({limit} bytes)")
+                _fail(LocalMemoryOverflow if s == Space.LOCAL else AddressOutOfRange, prog, full, why)
+    _check_indexed_ranges(prog, is_indexed, side, sizes, names)
+
+
+def _check_indexed_ranges(prog: ChipProgram, is_indexed: np.ndarray, side: np.ndarray,
+                          sizes: dict[int, int], names: dict[int, str]) -> None:
+    """Every address an index in [0, count) can move an indexed DMA's address to stays inside
+    its memory (whether it stays inside its tensor is the count's business: the simulator
+    checks the index against the count when the command issues)."""
+    c = prog.commands
+    for moved, space_field, stride_slot, name in ((Indexed.SRC, "src_space", 4, "source"),
+                                                  (Indexed.DST, "dst_space", 5, "destination")):
+        rows = np.flatnonzero(is_indexed & (side == int(moved)))
+        if len(rows) == 0:
+            continue
+        a = c["a"][rows]
+        j = int(moved) - 1
+        count = a[:, 6] >> INDEX_ADDR_BITS
+        span = np.where(a[:, 2] > 0, (a[:, 2] - 1) * a[:, stride_slot] + a[:, 3], 0)
+        # in float64: (count - 1) * step may not fit int64, and past 2^53 it is out of range anyway
+        hi = a[:, j] + (count - 1).astype(np.float64) * a[:, 7] + span
+        space = c[space_field][rows].astype(np.int64)
+        for s, limit in sizes.items():
+            over = (space == s) & (hi > limit)
+            if over.any():
+                k = int(np.flatnonzero(over)[0])
+                full = np.zeros(len(c), bool)
+                full[rows[over]] = True
+                why = (f"indexed dma {name}: positions 0..{int(count[k]) - 1} of {int(a[k, 7])} bytes from "
+                       f"{int(a[k, j]):#x} reach {int(hi[k]):#x}, past the end of {names[s]} ({limit} bytes)")
                 _fail(LocalMemoryOverflow if s == Space.LOCAL else AddressOutOfRange, prog, full, why)

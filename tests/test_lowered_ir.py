@@ -128,7 +128,12 @@ def _every_opcode_program() -> Program:
                       wait=(t, loop.step(1, 1)))
         p0.simd_scalar("mul", 0, 0x80, 32, 0.1, signal=t)
         p0.simd_scalar("add", 0, 0x80, 32, 1 / 3)
+        p0.dma_indexed("src", "dram", 0x400, "local", loop.step(0x800, 64), index_addr=loop.step(0x40, 4),
+                       count=12, step=256, nbytes=64, wait=(t, 1))
+    p0.dma_indexed("dst", "local", 0x800, "sram", 0x100, index_addr=0x44, count=3, step=128, rows=2,
+                   row_bytes=32, dst_stride=384)
     p0.simd_binary("max", 0, 0x40, 0x80, 16)
+    p0.simd_binary("select", 0, 0x40, 0x80, 16, dtype="int32")
     p0.simd_row_reduce("min", 0, 0x40, 4, 8, out_dtype="bf16")
     p1.simd_row_bcast("sub", 0, 0x40, 0x80, 4, 8)
     with p1.repeat(2) as loop:
@@ -172,6 +177,7 @@ def test_every_opcode_and_field_round_trips():
     for op in Op:
         assert f'"ember.{op.name.lower()}"' in text
     assert "raw = {" in text and "per_iter = {" in text and "addr_slots = array<i64: 0, 1>" in text
+    assert 'indexed = "src"' in text and 'indexed = "dst"' in text and "index_addr = 4 : i64" in text
     assert text.count("ember.pe = 1") == 2                     # PE 1's commands come in two runs
     with ember.mlir_context():
         module = ir.Module.parse(text)

@@ -111,6 +111,9 @@ void Costs::dma(const Cmd& c, Usage& u) const {
             hops = std::abs(cd - cs) + std::abs(rd - rs) + spread(u, rd, cd, mcast);
         }
     }
+    // An indexed DMA is timed at its unmoved addresses; its 4-byte index is read on this PE's
+    // local-memory port.
+    if ((c.flags >> 3) & 3) u.add(static_cast<int32_t>(base_local_ + pe), 4);
     // Most servers of one transfer carry the same byte count at the same rate: convert once.
     int64_t last_b = -1, last_num = 0, last_den = 0, last_cycles = 0;
     for (int i = 0; i < u.n; ++i) {
@@ -127,7 +130,8 @@ void Costs::dma(const Cmd& c, Usage& u) const {
     u.fixed += hops * p_.hop_latency;
 }
 
-static inline bool is_lut(int fn) { return fn == 6 || fn >= 8; }
+// DIV and EXP .. GELU_ERF (SimdFn 6, 8-17); the functions after them are not tables.
+static inline bool is_lut(int fn) { return fn == 6 || (fn >= 8 && fn <= 17); }
 
 void Costs::cost(const Cmd& c, Usage& u) const {
     u.clear();

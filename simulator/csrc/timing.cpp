@@ -32,8 +32,8 @@ void check_command(const Cmd& c, int64_t i, const Params& p, int num_pes) {
         if (c.a[k] < 0 && !(c.op == S_SCA && k == 3)) bad("negative operand");  // a[3]: fp64 bits of the immediate
     if (c.op == DMA) {
         if (c.peer < -1 || c.peer >= num_pes) bad("DMA destination PE out of range");
-        if (c.src_space > HOST || c.dst_space > HOST || ((c.flags >> 1) & 3) == 3)
-            bad("bad DMA space or multicast");
+        if (c.src_space > HOST || c.dst_space > HOST || ((c.flags >> 1) & 3) == 3 || ((c.flags >> 3) & 3) == 3)
+            bad("bad DMA space, multicast or indexed mode");
     }
     if (c.op == RE_SEND) {
         const int64_t r = c.pe / p.pe_cols, col = c.pe % p.pe_cols;

@@ -7,7 +7,9 @@ torch. A Program holds:
 - the chip spec it was compiled for, and the compute dtype;
 - a tensor table: every value by id, with its shape, element type and, for values that live on
   the chip, where (space, address);
-- the model's inputs and outputs (tensor ids), and its constants (weights), as arrays;
+- the model's inputs and outputs (tensor ids), and its constants (weights), as arrays; the
+  inputs it updates in place (device state such as a KV cache: `mutated_inputs`, positions in
+  `inputs`), whose new contents are the last outputs, in that order;
 - steps in order: `kernel` steps (an `ember` op run on the chip: its per-PE `ChipProgram`) and
   `host` steps (an op run on the host: the op name and attributes);
 - kernels as command arrays, or as another kernel's commands relocated (`RelocatedProgram`:
@@ -33,7 +35,8 @@ import numpy as np
 from simulator.isa.program import ChipProgram, RelocatedProgram
 
 FORMAT = "ember-program"
-VERSION = 2     # 2: relocated kernels (base + deltas), base kernels' address slots
+VERSION = 4     # 2: relocated kernels (base + deltas), base kernels' address slots; 3: mutated inputs
+#          4: indexed DMAs (gathers / scatters, DMA flags bits 3-4, a[6], a[7]), SIMD functions 18-28
 
 
 class ProgramFileError(ValueError):
@@ -52,6 +55,12 @@ class Program:
     kernels: list[ChipProgram] = field(default_factory=list)     # kernel steps refer by index
     constants: dict[int, np.ndarray] = field(default_factory=dict)  # tensor id -> value
     meta: dict[str, Any] = field(default_factory=dict)
+    mutated_inputs: list[int] = field(default_factory=list)   # positions in `inputs` updated in place
+
+    @property
+    def user_outputs(self) -> list[int]:
+        """The model's own outputs (the new contents of the mutated inputs follow them)."""
+        return self.outputs[:len(self.outputs) - len(self.mutated_inputs)]
 
     # ------------------------------------------------------------------ file format
     def save(self, path: str) -> None:
@@ -109,13 +118,14 @@ class Program:
                 import ml_dtypes
                 constants[tid] = arr.view(ml_dtypes.bfloat16)
         return cls(header["chip"], header["dtype"], {int(k): v for k, v in header["tensors"].items()},
-                   header["inputs"], header["outputs"], header["steps"], kernels, constants, header["meta"])
+                   header["inputs"], header["outputs"], header["steps"], kernels, constants, header["meta"],
+                   header["mutated_inputs"])
 
     def _members(self) -> dict[str, bytes]:
         header = {"format": FORMAT, "version": VERSION, "chip": self.chip, "dtype": self.dtype,
                   "tensors": {str(k): v for k, v in self.tensors.items()}, "inputs": self.inputs,
                   "outputs": self.outputs, "steps": self.steps, "meta": self.meta,
-                  "kernels": []}
+                  "mutated_inputs": self.mutated_inputs, "kernels": []}
         members = {}
         index = {id(k): i for i, k in enumerate(self.kernels)}
         for i, k in enumerate(self.kernels):

@@ -26,7 +26,8 @@ NUM_ENGINES = len(Engine)
 class Op(enum.IntEnum):
     """Opcodes. Operand meaning per opcode is documented on the PEStream builder methods."""
     NOP = 0               # sync only (signal / wait), zero duration, on any engine
-    DMA = 1               # strided 2D copy between host, DRAM, SRAM, local memory; multicast
+    DMA = 1               # strided 2D copy between host, DRAM, SRAM, local memory; multicast;
+                          # gather / scatter at an address an index in local memory moves
     DPE_MATMUL = 2        # C (+)= A @ B; bf16/fp16/fp32 -> fp32, int8 -> int32
     RE_ACC = 3            # dst += src (fp32 or int32)
     RE_SEND = 4           # forward partial sums to a neighbour PE (optionally accumulating)
@@ -97,6 +98,14 @@ class Mcast(enum.IntEnum):
     COL = 2
 
 
+class Indexed(enum.IntEnum):
+    """Which address of a DMA an index moves (flags bits 3-4): none, the source (a gather) or
+    the destination (a scatter)."""
+    NONE = 0
+    SRC = 1
+    DST = 2
+
+
 class Dir(enum.IntEnum):
     """Mesh directions (row 0 is the north edge, where memory attaches)."""
     N = 0
@@ -106,7 +115,13 @@ class Dir(enum.IntEnum):
 
 
 class SimdFn(enum.IntEnum):
-    """SIMD functions. Lookup-table functions cost `simd.lut_cycles` per vector."""
+    """SIMD functions. Lookup-table functions cost `simd.lut_cycles` per vector.
+
+    With an INT32 input the engine computes COPY, ADD, SUB, MUL, MAX, MIN, the comparisons,
+    the logical functions and SELECT exactly, in integers (other functions convert to fp32
+    first). Comparisons and logical functions give 1 (true) or 0 (false) in the output dtype;
+    logical functions and SELECT treat any nonzero input as true.
+    """
     COPY = 0
     ADD = 1
     SUB = 2
@@ -125,6 +140,17 @@ class SimdFn(enum.IntEnum):
     SIN = 15
     COS = 16
     GELU_ERF = 17         # exact GELU, x * (1 + erf(x / sqrt(2))) / 2 (GELU is the tanh form)
+    EQ = 18               # a == b
+    NE = 19               # a != b
+    LT = 20               # a < b
+    LE = 21               # a <= b
+    GT = 22               # a > b
+    GE = 23               # a >= b
+    AND = 24              # a and b
+    OR = 25               # a or b
+    XOR = 26              # a xor b
+    TRUNC = 27            # round toward zero (a float to an integer dtype, as torch casts)
+    SELECT = 28           # binary: dst = a where b != 0, else dst unchanged (reads dst too)
 
 
 LUT_FNS = frozenset({SimdFn.DIV, SimdFn.EXP, SimdFn.GELU, SimdFn.SILU, SimdFn.TANH,

@@ -7,8 +7,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from simulator.isa.encoding import CMD_DTYPE, FLAG_ACCUMULATE, NUM_ARGS, format_command
-from simulator.isa.opcodes import ENGINE_OF_OP, DType, Dir, Engine, Mcast, Op, SimdFn, Space
+from simulator.isa.encoding import CMD_DTYPE, FLAG_ACCUMULATE, INDEXED_SHIFT, NUM_ARGS, format_command, pack_index
+from simulator.isa.opcodes import ENGINE_OF_OP, DType, Dir, Engine, Indexed, Mcast, Op, SimdFn, Space
 
 
 
@@ -261,16 +261,44 @@ class PEStream:
         ``mcast="row"``/``"col"`` the data lands at ``dst_addr`` in every PE of the
         destination PE's row/column, crossing each NoC link once (hardware broadcast).
         """
+        return self._dma(src, src_addr, dst, dst_addr, nbytes, rows, row_bytes, src_stride, dst_stride,
+                         dst_pe, mcast, wait, signal)
+
+    def dma_indexed(self, moves: "Indexed | str", src: "str | Space", src_addr: int, dst: "str | Space",
+                    dst_addr: int, *, index_addr: int, count: int, step: int, nbytes: int | None = None,
+                    rows: int = 1, row_bytes: int | None = None, src_stride: int | None = None,
+                    dst_stride: int | None = None, dst_pe: int = -1, mcast: Mcast | str = Mcast.NONE,
+                    wait=None, signal=None) -> int:
+        """A DMA (as `dma`) whose source (``moves="src"``: a gather) or destination
+        (``moves="dst"``: a scatter) address is moved by ``i * step`` bytes, where ``i`` is the
+        int32 at ``index_addr`` in this PE's local memory when the command issues (so the
+        command must wait for whatever writes it). ``i`` must lie in ``[0, count)``: ``count``
+        is the number of positions of the tensor the moved address points into, and the
+        simulator stops the run on an index outside it. ``index_addr`` may be a loop step.
+        """
+        side = moves if isinstance(moves, Indexed) else Indexed[moves.upper()]
+        if side is Indexed.NONE:
+            raise ValueError("an indexed DMA moves its 'src' or its 'dst' address")
+        packed = pack_index(int(index_addr), count)
+        stride = getattr(index_addr, "stride", 0)
+        return self._dma(src, src_addr, dst, dst_addr, nbytes, rows, row_bytes, src_stride, dst_stride,
+                         dst_pe, mcast, wait, signal, side=side,
+                         index=Strided(packed, stride) if stride else packed, step=step)
+
+    def _dma(self, src, src_addr, dst, dst_addr, nbytes, rows, row_bytes, src_stride, dst_stride, dst_pe,
+             mcast, wait, signal, side: Indexed = Indexed.NONE, index: int = 0, step: int = 0) -> int:
         if row_bytes is None:
             if nbytes is None:
                 raise ValueError("give nbytes or row_bytes")
             row_bytes, rows = nbytes, 1
         mc = mcast if isinstance(mcast, Mcast) else Mcast[mcast.upper()]
-        return self._emit(Op.DMA, [src_addr, dst_addr, rows, row_bytes,
-                                   row_bytes if src_stride is None else src_stride,
-                                   row_bytes if dst_stride is None else dst_stride],
-                          src_space=_space(src), dst_space=_space(dst), flags=int(mc) << 1,
-                          peer=dst_pe, wait=wait, signal=signal)
+        args = [src_addr, dst_addr, rows, row_bytes, row_bytes if src_stride is None else src_stride,
+                row_bytes if dst_stride is None else dst_stride]
+        if side is not Indexed.NONE:
+            args += [index, step]
+        return self._emit(Op.DMA, args, src_space=_space(src), dst_space=_space(dst),
+                          flags=int(mc) << 1 | int(side) << INDEXED_SHIFT, peer=dst_pe,
+                          dtype=DType.INT32 if side is not Indexed.NONE else DType.FP32, wait=wait, signal=signal)
 
     # --- DPE ------------------------------------------------------------------------------
     def dpe_matmul(self, a_addr: int, b_addr: int, c_addr: int, m: int, k: int, n: int, *,

@@ -4,7 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simulator import _core
-from simulator.isa import CMD_DTYPE, ENGINE_OF_OP, NUM_ENGINES, ChipProgram, Op
+from simulator.isa import CMD_DTYPE, ENGINE_OF_OP, INDEXED_SHIFT, NUM_ENGINES, ChipProgram, Op, SimdFn, pack_index
 from simulator.spec import load_chip
 from simulator.timing_params import timing_params
 from simulator.timing_ref import run_timing_ref
@@ -42,16 +42,22 @@ def random_program(seed: int, params) -> np.ndarray:
         rec["pe"], rec["op"] = pe, int(op)
         rec["engine"] = int(rng.integers(0, NUM_ENGINES)) if op is Op.NOP else int(ENGINE_OF_OP[op])
         rec["dtype"] = int(rng.integers(0, 4))
-        rec["fn"] = int(rng.integers(0, 15))
+        rec["fn"] = int(rng.integers(0, len(SimdFn)))
         rec["peer"] = -1
         a = rng.integers(0, 2000, 8)
         a[2:6] = rng.integers(1, 300, 4)
         if op is Op.DMA:
             rec["src_space"], rec["dst_space"] = rng.integers(0, 4, 2)
-            rec["flags"] = int(rng.integers(0, 3)) << 1
+            # multicast, and (one DMA in two) an index that moves the source or the destination
+            indexed = int(rng.integers(0, 3)) if rng.random() < 0.5 else 0
+            rec["flags"] = int(rng.integers(0, 3)) << 1 | indexed << INDEXED_SHIFT
             rec["peer"] = int(rng.integers(-1, num_pes))
             a[2] = rng.integers(0, 9)          # rows (0: an empty transfer)
             a[3] = rng.integers(1, 5000)       # row bytes
+            if indexed:
+                rec["dtype"] = 4               # int32 index
+                a[6] = pack_index(int(rng.integers(0, 4096)), int(rng.integers(1, 64)))
+                a[7] = rng.integers(0, 5000)
         elif op is Op.RE_SEND:
             dirs = [d for d, ok in ((0, r > 0), (1, r < rows - 1), (2, col < cols - 1), (3, col > 0)) if ok]
             rec["peer"] = int(rng.choice(dirs))
