@@ -41,7 +41,7 @@ BINARY_KINDS = {
     "fmod": np.fmod, "atan2": np.arctan2,
     "eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
     "and": np.logical_and, "or": np.logical_or, "xor": np.logical_xor,
-    "bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or,
+    "bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or, "bitwise_xor": np.bitwise_xor,
 }
 #: kind -> the torch function, in the operands' dtype as eager computes it.
 TORCH_BINARY_KINDS = {
@@ -52,7 +52,7 @@ TORCH_BINARY_KINDS = {
     "remainder": torch.remainder, "fmod": torch.fmod, "atan2": torch.atan2,
     "eq": torch.eq, "ne": torch.ne, "lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge,
     "and": torch.logical_and, "or": torch.logical_or, "xor": torch.logical_xor,
-    "bitwise_and": torch.bitwise_and, "bitwise_or": torch.bitwise_or,
+    "bitwise_and": torch.bitwise_and, "bitwise_or": torch.bitwise_or, "bitwise_xor": torch.bitwise_xor,
 }
 PREDICATES = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "and", "or", "xor"})
 
@@ -123,6 +123,7 @@ _RULES = {
     (aten.logical_and.default,): "and", (aten.logical_or.default,): "or", (aten.logical_xor.default,): "xor",
     (aten.bitwise_and.Tensor, aten.bitwise_and.Scalar): "bitwise_and",
     (aten.bitwise_or.Tensor, aten.bitwise_or.Scalar): "bitwise_or",
+    (aten.bitwise_xor.Tensor, aten.bitwise_xor.Scalar): "bitwise_xor",
 }
 for _targets, _kind in _RULES.items():
     lowers(*_targets)(_binary_rule(_kind))
@@ -152,7 +153,8 @@ def _bitwise_not(b, x):
 samples(
     Sample("arith-broadcast", lambda x, y: (x + y) * (x - 2.0 * y) / (y.abs() + 1) + torch.maximum(x, y) ** 2,
            lambda: (torch.randn(4, 1, 6), torch.randn(3, 1))),
-    Sample("compare-and-logic", lambda x, y: ((x > y) & (x < 1.0)).float() + (x == x.floor()).float() + x % 0.7,
+    Sample("compare-and-logic", lambda x, y: ((x > y) & (x < 1.0)).float() + ((x > 0) ^ (y > 0)).float()
+           + (x == x.floor()).float() + x % 0.7,
            lambda: (torch.randn(5, 7), torch.randn(7))),
     Sample("int-arith", lambda i, x: (i * 3 + 1) // 2 + x - (i % 3), lambda: (torch.randint(-9, 9, (3, 4)), torch.randn(3, 4))),
     Sample("rsub-and-pow", lambda x: 1.0 - torch.pow(2.0, x) + torch.pow(x.abs() + 0.5, x), lambda: (torch.randn(8),)),

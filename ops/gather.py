@@ -2,7 +2,9 @@
 `ember.index_put` {dim, accumulate}; aten.index.Tensor (advanced indexing) lowers onto them.
 
 Indices are integer tensors; a negative index counts from the end of its dimension, as in torch
-indexing (`x[idx]`).
+indexing (`x[idx]`). On the chip (ops/kernels/gather.py) embedding, index_select and index_put
+without accumulation are indexed DMAs on indices in device memory; an embedding id outside
+[0, V) stops the run there (torch raises too).
 """
 from __future__ import annotations
 

@@ -52,15 +52,30 @@ class KernelCall:
     inputs: tuple[Placement | None, ...]     # one per declared operand (None: absent optional)
     output: Placement
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    #: the op's further results, in order (a per-row quantization writes its int8 rows and
+    #: their scales in one pass)
+    extra_outputs: tuple[Placement, ...] = ()
 
     @property
     def compute_dtype(self) -> str:
         return next(p.dtype for p in self.inputs if p is not None)
 
+    @property
+    def outputs(self) -> tuple[Placement, ...]:
+        """Every result the kernel writes: `output`, then `extra_outputs`."""
+        return (self.output, *self.extra_outputs)
+
 
 class KernelTemplate(ABC):
     """The tiling template and cost model of some `ember` ops."""
     ops: tuple[str, ...] = ()
+    #: Whether the template takes integer or boolean operands and results (indices, masks,
+    #: positions); when False, the partition pass keeps every instance with one on the host.
+    #: A template that sets it checks the integer dtypes it runs in `accepts`.
+    integer_operands: bool = False
+    #: The operand this op can update in place (an index_put into a KV cache): when the memory
+    #: plan gives the result that operand's placement, the kernel writes only what changes.
+    updates_operand: int | None = None
 
     def accepts(self, op: str, operands: list[Any], result: Any, attrs: Mapping[str, Any], chip: Any = None) -> bool:
         """Whether this template runs this instance (operand/result TensorSpecs, attributes) on
@@ -86,9 +101,9 @@ class KernelTemplate(ABC):
 
     def bytes_moved(self, call: KernelCall) -> dict[str, int]:
         """Bytes the op must move at each memory level at the least (for the roofline bound):
-        by default every operand read once and the result written once."""
+        by default every operand read once and every result written once."""
         moved: dict[str, int] = {}
-        for p in (*call.inputs, call.output):
+        for p in (*call.inputs, *call.outputs):
             if p is not None:
                 moved[p.space] = moved.get(p.space, 0) + p.nbytes
         return moved
@@ -164,7 +179,9 @@ def roofline_cycles(call: KernelCall, template: KernelTemplate, chip: Any) -> fl
     Each memory level moves its bytes (`template.bytes_moved`) at its own bandwidth, and the
     levels work at the same time, so the memory bound is the slowest level's.
     """
-    peak_per_cycle = chip.peak_ops_per_s(call.compute_dtype) / chip.clock_hz
+    # int32 work (indices, masks) is SIMD work as fp32 elementwise work is: bound it alike
+    dtype = "fp32" if call.compute_dtype == "int32" else call.compute_dtype
+    peak_per_cycle = chip.peak_ops_per_s(dtype) / chip.clock_hz
     compute = template.flops(call) / peak_per_cycle
     bandwidth = {"dram": chip.dram_bytes_per_s, "sram": chip.sram.bytes_per_s}
     memory = max((n / bandwidth[space] for space, n in template.bytes_moved(call).items()), default=0.0)

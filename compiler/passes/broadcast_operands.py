@@ -19,13 +19,14 @@ from ops.kernel import kernel_for
 from ops.registry import op as lookup_op
 
 #: ops whose operands broadcast (numpy rules) and whose kernel wants result-shaped operands
-BROADCASTING_OPS = ("binary",)
+BROADCASTING_OPS = ("binary", "ternary")
 
 
 @dataclass(frozen=True)
 class MaterializeBroadcasts:
-    """Insert `ember.broadcast` before each smaller float operand of a broadcasting op whose
-    kernel accepts the op once its operands have the result's shape."""
+    """Insert `ember.broadcast` before each smaller operand of a broadcasting op whose kernel
+    accepts the op once its operands have the result's shape (integer and boolean operands
+    where that kernel and the broadcast's take them)."""
     name: str = "materialize-broadcasts"
 
     def run(self, module: ir.Module) -> int:
@@ -44,7 +45,10 @@ class MaterializeBroadcasts:
                 continue
             result = spec_of(operation.results[0].type)
             operands = [spec_of(v.type) for v in operation.operands]
-            if all(o.shape == result.shape for o in operands) or not all(o.is_float for o in operands):
+            if all(o.shape == result.shape for o in operands):
+                continue
+            integers = not all(o.is_float for o in (*operands, result))
+            if integers and not (template.integer_operands and bcast_kernel.integer_operands):
                 continue
             attrs = op_attrs(operation, opdef)
             full = [o.with_(shape=result.shape) for o in operands]

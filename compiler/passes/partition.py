@@ -23,10 +23,11 @@ class Partition:
             elif op.name in VIEW_OPS:
                 op.target = "view"
             else:
-                # kernels compute in float; integer tensors (indices, masks) stay on the host
-                floats = all(graph.specs[v].is_float for v in (*op.operands, *op.results) if v is not None)
+                # integer tensors (indices, masks) stay on the host unless the op's kernel
+                # template says that it takes them (`KernelTemplate.integer_operands`)
                 template = kernel_for(op.name)
-                runs = floats and template is not None and template.accepts(
+                floats = all(graph.specs[v].is_float for v in (*op.operands, *op.results) if v is not None)
+                runs = template is not None and (floats or template.integer_operands) and template.accepts(
                     op.name, [None if v is None else graph.specs[v] for v in op.operands],
                     graph.specs[op.results[0]], op.attrs, chip=chip)
                 op.target = "accelerator" if runs else "host"

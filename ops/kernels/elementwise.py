@@ -1,5 +1,5 @@
-"""Elementwise kernels (`ember.unary`, `ember.binary`, and the `quantize` step the dtype pass
-inserts before an int8 GEMM) on the SIMD engines.
+"""Elementwise kernels (`ember.unary`, `ember.binary`, `ember.ternary` where, and the `quantize`
+step the dtype pass inserts before an int8 GEMM) on the SIMD engines.
 
 The flat elements are split evenly over the PEs. Each PE streams its range through local memory
 in tiles, double-buffered: the DMA engine loads tile t+1 while the SIMD engine computes tile t,
@@ -16,6 +16,12 @@ head, a bias row): it repeats every `period` elements of the flat result. Tiles 
 that the period divides them or they divide the period, and each PE's range is whole tiles, so
 every tile reads that operand with one DMA: a slice of it, or whole copies (source stride 0).
 Other broadcasts are materialized before the op (compiler/passes/broadcast_operands.py).
+
+Integers and booleans: on the chip they are int32 (compiler/passes/dtype.py), and the SIMD
+engine computes add, sub, mul, max and min of int32 exactly, in integers. Comparisons (of floats
+or integers) and logical and / or / xor give i1, held as int32 0 or 1. `where(c, x, y)` loads
+y's tile, then SELECT overwrites it with x where the predicate is nonzero (the predicate
+converted to x's dtype first when they differ), so -inf and NaN pass through untouched.
 """
 from __future__ import annotations
 
@@ -49,11 +55,24 @@ def unary_passes(kind: str, alpha: float, beta: float) -> list[tuple[str, float 
         return [("MUL", alpha), ("MAX", X)]
     if kind == "hardsigmoid":
         return [("MUL", 1.0 / 6.0), ("ADD", 0.5), ("MAX", 0.0), ("MIN", 1.0)]
+    if kind == "logical_not":                           # x == 0, as 1 / 0
+        return [("EQ", 0.0)]
     if kind == "hardswish":
         return [("MUL", 1.0 / 6.0), ("ADD", 0.5), ("MAX", 0.0), ("MIN", 1.0), ("MUL", X)]
     return None
 
-BINARY_FN = {"add": "ADD", "sub": "SUB", "mul": "MUL", "div": "DIV", "max": "MAX", "min": "MIN"}
+BINARY_FN = {"add": "ADD", "sub": "SUB", "mul": "MUL", "div": "DIV", "max": "MAX", "min": "MIN",
+             "eq": "EQ", "ne": "NE", "lt": "LT", "le": "LE", "gt": "GT", "ge": "GE",
+             "and": "AND", "or": "OR", "xor": "XOR"}
+#: Binary kinds the SIMD engine computes exactly on int32 (with an int32 result).
+INTEGER_BINARY = frozenset({"add", "sub", "mul", "max", "min"})
+#: Comparisons (any operands) and logical kinds: an i1 result.
+PREDICATE_BINARY = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "and", "or", "xor"})
+#: Bitwise kinds on booleans are the logical ones.
+BITWISE_ON_BOOLS = {"bitwise_and": "and", "bitwise_or": "or", "bitwise_xor": "xor"}
+#: Graph integer types held as int32 on the chip whose arithmetic int32 computes as torch does
+#: (for values that fit; the runtime checks that when it uploads them).
+INT32_ARITH = frozenset({"i64", "i32"})
 TILE_CHOICES = (256, 1024, 4096, 16384)
 #: Binary kinds another kernel may apply to its own output tile (an epilogue): one SIMD pass, no
 #: lookup table, and the same result in fp32 whichever kernel computes it.
@@ -97,12 +116,11 @@ def broadcast_period(shape, result_shape) -> int | None:
     return None if period == math.prod(result_shape) else max(1, period)
 
 
-def _period(call: KernelCall) -> int | None:
-    """The one period of a binary call's broadcast operands (see `broadcast_period`), or None."""
-    if call.op != "binary":
-        return None
-    periods = {broadcast_period(p.shape, call.output.shape) for p in call.inputs} - {None}
-    return periods.pop() if periods else None
+def _periods(call: KernelCall) -> frozenset[int]:
+    """The periods of a call's broadcast operands (see `broadcast_period`)."""
+    if call.op not in ("binary", "ternary"):
+        return frozenset()
+    return frozenset({broadcast_period(p.shape, call.output.shape) for p in call.inputs} - {None})
 
 
 def fit_tile(tile: int, period: int | None) -> int:
@@ -113,6 +131,13 @@ def fit_tile(tile: int, period: int | None) -> int:
     if tile >= period:
         return tile // period * period
     return next(d for d in range(tile, 0, -1) if period % d == 0)
+
+
+def _fit_all(tile: int, periods: frozenset[int]) -> int:
+    """`fit_tile` for every period at once."""
+    if len(periods) <= 1:
+        return fit_tile(tile, next(iter(periods), None))
+    return next(d for d in range(tile, 0, -1) if all(d % p == 0 or p % d == 0 for p in periods))
 
 
 def load_repeating(pe, src, period: int | None, tile: int, start: int, n: int, dst: int, signal) -> None:
@@ -130,33 +155,56 @@ def load_repeating(pe, src, period: int | None, tile: int, start: int, n: int, d
                signal=signal)
 
 
-def _useful_tiles(period: int | None) -> list[int]:
-    """The tile choices fitted to `period`, leaving out those it would shrink below a quarter
-    (a period with no divisor near a tile size: thousands of tiny tiles)."""
-    return sorted({f for t in TILE_CHOICES if 4 * (f := fit_tile(t, period)) >= t})
+def _useful_tiles(periods: frozenset[int]) -> list[int]:
+    """The tile choices fitted to the periods, leaving out those they would shrink below a
+    quarter (a period with no divisor near a tile size: thousands of tiny tiles)."""
+    return sorted({f for t in TILE_CHOICES if 4 * (f := _fit_all(t, periods)) >= t})
 
 
 def _widened(call: KernelCall) -> list[int]:
     """Operands of a binary op that are widened to fp32 first (their dtypes differ)."""
     if call.op != "binary" or len({p.dtype for p in call.inputs}) == 1:
         return []
+    if any(p.dtype == "int32" for p in call.inputs):
+        raise ValueError(f"ember.binary: int32 and {[p.dtype for p in call.inputs]} operands (one type expected)")
     return [i for i, p in enumerate(call.inputs) if p.dtype != "fp32"]
 
 
+def _is_int(spec) -> bool:
+    return not spec.is_float
+
+
 class ElementwiseKernel(KernelTemplate):
-    ops = ("unary", "binary", "quantize")
+    ops = ("unary", "binary", "quantize", "ternary")
+    integer_operands = True
 
     def accepts(self, op: str, operands, result, attrs, chip=None) -> bool:
         if op == "quantize":
             return True
         if op == "unary":
+            if attrs["kind"] == "logical_not":
+                return True
+            if any(_is_int(o) for o in (*operands, result)):
+                return False
             return attrs["kind"] in UNARY_FN or unary_passes(attrs["kind"], attrs["alpha"], attrs["beta"]) is not None
-        if attrs["kind"] not in BINARY_FN:
+        kind = attrs["kind"]
+        if kind in BITWISE_ON_BOOLS and all(o.dtype == "i1" for o in operands):
+            kind = BITWISE_ON_BOOLS[kind]
+        if op == "ternary":
+            if kind != "where" or operands[1].dtype != result.dtype:
+                return False
+        elif kind not in BINARY_FN:
+            return False
+        elif kind in PREDICATE_BINARY:
+            if result.dtype != "i1":
+                return False
+        elif any(_is_int(o) for o in (*operands, result)) and not (
+                kind in INTEGER_BINARY and all(o.dtype in INT32_ARITH for o in (*operands, result))):
             return False
         periods = [broadcast_period(o.shape, result.shape) for o in operands]
-        found = set(periods) - {None}
+        found = frozenset(periods) - {None}
         return all(o.shape == result.shape or p is not None for o, p in zip(operands, periods)) \
-            and len(found) <= 1 and bool(_useful_tiles(next(iter(found), None)))
+            and bool(_useful_tiles(found))
 
     def _sizes(self, call: KernelCall) -> tuple[int, int, int]:
         n = max(1, math.prod(call.output.shape))
@@ -177,7 +225,7 @@ class ElementwiseKernel(KernelTemplate):
 
     def plans(self, call: KernelCall, chip):
         n, _, _ = self._sizes(call)
-        for tile in _useful_tiles(_period(call)):
+        for tile in _useful_tiles(_periods(call)):
             if self._tile_bytes(call, tile) > chip.local_mem.bytes:
                 continue
             pes = max(1, min(chip.num_pes, math.ceil(n / tile)))
@@ -188,7 +236,7 @@ class ElementwiseKernel(KernelTemplate):
         """Elements per PE: an even share, in whole tiles when an operand is broadcast (so that
         every tile starts at a multiple of the tile size)."""
         per_pe = math.ceil(n / plan.pes)
-        return per_pe if _period(call) is None else min(n, math.ceil(per_pe / plan.tile) * plan.tile)
+        return per_pe if not _periods(call) else min(n, math.ceil(per_pe / plan.tile) * plan.tile)
 
     def predict(self, call: KernelCall, plan: ElementwisePlan, chip) -> int:
         n, k, item = self._sizes(call)
@@ -207,6 +255,8 @@ class ElementwiseKernel(KernelTemplate):
     @staticmethod
     def _passes(call: KernelCall, chip) -> int:
         """SIMD vector-cycles per vector of a tile."""
+        if call.op == "ternary":        # SELECT, after converting a predicate of another dtype
+            return 1 + (call.inputs[0].dtype != call.output.dtype)
         if call.op != "unary":
             return 1
         kind = call.attrs["kind"]
@@ -221,6 +271,9 @@ class ElementwiseKernel(KernelTemplate):
 
     def emit(self, call: KernelCall, plan: ElementwisePlan, chip, builder) -> None:
         n, k, item = self._sizes(call)
+        if call.op == "ternary" and not call.inputs[1].dtype == call.inputs[2].dtype == call.output.dtype:
+            raise ValueError(f"ember.ternary: selected operands held as {call.inputs[1].dtype}, "
+                             f"{call.inputs[2].dtype} and result as {call.output.dtype} (one type expected)")
         per_pe = self._per_pe(call, plan, n)
         periods = [broadcast_period(p.shape, call.output.shape) for p in call.inputs]
         items = [ISA_ITEMSIZE[p.dtype] for p in call.inputs]
@@ -253,9 +306,12 @@ class ElementwiseKernel(KernelTemplate):
                 for i, src in enumerate(call.inputs):
                     load_repeating(pe, src, periods[i], plan.tile, s, m, in_buf[i][t % 2], loaded)
 
+            # `where` overwrites y's tile in place (the DMA queue reloads it only after its store)
+            result_buf = in_buf[2] if call.op == "ternary" else out_buf
+
             def store(t: int) -> None:
                 s, m = tiles[t]
-                pe.dma("local", out_buf[t % 2], call.output.space, call.output.addr + s * item, nbytes=m * item,
+                pe.dma("local", result_buf[t % 2], call.output.space, call.output.addr + s * item, nbytes=m * item,
                        wait=(computed, t + 1), signal=stored)
 
             load(0)
@@ -272,8 +328,16 @@ class ElementwiseKernel(KernelTemplate):
                         pe.simd_unary("COPY", src[i], addr, m, dtype=call.inputs[i].dtype, out_dtype="fp32",
                                       wait=wait)
                         src[i], wait, in_dt = addr, None, "fp32"
-                    pe.simd_binary(BINARY_FN[kind], src[0], src[1], out_buf[t % 2], m,
+                    pe.simd_binary(BINARY_FN[BITWISE_ON_BOOLS.get(kind, kind)], src[0], src[1], out_buf[t % 2], m,
                                    dtype=in_dt, out_dtype=dt, wait=wait, signal=computed)
+                elif call.op == "ternary":       # where: y's tile, x where the predicate is nonzero
+                    mask = src[0]
+                    if call.inputs[0].dtype != dt:       # the predicate in x's dtype (out_buf: scratch)
+                        pe.simd_unary("COPY", mask, out_buf[t % 2], m, dtype=call.inputs[0].dtype, out_dtype=dt,
+                                      wait=wait)
+                        mask, wait = out_buf[t % 2], None
+                    pe.simd_binary("SELECT", src[1], mask, src[2], m, dtype=dt, out_dtype=dt, wait=wait,
+                                   signal=computed)
                 elif call.op == "quantize":      # x * (1 / scale), rounded and saturated to int8
                     pe.simd_scalar("MUL", src[0], out_buf[t % 2], m, float(call.attrs["scale"]),
                                    dtype=in_dt, out_dtype=dt, wait=wait, signal=computed)

@@ -1,5 +1,6 @@
 """Data-movement kernels: `ember.transpose`, `ember.slice`, `ember.concat`, `ember.pad`
-(constant), `ember.broadcast` and float-to-float `ember.cast`, as DMA-engine programs.
+(constant), `ember.broadcast` and `ember.cast`, as DMA-engine programs. They move bytes, so they
+take integer and boolean tensors (int32 on the chip) as they take floats.
 
 Most of these ops are one or two N-d strided box copies between SRAM/DRAM buffers: an output
 box and the input elements it takes, each with its own byte strides (a stride of 0 repeats an
@@ -16,14 +17,17 @@ Three cases go through local memory instead, double-buffered as the elementwise 
   (a DMA with source row stride 0) transposed by the MLU is a block of the output, so no DMA
   moves one element at a time (other broadcasts are stride-0 box copies);
 - casts to a narrower float than the tensors are held in on chip (fp32 -> bf16 when computing
-  in fp32): two SIMD COPYs round each tile through the narrow type, as torch does.
+  in fp32): two SIMD COPYs round each tile through the narrow type, as torch does;
+- casts between integers, booleans and floats: SIMD passes per tile (`cast_passes`): COPY from
+  an integer to a float (through the narrow type when the graph's type is bf16/f16 but the
+  chip holds fp32), TRUNC from a float to an integer (toward zero, as torch), NE 0 to a
+  boolean. A cast between two types the chip holds alike (i64 -> i32, i1 -> i64) is a copy.
 
 Constant padding copies the input into the interior and fills the border boxes from a tile of
 the pad value that each PE builds in local memory. There is no immediate-load command, so the
 tile is made from input bytes read as int8 (always finite), multiplied by 0 and plus `value`.
 
-`ember.embedding` / `index_select` are not here: their DMA addresses would depend on index
-values, which are runtime data, and a DMA's addresses are fixed in the program.
+`ember.embedding` / `index_select` / `index_put` are in ops/kernels/gather.py (indexed DMAs).
 """
 from __future__ import annotations
 
@@ -39,6 +43,28 @@ from simulator.isa import Engine
 #: float element types narrower than fp32 -> the ISA dtype a rounding cast goes through
 NARROW = {"bf16": "bf16", "f16": "fp16"}
 FLOAT_TYPES = frozenset({"f32", "f64", "f16", "bf16"})
+#: Graph types the chip holds as int32 (compiler/passes/dtype.py); "i8" is held as int8.
+INT32_TYPES = frozenset({"i64", "i32", "i16", "ui8", "i1"})
+
+
+def cast_passes(x_isa: str, out_isa: str, target: str) -> list[tuple[str, str, str, str]] | None:
+    """The SIMD passes of a cast of a tile held as `x_isa` to graph type `target` held as
+    `out_isa`: (opcode "unary" | "scalar", function, input dtype, output dtype) in order; [] for
+    a plain copy; None when no cast of this kind runs here."""
+    if target in FLOAT_TYPES:
+        narrow = NARROW.get(target)
+        if out_isa == "fp32" and narrow is not None and x_isa != narrow:    # round as torch does
+            return [("unary", "COPY", x_isa, narrow), ("unary", "COPY", narrow, "fp32")]
+        return [] if x_isa == out_isa else [("unary", "COPY", x_isa, out_isa)]
+    if out_isa != "int32" or target not in INT32_TYPES:
+        return None
+    if target == "i1":
+        return [("scalar", "NE", x_isa, "int32")]
+    if x_isa == "int32":
+        return []
+    if x_isa == "int8":
+        return [("unary", "COPY", "int8", "int32")]
+    return [("unary", "TRUNC", x_isa, "int32")]
 FILL_ELEMS = 1024           # elements of the pad-value tile in local memory
 MIN_DMA_BYTES = 4096        # a dense run is cut for several PEs only into pieces this large
 
@@ -234,10 +260,12 @@ def _add_server_load(load: dict[str, np.ndarray], chip, space: str, addrs: np.nd
         arr += np.roll(counts, k) * per
 
 
-def predict_groups(share: list[list[DmaGroup]], chip) -> float:
+def predict_groups(share: list[list[DmaGroup]], chip, latency_hidden: bool = False) -> float:
     """Cycles of the PEs' DMA lists: the busiest memory channel/bank (every byte read from and
     written to DRAM/SRAM counts against it) plus the DMA latencies one PE pays in turn, or the
-    busiest PE's serial DMAs alone, whichever is longer."""
+    busiest PE's serial DMAs alone, whichever is longer. With `latency_hidden`, the other PEs'
+    DMAs keep the busiest server busy while one PE waits out its latency (many PEs streaming
+    onto one hot server), so only one latency adds to it."""
     load: dict[str, np.ndarray] = {}
     lat = chip.dma.latency_cycles
     busiest, dmas = 0.0, 0
@@ -256,7 +284,7 @@ def predict_groups(share: list[list[DmaGroup]], chip) -> float:
         busiest = max(busiest, t)
     per_server = max((arr.max() * len(arr) / _bandwidth(chip, space) for space, arr in load.items()), default=0.0)
     active = max(1, sum(1 for groups in share if groups))
-    return max(per_server + lat * dmas / active, busiest)
+    return max(per_server + (lat if latency_hidden else lat * dmas / active), busiest)
 
 
 # ------------------------------------------------------------------------------ plans
@@ -282,6 +310,7 @@ def _pe_choices(chip) -> list[int]:
 # ------------------------------------------------------------------------------ the template
 class LayoutKernel(KernelTemplate):
     ops = ("transpose", "slice", "concat", "pad", "broadcast", "cast")
+    integer_operands = True
 
     def accepts(self, op: str, operands, result, attrs, chip=None) -> bool:
         x = operands[0]
@@ -290,7 +319,11 @@ class LayoutKernel(KernelTemplate):
         if op == "pad":
             return attrs["mode"] == "constant"
         if op == "cast":
-            return x.dtype in FLOAT_TYPES and attrs["dtype"] in FLOAT_TYPES
+            held = {**{t: "fp32" for t in FLOAT_TYPES}, **{t: "int32" for t in INT32_TYPES}, "i8": "int8"}
+            if x.dtype not in held or attrs["dtype"] not in held:
+                return False
+            # the graph's float types are held as fp32 or narrower; either way the passes exist
+            return cast_passes(held[x.dtype], held[attrs["dtype"]], attrs["dtype"]) is not None
         return True
 
     def bytes_moved(self, call: KernelCall) -> dict[str, int]:
@@ -392,12 +425,19 @@ class LayoutKernel(KernelTemplate):
                                            rows, elems * item, 0, elems * item, 1, 0, 0))
         return groups
 
+    def _cast_passes(self, call: KernelCall) -> list[tuple[str, str, str, str]]:
+        passes = cast_passes(call.inputs[0].dtype, call.output.dtype, call.attrs["dtype"])
+        if passes is None:
+            raise ValueError(f"ember.cast: no cast of a tile held as {call.inputs[0].dtype} to "
+                             f"{call.attrs['dtype']} held as {call.output.dtype}")
+        return passes
+
     def _through_local(self, call: KernelCall) -> str | None:
-        """'transpose' / 'round' when the op needs local memory, else None (box copies)."""
+        """'transpose' / 'convert' when the op needs local memory, else None (box copies)."""
         if call.op == "transpose" and call.attrs["perm"][-1] != len(call.attrs["perm"]) - 1:
             return "transpose"
-        if call.op == "cast" and call.output.dtype == "fp32" and call.attrs["dtype"] in NARROW:
-            return "round"
+        if call.op == "cast" and self._cast_passes(call):
+            return "convert"
         if call.op == "broadcast":
             x, out = call.inputs[0].shape, call.output.shape
             if len(x) >= 2 and x[-1] == 1 and out[-1] > 1 and x[-2] == out[-2] > 1:
@@ -415,7 +455,7 @@ class LayoutKernel(KernelTemplate):
         tiles = ((32, 32), (64, 64), (32, 128), (128, 32), (128, 128)) if mode == "transpose" else \
             ((1, 1024), (1, 4096), (1, 16384))
         for rows, cols in tiles:
-            # 2 input + 2 output buffers (+ a narrow one for rounding)
+            # 2 input + 2 output buffers (+ one between two conversion passes)
             if 5 * rows * cols * max(item, 4) > chip.local_mem.bytes:
                 continue
             # with a tile for every PE, fewer PEs only lengthen the pipeline: not worth costing
@@ -446,11 +486,11 @@ class LayoutKernel(KernelTemplate):
     def _tile_dmas(self, call: KernelCall, tiles: list[dict]) -> list[DmaGroup]:
         """A PE's loads and stores of its tiles, as DMA groups (for the cost model)."""
         x, out = call.inputs[0], call.output
-        item = ISA_ITEMSIZE[out.dtype]
+        item, x_item = ISA_ITEMSIZE[out.dtype], ISA_ITEMSIZE[x.dtype]
         groups = []
         for w in tiles:
-            groups.append(DmaGroup(x.space, w["src"], "local", 0, w["rows"], w["cols"] * item,
-                                   w.get("src_stride", w["cols"] * item), w["cols"] * item, 1, 0, 0))
+            groups.append(DmaGroup(x.space, w["src"], "local", 0, w["rows"], w["cols"] * x_item,
+                                   w.get("src_stride", w["cols"] * x_item), w["cols"] * x_item, 1, 0, 0))
             groups.append(DmaGroup("local", 0, out.space, w["dst"], 1, w["elems"] * item,
                                    w["elems"] * item, w.get("dst_stride", w["elems"] * item), 1, 0, 0))
         return groups
@@ -459,7 +499,8 @@ class LayoutKernel(KernelTemplate):
         item = ISA_ITEMSIZE[call.output.dtype]
         if self._through_local(call) == "transpose":
             return math.ceil(t["elems"] * item / chip.mlu.bytes_per_cycle) + chip.mlu.latency_cycles
-        return 2 * (math.ceil(t["elems"] / chip.simd.elems_per_cycle) + chip.simd.latency_cycles)
+        passes = len(self._cast_passes(call))
+        return passes * (math.ceil(t["elems"] / chip.simd.elems_per_cycle) + chip.simd.latency_cycles)
 
     # --- emission ---------------------------------------------------------------------------
     def emit(self, call: KernelCall, plan, chip, builder) -> None:
@@ -525,9 +566,9 @@ class LayoutKernel(KernelTemplate):
         """Work items of a through-local plan: load/store DMAs and the compute's shape."""
         x, out = call.inputs[0], call.output
         item = ISA_ITEMSIZE[out.dtype]
-        if self._through_local(call) == "round":
+        if self._through_local(call) == "convert":
             n = math.prod(out.shape)
-            return [{"src": x.addr + s * item, "dst": out.addr + s * item, "rows": 1,
+            return [{"src": x.addr + s * ISA_ITEMSIZE[x.dtype], "dst": out.addr + s * item, "rows": 1,
                      "cols": min(plan.cols, n - s), "elems": min(plan.cols, n - s)}
                     for s in range(0, n, plan.cols)]
         if call.op == "broadcast":
@@ -578,11 +619,11 @@ class LayoutKernel(KernelTemplate):
 
     def _emit_tiles(self, call: KernelCall, plan: TilePlan, builder) -> None:
         x, out = call.inputs[0], call.output
-        item = ISA_ITEMSIZE[out.dtype]
+        item, x_item = ISA_ITEMSIZE[out.dtype], ISA_ITEMSIZE[x.dtype]
         tb = plan.rows * plan.cols * max(item, 4)
         in_buf, out_buf, mid = (0, tb), (2 * tb, 3 * tb), 4 * tb
         transpose = self._through_local(call) == "transpose"
-        narrow = None if transpose else NARROW[call.attrs["dtype"]]
+        passes = [] if transpose else self._cast_passes(call)
         work = self._tiles(call, plan)
         for p in range(plan.pes):
             tiles = work[p::plan.pes]
@@ -592,8 +633,8 @@ class LayoutKernel(KernelTemplate):
             loaded, computed, stored = builder.token(), builder.token(), builder.token()
 
             loads = [{"src": x.space, "src_addr": w["src"], "dst": "local", "dst_addr": in_buf[t % 2],
-                      "rows": w["rows"], "row_bytes": w["cols"] * item,
-                      "src_stride": w.get("src_stride", w["cols"] * item), "signal": loaded}
+                      "rows": w["rows"], "row_bytes": w["cols"] * x_item,
+                      "src_stride": w.get("src_stride", w["cols"] * x_item), "signal": loaded}
                      for t, w in enumerate(tiles)]
             pe.dma(**loads[0])
             for t, w in enumerate(tiles):
@@ -607,10 +648,15 @@ class LayoutKernel(KernelTemplate):
                                      wait=(loaded, t + 1), signal=computed)
                     store_rows, store_bytes = w["cols"], w["rows"] * item
                 else:
-                    pe.simd_unary("COPY", in_buf[t % 2], mid, w["elems"], dtype=out.dtype, out_dtype=narrow,
-                                  wait=(loaded, t + 1))
-                    pe.simd_unary("COPY", mid, out_buf[t % 2], w["elems"], dtype=narrow, out_dtype=out.dtype,
-                                  signal=computed)
+                    for i, (kind, fn, dt_in, dt_out) in enumerate(passes):
+                        first, last = i == 0, i == len(passes) - 1
+                        kw = dict(dtype=dt_in, out_dtype=dt_out, wait=(loaded, t + 1) if first else None,
+                                  signal=computed if last else None)
+                        src, dst = in_buf[t % 2] if first else mid, out_buf[t % 2] if last else mid
+                        if kind == "scalar":
+                            pe.simd_scalar(fn, src, dst, w["elems"], 0.0, **kw)
+                        else:
+                            pe.simd_unary(fn, src, dst, w["elems"], **kw)
                     store_rows, store_bytes = 1, w["elems"] * item
                 pe.dma("local", out_buf[t % 2], out.space, w["dst"], rows=store_rows, row_bytes=store_bytes,
                        dst_stride=w.get("dst_stride", store_bytes), wait=(computed, t + 1), signal=stored)
