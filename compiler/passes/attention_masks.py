@@ -2,8 +2,9 @@
 
 Models build their attention masks from positions (`arange`, comparisons, `expand`): input-
 independent subgraphs the importer folds into a boolean weight. Most such masks are exactly
-the causal pattern, or all true (no padding). As a boolean tensor the mask keeps the whole
-attention on the host (kernels compute in float), and as data it costs a read per score. This
+the causal pattern, or all true (no padding). As data the mask costs a read per score and a
+few SIMD passes per key block (ops/kernels/attention_blocked.py), and it rules out the
+schedules that take no mask. This
 pass compares each constant boolean mask of `ember.attention` with the patterns the op states
 with its `causal` attribute or with no mask at all, and rewrites the op when one matches. Any
 other mask (padding, sliding windows, ...) stays as it is.
