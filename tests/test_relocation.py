@@ -48,9 +48,9 @@ class Stack(torch.nn.Module):
         return x
 
 
-def _compile(model, inputs, monkeypatch, **codegen):
+def _compile(model, inputs, monkeypatch, dtype="fp32", **codegen):
     monkeypatch.setattr(pipeline, "build_program", functools.partial(build_program, **codegen))
-    return ember.compile(model, inputs, chip="tiny", dtype="fp32", to="program")
+    return ember.compile(model, inputs, chip="tiny", dtype=dtype, to="program")
 
 
 def test_relocated_kernels_match_fresh_emission(monkeypatch):
@@ -76,6 +76,23 @@ def test_relocated_kernels_match_fresh_emission(monkeypatch):
     assert [s.cycles for s in cm.last_run.steps] == [s.cycles for s in fresh.last_run.steps]
     # timing-only (cached) gives the functional run's cycles
     cm.run(xs, device="sim", timing_only=True)
+    assert [s.cycles for s in cm.last_run.steps] == [s.cycles for s in fresh.last_run.steps]
+
+
+def test_relocated_kernels_with_two_results(monkeypatch):
+    """int8 per-row quantization writes its int8 rows and their scales: its repeated kernels
+    are relocated (every store lies inside one of its results) and match a fresh emission."""
+    torch.manual_seed(2)
+    model = Stack().eval()
+    x = torch.randn(2, 8, 32)
+    cm = _compile(model, (x,), monkeypatch, dtype="int8", verify_relocation=True)
+    fresh = _compile(model, (x,), monkeypatch, dtype="int8", relocate=False)
+    steps = [s for s in cm.program.steps if s["op"] == "quantize_rows"]
+    assert len(steps) == 6 and all(len(s["results"]) == 2 for s in steps)
+    relocated = [s for s in steps if isinstance(cm.program.kernels[s["kernel"]], RelocatedProgram)]
+    assert len(relocated) == 4                # each of the two shapes emitted once
+    xs = torch.randn(2, 8, 32)
+    assert torch.equal(cm.run(xs, device="sim"), fresh.run(xs, device="sim"))
     assert [s.cycles for s in cm.last_run.steps] == [s.cycles for s in fresh.last_run.steps]
 
 

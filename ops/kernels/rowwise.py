@@ -12,6 +12,9 @@ load 2, store 1, ...), so a tile buffer is reloaded only after the store that re
 Numerics: every tile is computed in fp32 in local memory (a bf16 input is widened once) and
 rounded to the output dtype by the last command. Scratch buffers that only the SIMD engine
 touches (the fp32 copy, squares, row vectors) are single-buffered: its queue is in order.
+A kernel may write further results (`KernelCall.extra_outputs`), each one value per row (a
+row's quantization scale): they are double-buffered like the output, since the SIMD engine
+may compute the next tile's values before the DMA engine has stored this tile's.
 Rows too long for local memory (softmax, norm, reduce) stream through it in chunks instead,
 in two passes per row: statistics (an online max and rescaled sum for softmax, moments about
 the first chunk's mean for norms), then results. Batch norm planes that do not fit stay on
@@ -106,11 +109,11 @@ class Load:
 
 @dataclass(frozen=True)
 class Job:
-    """One chunk of a long row: loads into its slot, SIMD commands (given the slot), and an
-    optional store (buffer, space, address, bytes) of its result."""
+    """One chunk of a long row: loads into its slot, SIMD commands (given the slot), and the
+    stores (buffer, space, address, bytes) of what it finished, in order."""
     loads: tuple[Load, ...]
     steps: Callable[[int], list[Simd]]
-    store: tuple[str, str, int, int] | None = None
+    stores: tuple[tuple[str, str, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,8 @@ class RowwiseKernel(KernelTemplate):
 
     # ---- layout ---------------------------------------------------------------------------
     def layout(self, call: KernelCall, m: int) -> dict:
-        """Local-memory offsets for tiles of m rows; "end" is the bytes used."""
+        """Local-memory offsets for tiles of m rows ("out{i}": the per-slot buffers of extra
+        result i, one value per row); "end" is the bytes used."""
         _, cols = self.matrix(call)
         item = ISA_ITEMSIZE[call.inputs[0].dtype]
         out_item = ISA_ITEMSIZE[call.output.dtype]
@@ -167,6 +171,8 @@ class RowwiseKernel(KernelTemplate):
         lay: dict = {"x": [take(m * cols * max(item, out_item)) for _ in range(2)]}
         oc = self.out_cols(call)
         lay["out"] = lay["x"] if oc == cols else [take(m * oc * out_item) for _ in range(2)]
+        for i, p in enumerate(call.extra_outputs, 1):
+            lay[f"out{i}"] = [take(m * ISA_ITEMSIZE[p.dtype]) for _ in range(2)]
         lay["w"] = take(m * cols * 4) if item != 4 else None
         lay["t"] = [take(m * cols * 4) for _ in range(self.scratch_tiles(call))]
         lay["vec"] = [take(m * 4) for _ in range(6)]
@@ -209,20 +215,23 @@ class RowwiseKernel(KernelTemplate):
         per_pe = min(rows, math.ceil(rows / plan.pes))
         tiles = math.ceil(per_pe / m)
         lay = self.layout(call, m)
-        x, out = call.inputs[0], call.output
+        x = call.inputs[0]
         in_bytes = m * cols * ISA_ITEMSIZE[x.dtype]
-        out_bytes = m * self.out_cols(call) * ISA_ITEMSIZE[out.dtype]
+        # (space, bytes) of each result a tile stores: the output, then one value per row of each extra
+        stored = [(call.output.space, m * self.out_cols(call) * ISA_ITEMSIZE[call.output.dtype])]
+        stored += [(p.space, m * ISA_ITEMSIZE[p.dtype]) for p in call.extra_outputs]
         load = self._dma_cycles(in_bytes, x.space, plan.pes, chip)
-        store = self._dma_cycles(out_bytes, out.space, plan.pes, chip)
+        store = sum(self._dma_cycles(n, space, plan.pes, chip) for space, n in stored)
         simd = sum(s.cycles(chip) for s in self.tile(call, lay, 0, m, 0))
         chain = load + (tiles - 1) * max(simd, load + store) + simd + store
         # the shared servers: memory (per space) and each column's NoC port
         clk = chip.clock_hz
         moved = {"dram": 0.0, "sram": 0.0}
         moved[x.space] += in_bytes * tiles * plan.pes
-        moved[out.space] += out_bytes * tiles * plan.pes
+        for space, n in stored:
+            moved[space] += n * tiles * plan.pes
         streams = max(moved["dram"] * clk / chip.dram_bytes_per_s, moved["sram"] * clk / chip.sram.bytes_per_s,
-                      (in_bytes + out_bytes) * tiles * math.ceil(plan.pes / chip.pe_grid.cols)
+                      (in_bytes + sum(n for _, n in stored)) * tiles * math.ceil(plan.pes / chip.pe_grid.cols)
                       * clk / chip.noc.link_bytes_per_s)
         lat = chip.dma.latency_cycles + chip.noc.hop_latency_cycles * chip.pe_grid.rows
         setup = 0.0
@@ -297,6 +306,10 @@ class RowwiseKernel(KernelTemplate):
                           signal=computed if i == len(steps) - 1 else None)
             pe.dma("local", lay["out"][t % 2], out.space, adv(out.addr + s * oc * out_item, m * oc * out_item),
                    nbytes=n * oc * out_item, wait=(computed, adv(t + 1, 1)))
+            for i, p in enumerate(call.extra_outputs, 1):         # one value per row
+                ri = ISA_ITEMSIZE[p.dtype]
+                pe.dma("local", lay[f"out{i}"][t % 2], p.space, adv(p.addr + s * ri, m * ri), nbytes=n * ri,
+                       wait=(computed, adv(t + 1, 1)))
 
         # pairs of full tiles (slots 0, 1) whose next loads are full too run as one loop
         pairs = (len(tiles) - 2) // 2 if self.loops and len(tiles) >= 6 else 0
@@ -328,6 +341,8 @@ class RowwiseKernel(KernelTemplate):
 
         lay: dict = {"x": [take(k * max(item, out_item)) for _ in range(2)]}
         lay["out"] = lay["x"] if self.out_cols(call) > 1 else [take(out_item) for _ in range(2)]
+        for i, p in enumerate(call.extra_outputs, 1):
+            lay[f"out{i}"] = [take(ISA_ITEMSIZE[p.dtype]) for _ in range(2)]
         lay["w"] = take(k * 4) if item != 4 else None
         lay["t"] = [take(k * 4) for _ in range(self.chunk_scratch)]
         for i in self.chunk_operands(call):
@@ -346,7 +361,7 @@ class RowwiseKernel(KernelTemplate):
         lay = self.chunk_layout(call, plan.chunk)
         jobs = self._chunk_jobs(call, plan, lay, 0, min(rows, math.ceil(rows / plan.pes)))
         loads = [sum(self._dma_cycles(ld.nbytes, ld.space, plan.pes, chip) for ld in j.loads) for j in jobs]
-        stores = [self._dma_cycles(j.store[3], j.store[1], plan.pes, chip) if j.store else 0.0 for j in jobs]
+        stores = [sum(self._dma_cycles(st[3], st[1], plan.pes, chip) for st in j.stores) for j in jobs]
         simd = [sum(s.cycles(chip) for s in j.steps(0)) for j in jobs]
         chain = loads[0] + sum(max(simd[k], (loads[k + 1] if k + 1 < len(jobs) else 0.0) + stores[k])
                                for k in range(len(jobs)))
@@ -354,8 +369,8 @@ class RowwiseKernel(KernelTemplate):
         for j in jobs:
             for ld in j.loads:
                 moved[ld.space] += ld.nbytes * plan.pes
-            if j.store:
-                moved[j.store[1]] += j.store[3] * plan.pes
+            for st in j.stores:
+                moved[st[1]] += st[3] * plan.pes
         clk = chip.clock_hz
         streams = max(moved["dram"] * clk / chip.dram_bytes_per_s, moved["sram"] * clk / chip.sram.bytes_per_s)
         return int(max(chain, streams))
@@ -379,8 +394,7 @@ class RowwiseKernel(KernelTemplate):
             for i, step in enumerate(steps):
                 step.emit(pe, wait=(loaded, cum[k + 1]) if i == 0 else None,
                           signal=computed if i == len(steps) - 1 else None)
-            if job.store:
-                buf, space, addr, nbytes = job.store
+            for buf, space, addr, nbytes in job.stores:
                 pe.dma("local", lay[buf][k % 2], space, addr, nbytes=nbytes, wait=(computed, k + 1))
             if k + 2 < len(jobs):
                 issue(k + 2, wait=(computed, k + 1))
@@ -530,7 +544,7 @@ class SoftmaxKernel(RowwiseKernel):
 
         jobs = [Job((self.chunk_load(call, row, c0, n),), stats(j, n)) for j, (c0, n) in enumerate(chunks)]
         jobs += [Job((self.chunk_load(call, row, c0, n),), result(n),
-                     ("x", out.space, out.addr + (row * cols + c0) * item, n * item)) for c0, n in chunks]
+                     (("x", out.space, out.addr + (row * cols + c0) * item, n * item),)) for c0, n in chunks]
         return jobs
 
 
@@ -670,7 +684,7 @@ class NormKernel(RowwiseKernel):
         jobs = [Job((self.chunk_load(call, row, c0, n),), stats(j, n)) for j, (c0, n) in enumerate(chunks)]
         jobs += [Job((self.chunk_load(call, row, c0, n),
                       *(self.chunk_load(call, row, c0, n, i, f"in{i}") for i in params)), result(n),
-                     ("x", out.space, out.addr + (row * cols + c0) * item, n * item)) for c0, n in chunks]
+                     (("x", out.space, out.addr + (row * cols + c0) * item, n * item),)) for c0, n in chunks]
         return jobs
 
 
@@ -808,7 +822,7 @@ class ReduceKernel(RowwiseKernel):
 
         item = ISA_ITEMSIZE[out.dtype]
         return [Job((self.chunk_load(call, row, c0, n),), part(j, n),
-                    ("out", out.space, out.addr + row * item, item) if j == last else None)
+                    (("out", out.space, out.addr + row * item, item),) if j == last else ())
                 for j, (c0, n) in enumerate(chunks)]
 
 
