@@ -20,42 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ember  # noqa: E402
-from ops.kernel import ISA_ITEMSIZE, KernelCall, Placement, kernel_for  # noqa: E402
-from ops.registry import TensorSpec  # noqa: E402
+from ops.kernel import ISA_ITEMSIZE  # noqa: E402
+from runtime.host_cost import step_flops  # noqa: E402
 
 ITEMSIZE = {"fp32": 4, "bf16": 2, "int8": 1}
-
-
-def _call(program, step) -> KernelCall | None:
-    """A KernelCall with the step's operand shapes (addresses do not matter for FLOPs)."""
-    def place(t):
-        if t is None:
-            return None
-        entry = program.tensors[t]
-        dt = entry.get("isa_dtype") or {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(entry["dtype"], "fp32")
-        return Placement(entry.get("space", "dram"), 0, tuple(entry["shape"]), dt)
-    attrs = {k: tuple(v) if isinstance(v, list) else v for k, v in step["attrs"].items()}
-    return KernelCall(step["op"], tuple(place(t) for t in step["operands"]), place(step["results"][0]), attrs)
-
-
-def step_flops(program, step) -> int:
-    """FLOPs of one step: the kernel's own count, or for a host step the count its op's kernel
-    template would give (0 for ops without one, such as an embedding gather)."""
-    if step["kind"] == "kernel":
-        return int(step.get("flops", 0))
-    if step["kind"] != "host" or step["op"].startswith("host:"):
-        return 0
-    template = kernel_for(step["op"])
-    if template is None:
-        if step["op"] == "convolution":   # 2 * outputs * (input channels per group * kernel)
-            w = program.tensors[step["operands"][1]]["shape"]
-            out = program.tensors[step["results"][0]]["shape"]
-            return 2 * math.prod(out) * math.prod(w[1:])
-        return 0
-    try:
-        return int(template.flops(_call(program, step)))
-    except Exception:       # a template that cannot read this instance's shapes
-        return 0
 
 
 def weight_bytes(program, dtype: str) -> int:

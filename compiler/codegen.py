@@ -25,7 +25,7 @@ from compiler.passes.tile import kernel_call
 from ops.kernel import ISA_ITEMSIZE, KernelCall, Placement, kernel_for, roofline_cycles
 from simulator.isa import ChipProgram, Op, ProgramBuilder, RelocatedProgram, Space
 from simulator.isa.artifact import Program
-from simulator.isa.program import NUM_ARGS
+from simulator.isa.encoding import INDEX_ADDR_BITS, INDEXED_SHIFT
 
 _SPACE = {"dram": int(Space.DRAM), "sram": int(Space.SRAM)}
 
@@ -48,7 +48,7 @@ def _attr_key(value: Any) -> Any:
 
 
 def _operands(call: KernelCall) -> list[Placement | None]:
-    return [*call.inputs, call.output]
+    return [*call.inputs, *call.outputs]
 
 
 def _aliases(places: list[Placement | None]) -> tuple[int, ...] | None:
@@ -93,8 +93,11 @@ def address_slots(program: ChipProgram, places: list[Placement | None]) -> np.nd
     st = program.strides[dma]
     cnt = count[dma]
     looped = cnt > 1
-    if (st[looped][:, 2:NUM_ARGS] != 0).any():
+    # (a[6], an indexed DMA's local index address, may step: it is no memory extent)
+    if (st[looped][:, 2:6] != 0).any():
         return None      # sizes that change per iteration: extents are not affine in the iteration
+    moved = (cmds["flags"][dma].astype(np.int64) >> INDEXED_SHIFT) & 3     # 1: the index moves a[0], 2: a[1]
+    reach = np.where(moved > 0, ((a[:, 6] >> INDEX_ADDR_BITS) - 1) * a[:, 7], 0)  # the farthest valid position
     for j, space_field, stride_slot in ((0, "src_space", 4), (1, "dst_space", 5)):
         space = cmds[space_field][dma].astype(np.int64)
         if (space == int(Space.HOST)).any():
@@ -103,7 +106,7 @@ def address_slots(program: ChipProgram, places: list[Placement | None]) -> np.nd
         span = np.where(a[:, 2] > 0, (a[:, 2] - 1) * a[:, stride_slot] + a[:, 3], 0)
         last = a[:, j] + (cnt - 1) * st[:, j]
         lo = np.minimum(a[:, j], last)
-        hi = np.maximum(a[:, j], last) + span
+        hi = np.maximum(a[:, j], last) + span + np.where(moved == j + 1, reach, 0)
         found = np.full(len(dma), -1, np.int64)
         for k, p in enumerate(places):
             if p is None or aliases[k] != k:
@@ -235,6 +238,8 @@ def build_program(graph: GraphOps, placements: dict[int, Placement], chip, dtype
         if v in placements:
             p = placements[v]
             entry.update(space=p.space, addr=p.addr, isa_dtype=p.dtype)
+        if v in graph.weights:      # a session loads each weight once, by name
+            entry["weight"] = graph.weights[v]
         tensors[v] = entry
     steps: list[dict[str, Any]] = []
     kernels: list[ChipProgram] = []
@@ -271,6 +276,8 @@ def build_program(graph: GraphOps, placements: dict[int, Placement], chip, dtype
                           "roofline_cycles": roofline, "flops": flops})
         else:
             steps.append({"kind": "host", **record, "host_call": op.host_call})
+    position = {v: i for i, v in enumerate(graph.inputs)}
     return Program(chip=chip.model_dump(mode="json"), dtype=dtype, tensors=tensors, inputs=graph.inputs,
                    outputs=graph.outputs, steps=steps, kernels=kernels, constants=constants,
-                   meta={"host_calls": encode_host_calls(host_calls), "relocated_kernels": emitter.relocated})
+                   meta={"host_calls": encode_host_calls(host_calls), "relocated_kernels": emitter.relocated},
+                   mutated_inputs=[position[v] for v in graph.mutated])

@@ -44,3 +44,16 @@ class UnsupportedOpsError(EmberError):
         total = sum(u.count for u in unsupported)
         super().__init__(f"{total} op(s) in the model are not supported by Ember:\n{lines}\n"
                          "Pass allow_unsupported=True to compile anyway (they are listed in cm.unsupported).")
+
+
+class DeviceMemoryError(EmberError, MemoryError):
+    """What a compiled model or a session needs does not fit the chip's memories; the message
+    names the sizes (weights, device state, activations) and the capacities."""
+
+
+def format_bytes(n: float) -> str:
+    """A size in the binary unit that reads best: `24.6 MiB`, `1.07 GiB`."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:,.2f} {unit}" if unit == "GiB" else f"{n / scale:,.1f} {unit}"
+    return f"{int(n)} B"

@@ -7,7 +7,7 @@ from typing import Any
 from torch_mlir import ir
 
 from compiler.dialect import op_attrs, operand_segments, spec_of
-from compiler.importer import HOST_TARGET_ATTR, host_call_index, main_function
+from compiler.importer import HOST_TARGET_ATTR, MUTATED_INPUTS_ATTR, host_call_index, main_function
 from ops.registry import OpDef, TensorSpec, op as lookup_op
 
 
@@ -38,12 +38,44 @@ class GraphOps:
     weights: dict[int, str] = field(default_factory=dict)      # value id -> weight table name
     literals: dict[int, Any] = field(default_factory=dict)     # value id -> numpy array
     storage: dict[int, str] = field(default_factory=dict)      # value id -> ISA dtype (set by the dtype pass)
+    #: inputs the graph updates in place (device state, e.g. a KV cache): input value id -> the
+    #: value id of its new contents, which `outputs` ends with
+    mutated: dict[int, int] = field(default_factory=dict)
+    #: results that share the buffer of the state they update (compiler.passes.in_place)
+    in_place: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def user_outputs(self) -> list[int]:
+        """The model's own outputs (the new contents of updated inputs follow them in `outputs`)."""
+        return self.outputs[:len(self.outputs) - len(self.mutated)]
 
     def new_value(self, spec: TensorSpec) -> int:
         """A fresh value id (for values a pass creates)."""
         v = max(self.specs, default=-1) + 1
         self.specs[v] = spec
         return v
+
+
+def view_roots(graph: GraphOps) -> dict[int, int]:
+    """Each view's root value: a view shares its input's buffer (through chains of views)."""
+    root: dict[int, int] = {}
+    for op in graph.ops:
+        if op.target == "view":
+            root[op.results[0]] = root.get(op.operands[0], op.operands[0])
+    return root
+
+
+def last_reads(graph: GraphOps, root: dict[int, int], outputs: list[int]) -> dict[int, int]:
+    """The index of the last op that reads each buffer (by root value); `outputs` are read after
+    the last op."""
+    last: dict[int, int] = {}
+    for op in graph.ops:
+        for v in op.operands:
+            if v is not None:
+                last[root.get(v, v)] = op.index
+    for v in outputs:
+        last[root.get(v, v)] = len(graph.ops)
+    return last
 
 
 def graph_ops(module: ir.Module) -> GraphOps:
@@ -66,6 +98,10 @@ def graph_ops(module: ir.Module) -> GraphOps:
         name = operation.name
         if name == "func.return":
             out.outputs = [vid(v) for v in operation.operands]
+            if MUTATED_INPUTS_ATTR in main.attributes:
+                positions = [ir.IntegerAttr(a).value for a in ir.ArrayAttr(main.attributes[MUTATED_INPUTS_ATTR])]
+                news = out.outputs[len(out.outputs) - len(positions):]
+                out.mutated = {out.inputs[i]: v for i, v in zip(positions, news)}
             continue
         results = [vid(r) for r in operation.results]
         if name == "func.call":

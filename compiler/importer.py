@@ -125,6 +125,9 @@ class ImportResult:
     unsupported: list[UnsupportedOp]
     host_calls: dict[int, HostCall] = field(default_factory=dict)
     input_names: list[str] = field(default_factory=list)   # the model's names for its inputs, in order
+    #: positions of the inputs the model updates in place (a KV cache); `@main` returns their new
+    #: values after the model's outputs, in this order
+    mutated_inputs: list[int] = field(default_factory=list)
 
 
 def source_line(node: torch.fx.Node) -> str:
@@ -165,6 +168,8 @@ def check_only_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
 #: target): outlined like IREE's dispatch regions, since a leaf `ember` op cannot take operands
 #: of mixed types through one IRDL variadic.
 HOST_TARGET_ATTR = "ember.host_target"
+#: On `@main`: the positions of the arguments whose new values it returns after the outputs.
+MUTATED_INPUTS_ATTR = "ember.mutated_inputs"
 HOST_PREFIX = "host"
 
 
@@ -204,12 +209,7 @@ class Importer:
         ep, sig = self.ep, self.ep.graph_signature
         user_inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in sig.user_inputs]
         output_node = next(n for n in ep.graph.nodes if n.op == "output")
-        user_outputs = [o for o, spec in zip(output_node.args[0], sig.output_specs)
-                        if spec.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
-        if len(user_outputs) != len(output_node.args[0]):
-            kinds = sorted({s.kind.name for s in sig.output_specs} - {"USER_OUTPUT"})
-            raise UnsupportedOpsError([UnsupportedOp("in-place state update", 1, (("<model>", 1),),
-                                                     f"the model mutates {', '.join(kinds)}")])
+        user_outputs, mutated = self._outputs(output_node, user_inputs)
         with self.context, ir.Location.unknown():
             self.module = ir.Module.create()
             in_specs = [TensorSpec.of(n.meta["val"]) for n in user_inputs]
@@ -236,9 +236,39 @@ class Importer:
                 if self.unsupported and not self.allow_unsupported:
                     raise UnsupportedOpsError(self.unsupported_list())
                 results = [self._materialize(o) for o in user_outputs]
-                func.ReturnOp([r.mlir for r in results])
+                updates = [self._materialize(value) for _, value in mutated]
+                if any(not isinstance(u, Value) for u in updates):
+                    raise LoweringError("an in-place update of an input is not computed by Ember")
+                # the new values of inputs updated in place follow the outputs (see ImportResult)
+                func.ReturnOp([r.mlir for r in results] + [u.mlir for u in updates])
+                fn.attributes[MUTATED_INPUTS_ATTR] = ir.ArrayAttr.get(
+                    [ir.IntegerAttr.get(ir.IntegerType.get_signless(64), i) for i, _ in mutated])
+                fn.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(
+                    [tensor_type(s) for s in in_specs], [tensor_type(s) for s in out_specs] +
+                    [u.mlir.type for u in updates]))
         return ImportResult(self.module, self.context, self.weights, in_specs, out_specs,
-                            self.unsupported_list(), self.host_calls, [n.name for n in user_inputs])
+                            self.unsupported_list(), self.host_calls, [n.name for n in user_inputs],
+                            [i for i, _ in mutated])
+
+    def _outputs(self, output_node: torch.fx.Node, user_inputs: list[torch.fx.Node]) -> tuple[list, list]:
+        """The model's outputs, and (input position, new value) of every input it updates in
+        place (torch.export lists those as USER_INPUT_MUTATION outputs). A module that updates
+        its own buffers is refused: its state would live in the weights."""
+        kinds = torch.export.graph_signature.OutputKind
+        position = {n.name: i for i, n in enumerate(user_inputs)}
+        outputs, mutated, buffers = [], [], []
+        for value, spec in zip(output_node.args[0], self.ep.graph_signature.output_specs):
+            if spec.kind == kinds.USER_OUTPUT:
+                outputs.append(value)
+            elif spec.kind == kinds.USER_INPUT_MUTATION:
+                mutated.append((position[spec.target], value))
+            else:
+                buffers.append(f"{spec.kind.name.lower()} of {spec.target}")
+        if buffers:
+            raise UnsupportedOpsError([UnsupportedOp("in-place state update", 1, (("<model>", 1),),
+                                                     f"the model updates its own state ({', '.join(buffers)}); "
+                                                     "pass that state as inputs, which it may update in place")])
+        return outputs, mutated
 
     def unsupported_list(self) -> list[UnsupportedOp]:
         """Unsupported ops grouped by aten target, most frequent first, with their source lines."""

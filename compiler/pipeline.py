@@ -35,6 +35,7 @@ from compiler.passes.fusion import FuseEpilogues
 from compiler.passes.broadcast_operands import MaterializeBroadcasts
 from compiler.passes.gqa_heads import FoldKVHeadExpansion
 from compiler.passes.attention_masks import FoldAttentionMasks
+from compiler.passes.in_place import InPlaceState
 from compiler.passes.memory_plan import MemoryPlan
 from compiler.passes.partition import Partition
 from compiler.passes.rotary import FuseRotary
@@ -58,6 +59,9 @@ class CompileOptions:
     # int8 only: how GEMM activations are scaled, "per-row" (at run time) or "per-tensor"
     # (calibrated on the example inputs); see compiler/passes/dtype.py
     int8_activations: str = "per-row"
+    # digest of the resident layout (weights' and device state's places) taken from another
+    # Program, so that both run in one session on one copy of them (see `resident_layout`)
+    share: str = ""
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -164,11 +168,64 @@ def _phase_tiled(model: torch.nn.Module, example_inputs: tuple, options: Compile
         DtypeLowering().run(graph, options.dtype, constants, amax, options.int8_activations)
         if options.fuse:
             FuseEpilogues().run(graph)
-        placements = MemoryPlan().run(graph, chip)
+        InPlaceState().run(graph)
+        placements = MemoryPlan().run(graph, chip, pinned=_pinned(graph, graph_result, result.get("resident")))
         TileAndMap().run(graph, placements, chip)
         _annotate(graph)
     result.update(ops=graph, placements=placements)
     result["timings"]["tile"] = time.perf_counter() - t0
+
+
+#: Prefixes of the weight-table names the compiler gives the constants it makes.
+INTERNAL_WEIGHTS = ("_folded.", "_int8._folded.")
+
+
+def resident_layout(program: Any, input_names: list[str]) -> dict[str, dict[str, Any]]:
+    """Where a Program keeps what lives in device memory between runs: its weights (by weight
+    name) and its device state (by input name), as `{"weight:<name>" | "state:<input>":
+    {"space", "addr", "shape", "isa_dtype"}}`. A compile given this layout (`share`) places the
+    same weights and state at the same places, so that both Programs serve from one copy."""
+    fields = ("space", "addr", "shape", "isa_dtype")
+    layout = {}
+    for entry in program.tensors.values():
+        if "space" in entry and "weight" in entry and not entry["weight"].startswith(INTERNAL_WEIGHTS):
+            layout[f"weight:{entry['weight']}"] = {k: entry[k] for k in fields}
+    for i in program.mutated_inputs:
+        entry = program.tensors[program.inputs[i]]
+        if "space" in entry:
+            layout[f"state:{input_names[i]}"] = {k: entry[k] for k in fields}
+    return layout
+
+
+def layout_digest(layout: dict[str, Any] | None) -> str:
+    if not layout:
+        return ""
+    return hashlib.sha256(repr(sorted((k, sorted(v.items())) for k, v in layout.items())).encode()).hexdigest()[:16]
+
+
+def _pinned(graph, graph_result, layout: dict[str, Any] | None) -> dict[int, Any]:
+    """This graph's values that `layout` places (weights by name, state by input name); a value
+    of another shape or storage type than the layout's is refused, naming it."""
+    from ops.kernel import Placement
+    if not layout:
+        return {}
+    # the model's own weights, by name: not constants the compiler made (folded subgraphs and
+    # int8 copies of them are named after graph nodes, which differ between graphs)
+    names = {v: f"weight:{n}" for v, n in graph.weights.items() if not n.startswith(INTERNAL_WEIGHTS)}
+    names.update({graph.inputs[i]: f"state:{n}" for i, n in enumerate(graph_result.input_names)
+                  if graph.inputs[i] in graph.mutated})
+    pinned = {}
+    for v, key in names.items():
+        where = layout.get(key)
+        if where is None or v not in graph.storage:
+            continue
+        here = (tuple(graph.specs[v].shape), graph.storage[v])
+        there = (tuple(where["shape"]), where["isa_dtype"])
+        if here != there:
+            raise EmberError(f"cannot share device memory with the other Program: {key.replace(':', ' ')} is "
+                             f"{there[1]} {there[0]} there and {here[1]} {here[0]} here")
+        pinned[v] = Placement(where["space"], int(where["addr"]), here[0], here[1])
+    return pinned
 
 
 def _phase_program(model: torch.nn.Module, example_inputs: tuple, options: CompileOptions,
@@ -191,14 +248,18 @@ PIPELINE: tuple[tuple[str, Callable[..., None]], ...] = (
 
 
 def compile_model(model: torch.nn.Module, example_inputs: Any, options: CompileOptions, chip: Any,
-                  cache: Any = None) -> CompileResult:
+                  cache: Any = None, resident: dict[str, Any] | None = None) -> CompileResult:
     """Run the pipeline's phases up to `options.to` for `chip` (a ChipSpec).
 
     `cache` (see `runtime.cache.CompileCache`) is asked for a Program once the graph phase is done,
     keyed by the graph, the options and the chip; on a miss the finished Program is offered to it.
+    `resident` (`resident_layout` of another Program; `options.share` is its digest) pins the
+    weights and device state the two have in common to that Program's places.
     """
+    if layout_digest(resident) != options.share:
+        raise ValueError("options.share must be the digest of the resident layout given")
     example_inputs = check_inputs(model, example_inputs)
-    state: dict[str, Any] = {"chip": chip}
+    state: dict[str, Any] = {"chip": chip, "resident": resident}
     ir_after: dict[str, str] = {}
     key = None
     for phase, run in PIPELINE:
@@ -226,4 +287,4 @@ def compile_model(model: torch.nn.Module, example_inputs: Any, options: CompileO
                          state.get("program"))
 
 
-__all__ = ["PHASES", "DTYPES", "CompileOptions", "CompileResult", "compile_model", "EmberError"]
+__all__ = ["PHASES", "DTYPES", "CompileOptions", "CompileResult", "compile_model", "resident_layout", "EmberError"]

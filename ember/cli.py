@@ -116,6 +116,34 @@ def run(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:fac
 
 
 @app.command()
+def generate(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:factory (a decoder)"),
+             chip: str = typer.Option("mtia2i", help="chip name or YAML path"),
+             dtype: str = typer.Option("bf16", help="fp32 | bf16 | int8"),
+             prompt_len: Optional[int] = typer.Option(None, "--prompt-len", help="text tokens of the random prompt"),
+             new_tokens: int = typer.Option(16, "--new-tokens", help="tokens to generate"),
+             batch: Optional[int] = typer.Option(None, "--batch", help="sequences generated together"),
+             timing_only: bool = typer.Option(False, "--timing-only", help="time it, compute no numbers "
+                                                                            "(meta-device models)")) -> None:
+    """Greedy generation on the simulated chip with the KV cache on the device: TTFT, TPOT, tokens."""
+    import ember
+    from ember.report import generation_tables
+    from models.serving import random_prompt
+    try:
+        model, _ = ember.load_model(spec)
+        prompt = random_prompt(model, prompt_len, batch)
+        t0 = time.perf_counter()
+        gen = ember.generate(model, prompt, max_new_tokens=new_tokens, chip=chip, dtype=dtype,
+                             timing_only=timing_only or any(p.is_meta for p in model.parameters()))
+    except (ValueError, TypeError, MemoryError, ember.EmberError) as e:
+        _fail(str(e))
+    for table in generation_tables(gen, f"{spec} on {chip}, {dtype}"):
+        console.print(table)
+    if gen.tokens is not None:
+        console.print(f"tokens: {gen.tokens.tolist()}")
+    console.print(f"compiled and simulated in {time.perf_counter() - t0:.1f} s of wall time")
+
+
+@app.command()
 def check(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:factory"),
           chip: str = typer.Option("mtia2i", help="chip name or YAML path"),
           dtype: str = typer.Option("bf16", help="fp32 | bf16 | int8"),
@@ -143,6 +171,8 @@ def demo(spec: str = typer.Option("models:multimodal-small", help="the model to 
     compare_with_torch(spec, device="reference", chip="mtia2i", dtype="fp32", console=console, show_ops=True)
     compare_with_torch(spec, device="sim", chip="mtia2i", dtype="bf16", console=console,
                        trace="build/demo-trace.json")
+    from ember.demo import show_generation
+    show_generation(spec, chip="mtia2i", dtype="bf16", console=console)
 
 
 def main() -> None:

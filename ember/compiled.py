@@ -13,6 +13,7 @@ from compiler.importer import HOST_TARGET_ATTR, main_function
 from compiler.pipeline import PHASES, CompileOptions, CompileResult
 from ops.registry import TensorSpec, to_numpy
 from runtime.devices import get_device
+from runtime.session import describe
 
 
 class CompiledModel:
@@ -67,7 +68,13 @@ class CompiledModel:
         options = CompileOptions(**program.meta["options"])
         out_spec = torch.utils._pytree.treespec_loads(program.meta["out_spec"])
         result = CompileResult(options, None, out_spec, {}, {}, program)
-        return cls(result, chip=ChipSpec.model_validate(program.chip))
+        loaded = cls(result, chip=ChipSpec.model_validate(program.chip))
+        from runtime.host import HostCallError
+        try:   # refused on load, not half-run: every host call must name a torch op
+            loaded.host_ops()
+        except HostCallError as e:
+            raise HostCallError(f"{path}: {e}") from None
+        return loaded
 
     # ------------------------------------------------------------------ inspection
     @property
@@ -81,6 +88,26 @@ class CompiledModel:
             return [TensorSpec(tuple(self.program.tensors[t]["shape"]), self.program.tensors[t]["dtype"])
                     for t in self.program.inputs]
         return list(self.graph.input_specs)
+
+    @property
+    def mutated_inputs(self) -> list[int]:
+        """Positions of the inputs the model updates in place (device state, e.g. a KV cache)."""
+        if self.program is not None:
+            return list(self.program.mutated_inputs)
+        return list(self.graph.mutated_inputs)
+
+    @property
+    def output_specs(self) -> list[TensorSpec]:
+        """Shapes and dtypes of the model's outputs, flattened."""
+        if self.graph is not None:
+            return list(self.graph.output_specs)
+        return [TensorSpec(tuple(self.program.tensors[t]["shape"]), self.program.tensors[t]["dtype"])
+                for t in self.program.user_outputs]
+
+    @property
+    def out_spec(self) -> Any:
+        """The pytree structure of the model's outputs."""
+        return self._result.out_spec
 
     @property
     def input_names(self) -> list[str]:
@@ -132,29 +159,60 @@ class CompiledModel:
         return self._numpy_weights
 
     # ------------------------------------------------------------------ running
+    def check_specs(self, specs: list[TensorSpec]) -> None:
+        """Refuse inputs whose number, shapes or dtypes do not match the compiled signature, naming
+        the input at fault and what was expected (in PyTorch's words), before anything runs."""
+        want, names = self.input_specs, self.input_names
+        if len(specs) != len(want):
+            raise TypeError(f"the compiled model takes {len(want)} input(s) ({', '.join(names)}), got {len(specs)}")
+        for i, (got, spec, name) in enumerate(zip(specs, want, names)):
+            if got != spec:   # meta tensors pass when shape and dtype match (timing-only runs)
+                raise ValueError(f"input {i} ('{name}') is {describe(got)}, but the model was compiled for "
+                                 f"{describe(spec)}")
+
     def check_inputs(self, inputs: tuple[Any, ...], device: str = "reference") -> None:
         """Refuse inputs that do not match the compiled signature or the device, naming the input
         at fault and what was expected, before anything runs."""
         specs, names = self.input_specs, self.input_names
-        if len(inputs) != len(specs):
-            raise TypeError(f"the compiled model takes {len(specs)} input(s) ({', '.join(names)}), got {len(inputs)}")
-        where = getattr(get_device(device), "INPUT_DEVICE", "cpu")
         for i, (x, spec, name) in enumerate(zip(inputs, specs, names)):
-            label = f"input {i} ('{name}')"
             if not isinstance(x, torch.Tensor):
-                raise TypeError(f"{label} must be a tensor {spec}, got {type(x).__name__}")
-            got = TensorSpec.of(x)
-            if got != spec:   # meta tensors pass when shape and dtype match (timing-only runs)
-                raise ValueError(f"{label} is {got}, but the model was compiled for {spec}")
+                raise TypeError(f"input {i} ('{name}') must be a tensor {describe(spec)}, got {type(x).__name__}")
+        self.check_specs([TensorSpec.of(x) for x in inputs])
+        where = getattr(get_device(device), "INPUT_DEVICE", "cpu")
+        for i, (x, name) in enumerate(zip(inputs, names)):
             if x.device.type != where and not (x.is_meta and device == "sim"):
-                raise ValueError(f"{label} is on device '{x.device}', but device='{device}' takes its "
+                raise ValueError(f"input {i} ('{name}') is on device '{x.device}', but device='{device}' takes its "
                                  f"inputs on '{where}'")
 
     def run(self, *inputs: torch.Tensor, device: str = "reference", **options: Any) -> Any:
-        """Run on `device` ("reference" | "sim" | "cpu" | "cuda"); outputs are shaped as the model's."""
+        """Run once on `device` ("reference" | "sim" | "cpu" | "cuda"): inputs up, run, outputs
+        down; outputs are shaped as the model's. Inputs the model updates in place (a KV cache)
+        are updated, as eager PyTorch updates them. On "sim", `last_run.breakdown` says how much
+        of the time was the host link; `session()` keeps tensors on the device instead."""
         self.check_inputs(inputs, device)
-        outs = get_device(device).run(self, inputs, **options)
-        return torch.utils._pytree.tree_unflatten(list(outs), self._result.out_spec)
+        outs = list(get_device(device).run(self, inputs, **options))
+        n_user = len(outs) - len(self.mutated_inputs)
+        for i, new in zip(self.mutated_inputs, outs[n_user:]):
+            if not inputs[i].is_meta:
+                with torch.no_grad():
+                    inputs[i].copy_(new.to(inputs[i].device))
+        return torch.utils._pytree.tree_unflatten(outs[:n_user], self._result.out_spec)
+
+    def session(self, device: str = "sim", share: Any = None) -> Any:
+        """Device memory that lives across runs (`runtime.session.Session`): the weights are
+        loaded once; `put`, `run` on device tensors, `get`. `share`: another session whose
+        device memory (weights and state loaded by name) this one uses, e.g. prefill's for decode."""
+        from runtime.session import Session
+        return Session(self, device, share=share)
+
+    def sim_backend(self) -> Any:
+        """The simulator backend `cm.run(device="sim")` runs on: weights loaded once, with the
+        compiled model, and not charged to its runs."""
+        if getattr(self, "_sim_backend", None) is None:
+            from runtime.devices.sim import Backend
+            from runtime.session import DeviceMemory
+            self._sim_backend = Backend(self, DeviceMemory("sim"))
+        return self._sim_backend
 
     def __repr__(self) -> str:
         return (f"CompiledModel(to={self.options.to!r}, chip={self.options.chip!r}, dtype={self.options.dtype!r}, "

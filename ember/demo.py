@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -58,8 +59,8 @@ def compare_with_torch(spec: str, *, device: str, chip: str, dtype: str, console
     if device == "cuda":
         model, fresh = model.to("cuda"), tuple(x.to("cuda") for x in fresh)
     repeats = 1 if device in ("sim", "reference") else 5   # torch devices: warm, then the median
-    with torch.no_grad():
-        eager_s, ref = _timed(lambda: model(*fresh), repeats, device)
+    with torch.no_grad():     # (on clones: a decode step updates its cache inputs in place)
+        eager_s, ref = _timed(lambda: model(*(x.clone() for x in fresh)), repeats, device)
     run_s, out = _timed(lambda: cm.run(*fresh, device=device), repeats, device)
     err = max_relative_error(out, ref)
     table = Table(title=f"{spec} on device '{device}' vs PyTorch eager")
@@ -75,3 +76,36 @@ def compare_with_torch(spec: str, *, device: str, chip: str, dtype: str, console
             cm.last_run.write_trace(trace)
             console.print(f"trace (open in Perfetto): {os.path.abspath(trace)}")
     return err
+
+
+def show_generation(spec: str, *, chip: str, dtype: str, console: Console, new_tokens: int = 8) -> Any:
+    """Generate from a random prompt with the KV cache on the simulated chip; print TTFT, TPOT,
+    where the time went, and the tokens (checked against greedy decoding in eager PyTorch)."""
+    from ember.report import generation_tables
+    from models.serving import random_prompt
+    model, _ = ember.load_model(spec)
+    prompt = random_prompt(model)
+    gen = ember.generate(model, prompt, max_new_tokens=new_tokens, chip=chip, dtype=dtype)
+    for table in generation_tables(gen, f"{spec}: generation on {chip}, {dtype}, KV cache on the device"):
+        console.print(table)
+    eager = eager_greedy(model, prompt, new_tokens)
+    agree = int((gen.tokens == eager).sum())
+    console.print(f"tokens: {gen.tokens.tolist()}")
+    console.print(f"greedy tokens of eager PyTorch (fp32): {eager.tolist()}; {agree}/{eager.numel()} agree")
+    return gen
+
+
+def eager_greedy(model: torch.nn.Module, prompt: Any, new_tokens: int) -> torch.Tensor:
+    """Greedy tokens of the eager model, recomputing the whole sequence each step (no cache)."""
+    from models.serving import _unwrap
+    inner = _unwrap(model)
+    parts = list(prompt) if isinstance(prompt, (tuple, list)) else [prompt]
+    out = []
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            res = inner(*parts)
+            logits = res[0] if isinstance(res, tuple) else getattr(res, "logits", res)
+            token = logits[:, -1].argmax(-1, keepdim=True)
+            out.append(token)
+            parts[0] = torch.cat([parts[0], token], dim=1)
+    return torch.cat(out, dim=1)

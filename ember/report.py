@@ -45,9 +45,14 @@ def run_summary_tables(run, top: int = 10) -> list[Table]:
     for name, (n, cycles, predicted, roof) in sorted(by_op.items(), key=lambda kv: -kv[1][1])[:top]:
         ops.add_row(name, str(n), f"{cycles:,}", f"{100 * cycles / max(run.cycles, 1):.1f}",
                     f"{predicted:,}" if predicted else "", f"{roof:,.0f}" if roof else "")
-    host = sum(s.kind == "host" for s in run.steps)
+    host = [s for s in run.steps if s.kind == "host"]
+    b = run.breakdown
+    caption = (f"device {b['device'] * 1e3:.3f} ms, host link {b['host_link'] * 1e3:.3f} ms, "
+               f"host {b['host'] * 1e3:.3f} ms")
     if host:
-        ops.caption = f"{host} op(s) ran on the host (not timed); their tensors cross the host link (transfer rows)"
+        caption += (f"; {len(host)} op(s) ran on the host, in modelled host time; their tensors cross the host "
+                    "link (transfer rows)")
+    ops.caption = caption
     engines = Table(title="Engine utilization", caption="busy cycles / (PEs x run cycles)")
     engines.add_column("engine")
     engines.add_column("utilization", justify="right")
@@ -79,3 +84,22 @@ def _short_location(location: str) -> str:
     import re
     m = re.search(r'"([^"]+)":(\d+)', location or "")
     return f"{m.group(1).rsplit('/', 1)[-1]}:{m.group(2)}" if m else ""
+
+
+def generation_tables(gen, title: str) -> list[Table]:
+    """`ember.generate`'s latencies, and where the time of the prefill and of a decode step went."""
+    summary = Table(title=title)
+    for col in ("batch", "prompt", "new tokens", "TTFT ms", "TPOT ms", "tokens/s"):
+        summary.add_column(col, justify="right")
+    summary.add_row(str(gen.batch), str(gen.prompt_len), str(len(gen.step_s) + 1), f"{gen.ttft_s * 1e3:.3f}",
+                    f"{gen.tpot_s * 1e3:.3f}", f"{gen.tokens_per_s:,.1f}")
+    where = Table(title="Where the time went (ms)", caption="weights: GEMMs (in decode, streaming every weight "
+                                                           "once); attention: over the KV cache")
+    parts = list(gen.breakdown.get("prefill", {}))
+    where.add_column("phase")
+    for p in parts:
+        where.add_column(p, justify="right")
+    for phase, label in (("prefill", "prefill"), ("step", "decode step (mean)")):
+        if phase in gen.breakdown:
+            where.add_row(label, *(f"{gen.breakdown[phase][p] * 1e3:.3f}" for p in parts))
+    return [summary, where]

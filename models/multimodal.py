@@ -5,15 +5,21 @@ projected into the model width, concatenated into one sequence `[image | video |
 and run through a decoder-only transformer (RMSNorm, rotary embeddings, grouped-query attention
 through `scaled_dot_product_attention`, SwiGLU MLP) with an LM head over every position.
 
-Two graphs share one set of weights:
-- prefill, `MultimodalModel.forward(text_ids, image, audio, video) -> (logits, k_cache, v_cache)`;
-- one-token decode, `MultimodalDecode.forward(token_ids, position, k_cache, v_cache)
-  -> (logits, k_cache, v_cache)`, where the returned caches are one position longer (`torch.cat`).
+Three graphs share one set of weights:
+- prefill, `MultimodalModel.forward(text_ids, image, audio, video) -> (logits, k_cache, v_cache)`,
+  logits for every position and the caches stacked over layers,
+  `(n_layers, batch, n_kv_heads, length, head_dim)`;
+- serving prefill, `MultimodalPrefill.forward(text_ids, image, audio, video, *caches) -> logits`
+  of the last position, writing the prompt's keys and values into preallocated per-layer caches
+  (`k0, v0, k1, v1, ...`, each `(batch, n_kv_heads, max_len, head_dim)`) in place;
+- one-token decode, `MultimodalDecode.forward(token_ids, position, *caches) -> logits`: the new
+  token at `position` (shape (1,), shared by the batch) writes its keys and values into the
+  caches in place (`index_copy_`) and attends to every filled slot (a mask `slot <= position`),
+  so a step never copies the cache.
 
-Caches are stacked over layers: `(n_layers, batch, n_kv_heads, length, head_dim)`, so the
-prefill's caches feed decode directly. Everything captures with `torch.export` at static shapes:
-no data-dependent control flow, only conv / linear / sdpa / rms_norm / silu / gelu / embedding /
-cat / views / slices / add / mul / cos / sin / arange.
+Everything captures with `torch.export` at static shapes: no data-dependent control flow, only
+conv / linear / sdpa / rms_norm / silu / gelu / embedding / cat / views / slices / add / mul /
+cos / sin / arange / index_copy / comparisons.
 """
 
 from __future__ import annotations
@@ -250,31 +256,37 @@ class GroupedQueryAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
 
-    def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, past_k: Tensor | None = None, past_v: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Without a past: causal prefill. With one: exactly one new token attending to the
-        whole cache and itself (no mask needed, since every cache slot is valid).
-        Returns the output and this layer's keys/values including the new positions."""
+    def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if past_k is None:
-            keys, values, causal = k, v, True
-        else:
-            if s != 1:
-                raise ValueError(f"decode takes one token per step, got {s}")
-            # is_causal=True would align the mask top-left and hide the cache from the new
-            # query, so decode passes no mask at all.
-            keys, values, causal = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2), False
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def _attend(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+        b, _, s, _ = q.shape
         n_rep = self.n_heads // self.n_kv_heads
         out = F.scaled_dot_product_attention(
-            q, expand_kv_heads(keys, n_rep), expand_kv_heads(values, n_rep), is_causal=causal
+            q, expand_kv_heads(keys, n_rep), expand_kv_heads(values, n_rep), attn_mask=mask, is_causal=causal
         )
-        out = out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim)
-        return self.o_proj(out), keys, values
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim))
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Causal attention over the sequence; returns the output and this layer's keys/values."""
+        q, k, v = self._qkv(x, cos, sin)
+        return self._attend(q, k, v, None, True), k, v
+
+    def forward_cached(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor,
+                       positions: Tensor, mask: Tensor | None) -> Tensor:
+        """Write this step's keys/values into the caches at `positions`, in place, and attend:
+        without a mask (a prompt from position 0), causally over the prompt's own keys; with
+        one (decode), over every cache slot the mask keeps."""
+        q, k, v = self._qkv(x, cos, sin)
+        k_cache.index_copy_(2, positions, k)
+        v_cache.index_copy_(2, positions, v)
+        if mask is None:
+            return self._attend(q, k, v, None, True)
+        return self._attend(q, k_cache, v_cache, mask, False)
 
 
 class SwiGLU(nn.Module):
@@ -300,13 +312,16 @@ class DecoderLayer(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, past_k: Tensor | None = None, past_v: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        attn_out, keys, values = self.attn(self.attn_norm(x), cos, sin, past_k, past_v)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        attn_out, keys, values = self.attn(self.attn_norm(x), cos, sin)
         x = x + attn_out
         x = x + self.mlp(self.mlp_norm(x))
         return x, keys, values
+
+    def forward_cached(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor,
+                       positions: Tensor, mask: Tensor | None) -> Tensor:
+        x = x + self.attn.forward_cached(self.attn_norm(x), cos, sin, k_cache, v_cache, positions, mask)
+        return x + self.mlp(self.mlp_norm(x))
 
 
 class MultimodalModel(nn.Module):
@@ -324,6 +339,13 @@ class MultimodalModel(nn.Module):
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
+    def embed_prompt(self, text_ids: Tensor, image: Tensor, audio: Tensor, video: Tensor) -> Tensor:
+        """The prompt sequence `[image | video | audio | text]`, (B, S, d_model)."""
+        return torch.cat(
+            (self.image_embed(image), self.video_embed(video), self.audio_embed(audio), self.embed_tokens(text_ids)),
+            dim=1,
+        )
+
     def forward(self, text_ids: Tensor, image: Tensor, audio: Tensor, video: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Prefill.
 
@@ -331,10 +353,7 @@ class MultimodalModel(nn.Module):
         -> logits (B, S, vocab) for every position of `[image | video | audio | text]`,
            k_cache, v_cache (n_layers, B, n_kv_heads, S, head_dim).
         """
-        h = torch.cat(
-            (self.image_embed(image), self.video_embed(video), self.audio_embed(audio), self.embed_tokens(text_ids)),
-            dim=1,
-        )
+        h = self.embed_prompt(text_ids, image, audio, video)
         positions = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
         cos, sin = self.rotary(positions)
         ks, vs = [], []
@@ -344,21 +363,36 @@ class MultimodalModel(nn.Module):
             vs.append(v)
         return self.lm_head(self.norm(h)), _stack_layers(ks), _stack_layers(vs)
 
-    def decode(self, token_ids: Tensor, position: Tensor, k_cache: Tensor, v_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One decode step.
-
-        token_ids (B, 1) int64, position (B, 1) int64 (the new token's position, normally the
-        cache length), k_cache, v_cache (n_layers, B, n_kv_heads, L, head_dim)
-        -> logits (B, 1, vocab), caches extended to length L + 1.
-        """
-        h = self.embed_tokens(token_ids)
-        cos, sin = self.rotary(position)
-        ks, vs = [], []
+    def prefill_cached(self, text_ids: Tensor, image: Tensor, audio: Tensor, video: Tensor,
+                       caches: tuple[Tensor, ...]) -> Tensor:
+        """Serving prefill: the prompt's keys and values go into `caches` (k0, v0, k1, v1, ...:
+        (B, n_kv_heads, max_len, head_dim)) at positions 0..S-1, in place; returns the logits of
+        the last position, (B, 1, vocab), all that sampling the first token needs."""
+        h = self.embed_prompt(text_ids, image, audio, video)
+        positions = torch.arange(h.shape[1], device=h.device)
+        cos, sin = self.rotary(positions.unsqueeze(0))
         for i, layer in enumerate(self.layers):
-            h, k, v = layer(h, cos, sin, k_cache[i], v_cache[i])
-            ks.append(k)
-            vs.append(v)
-        return self.lm_head(self.norm(h)), _stack_layers(ks), _stack_layers(vs)
+            h = layer.forward_cached(h, cos, sin, caches[2 * i], caches[2 * i + 1], positions, None)
+        return self.lm_head(self.norm(h[:, -1:]))
+
+    def decode(self, token_ids: Tensor, position: Tensor, caches: tuple[Tensor, ...]) -> Tensor:
+        """One decode step: token_ids (B, 1) int64 at `position` (shape (1,) int64, the number of
+        filled cache slots); writes the token's keys and values into `caches` at `position`, in
+        place, and returns the logits (B, 1, vocab)."""
+        if len(caches) != 2 * len(self.layers):
+            raise ValueError(f"decode takes {2 * len(self.layers)} caches (k and v per layer), got {len(caches)}")
+        h = self.embed_tokens(token_ids)
+        cos, sin = self.rotary(position.view(1, 1))
+        slots = caches[0].shape[2]
+        mask = (torch.arange(slots, device=h.device) <= position).view(1, 1, 1, slots)
+        for i, layer in enumerate(self.layers):
+            h = layer.forward_cached(h, cos, sin, caches[2 * i], caches[2 * i + 1], position, mask)
+        return self.lm_head(self.norm(h))
+
+    def cache_shape(self, batch: int, max_len: int) -> tuple[int, int, int, int]:
+        """The shape of each per-layer key or value cache."""
+        cfg = self.cfg
+        return (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
 
 
 def _stack_layers(per_layer: list[Tensor]) -> Tensor:
@@ -366,15 +400,28 @@ def _stack_layers(per_layer: list[Tensor]) -> Tensor:
     return torch.cat([t.unsqueeze(0) for t in per_layer], dim=0)
 
 
-class MultimodalDecode(nn.Module):
-    """The one-token decode graph of a `MultimodalModel` (shares its weights)."""
+class MultimodalPrefill(nn.Module):
+    """The serving prefill graph of a `MultimodalModel` (shares its weights): the prompt's keys
+    and values into preallocated caches, the last position's logits out."""
 
     def __init__(self, model: MultimodalModel):
         super().__init__()
         self.model = model
 
-    def forward(self, token_ids: Tensor, position: Tensor, k_cache: Tensor, v_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self.model.decode(token_ids, position, k_cache, v_cache)
+    def forward(self, text_ids: Tensor, image: Tensor, audio: Tensor, video: Tensor, *caches: Tensor) -> Tensor:
+        return self.model.prefill_cached(text_ids, image, audio, video, caches)
+
+
+class MultimodalDecode(nn.Module):
+    """The one-token decode graph of a `MultimodalModel` (shares its weights): writes into the
+    preallocated caches in place and returns the logits."""
+
+    def __init__(self, model: MultimodalModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, token_ids: Tensor, position: Tensor, *caches: Tensor) -> Tensor:
+        return self.model.decode(token_ids, position, caches)
 
 
 # ---------------------------------------------------------------- builders
@@ -401,15 +448,15 @@ def prefill_inputs(cfg: MultimodalConfig, text_len: int | None = None) -> tuple[
     return text_ids, image, audio, video
 
 
-def decode_inputs(cfg: MultimodalConfig, cache_len: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Fresh random (token_ids, position, k_cache, v_cache) for one decode step after
-    `cache_len` positions (default `cfg.decode_cache_len`)."""
+def decode_inputs(cfg: MultimodalConfig, cache_len: int | None = None) -> tuple[Tensor, ...]:
+    """Fresh random (token_ids, position, k0, v0, k1, v1, ...) for one decode step after
+    `cache_len` filled positions (default `cfg.decode_cache_len`), into caches of one slot more."""
     length = cfg.decode_cache_len if cache_len is None else cache_len
     b = cfg.batch
-    cache_shape = (cfg.n_layers, b, cfg.n_kv_heads, length, cfg.head_dim)
+    cache_shape = (b, cfg.n_kv_heads, length + 1, cfg.head_dim)
     token_ids = torch.randint(0, cfg.vocab_size, (b, 1))
-    position = torch.full((b, 1), length, dtype=torch.int64)
-    return token_ids, position, torch.randn(cache_shape), torch.randn(cache_shape)
+    position = torch.tensor([length], dtype=torch.int64)
+    return (token_ids, position, *(torch.randn(cache_shape) for _ in range(2 * cfg.n_layers)))
 
 
 def _prefill(name: str) -> tuple[nn.Module, tuple[Tensor, ...]]:
@@ -430,7 +477,7 @@ def multimodal_tiny():
 
 @register_model("multimodal-tiny-decode")
 def multimodal_tiny_decode():
-    """One decode step of the tiny config after 32 cached positions."""
+    """One decode step of the tiny config after 32 cached positions (caches of 33 slots)."""
     return _decode("multimodal-tiny")
 
 
@@ -442,7 +489,7 @@ def multimodal_small():
 
 @register_model("multimodal-small-decode")
 def multimodal_small_decode():
-    """One decode step of the small config after 256 cached positions."""
+    """One decode step of the small config after 256 cached positions (caches of 257 slots)."""
     return _decode("multimodal-small")
 
 
@@ -456,7 +503,8 @@ def multimodal_7b():
 
 @register_model("multimodal-7b-decode", meta=True)
 def multimodal_7b_decode():
-    """One decode step of the 7B config after 2048 cached positions, on the meta device."""
+    """One decode step of the 7B config after 2048 cached positions (caches of 2049 slots), on the
+    meta device."""
     cfg = CONFIGS["multimodal-7b"]
     with torch.device("meta"):
         return MultimodalDecode(MultimodalModel(cfg)).eval(), decode_inputs(cfg)

@@ -44,14 +44,36 @@ class _Slot:
 
 
 def resolve_target(name: str) -> Any:
-    """`aten.embedding.default` -> torch.ops.aten.embedding.default."""
-    namespace, _, rest = name.partition(".")
+    """`aten.embedding.default` -> torch.ops.aten.embedding.default. Only a registered torch op
+    overload resolves: a Program file is data, and loading one runs nothing else it names."""
+    namespace, _, rest = name.partition(".") if isinstance(name, str) else ("", "", "")
     op_name, _, overload = rest.rpartition(".")
+    if not (namespace and op_name and overload):
+        raise HostCallError(f"the Program calls {name!r} on the host, which is not a torch op overload "
+                            "('namespace.op.overload')")
     try:
-        return getattr(getattr(getattr(torch.ops, namespace), op_name), overload)
+        target = getattr(getattr(getattr(torch.ops, namespace), op_name), overload)
     except (AttributeError, RuntimeError) as e:
         raise HostCallError(f"the Program calls '{name}' on the host, which is not a registered torch op in "
                             f"this process (is the library that defines it imported?)") from e
+    if not isinstance(target, torch._ops.OpOverload):
+        raise HostCallError(f"the Program calls '{name}' on the host, which is not a torch op overload")
+    return target
+
+
+#: Tags of a host call's non-tensor arguments, and the torch type each must resolve to.
+_TAGGED = {"$dtype": torch.dtype, "$layout": torch.layout, "$memory_format": torch.memory_format}
+
+
+def _torch_constant(tag: str, value: Any, target: str, where: str) -> Any:
+    """`torch.<value>` if it is a `torch.dtype` / `torch.layout` / `torch.memory_format` as `tag`
+    says; anything else (a function, a module) is refused."""
+    kind = _TAGGED[tag]
+    found = getattr(torch, value, None) if isinstance(value, str) and value.isidentifier() else None
+    if not isinstance(found, kind):
+        raise HostCallError(f"{where}: host call '{target}' has {tag} {value!r}, which is not a "
+                            f"torch.{kind.__name__}")
+    return found
 
 
 def decode_host_call(data: dict[str, Any] | str, where: str = "Program") -> HostOp:
@@ -66,17 +88,22 @@ def decode_host_call(data: dict[str, Any] | str, where: str = "Program") -> Host
             (tag, value), = x.items()
             if tag == "$tensor":
                 return _Slot(int(value))
-            if tag == "$dtype":
-                return getattr(torch, value)
+            if tag in _TAGGED:
+                return _torch_constant(tag, value, data["target"], where)
             if tag == "$device":
-                return torch.device(value)
-            if tag == "$layout":
-                return getattr(torch, value)
-            if tag == "$memory_format":
-                return getattr(torch, value)
+                try:
+                    return torch.device(value)
+                except (RuntimeError, TypeError) as e:
+                    raise HostCallError(f"{where}: host call '{data['target']}' has $device {value!r}, "
+                                        f"which is not a torch device") from e
             raise HostCallError(f"{where}: unknown tag {tag!r} in host call '{data['target']}'")
+        if x is not None and not isinstance(x, (bool, int, float, str)):
+            raise HostCallError(f"{where}: host call '{data['target']}' has an argument of type "
+                                f"{type(x).__name__}")
         return x
 
+    if not isinstance(data, dict) or not {"target", "args", "kwargs"} <= set(data):
+        raise HostCallError(f"{where}: a host call is not a record of target, args and kwargs")
     return HostOp(data["target"], resolve_target(data["target"]), dec(data["args"]),
                   {k: dec(v) for k, v in data["kwargs"].items()})
 

@@ -199,6 +199,27 @@ class Dma(_Section):
     latency_cycles: NonNegInt = 64
 
 
+class Host(_Section):
+    """The host CPU that runs the ops the chip does not (host steps), and sampling.
+
+    A host step takes max(its FLOPs / flops_per_s, its bytes / bytes_per_s) plus
+    op_overhead_s (framework dispatch); FLOPs are counted where the op has a kernel template
+    to count them, otherwise a step is charged for its bytes only.
+    """
+    kind: str = "server CPU"
+    flops_per_s: Rate
+    bytes_per_s: Rate
+    op_overhead_s: Annotated[float, Field(ge=0)] = 5.0e-6
+
+    def step_seconds(self, flops: float, nbytes: float) -> float:
+        return max(flops / self.flops_per_s, nbytes / self.bytes_per_s) + self.op_overhead_s
+
+
+#: The host a chip file without a `host` section is attached to (mtia2i's).
+DEFAULT_HOST = {"kind": "one socket of a 56-core server CPU", "flops_per_s": 3.6e12, "bytes_per_s": 153.6e9,
+                "op_overhead_s": 5.0e-6}
+
+
 class ChipSpec(BaseModel):
     """One accelerator variant. Frozen and hashable; ``fingerprint()`` keys compile caches."""
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -216,6 +237,7 @@ class ChipSpec(BaseModel):
     dram: Dram
     noc: Noc
     host_link: HostLink
+    host: Host = Host(**DEFAULT_HOST)
     dma: Dma = Dma()
     static_power_w: Energy = 0.0
 

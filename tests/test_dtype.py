@@ -35,8 +35,8 @@ def _fresh(spec: str):
     model, example = ember.load_model(f"models:{spec}")
     _, fresh = ember.load_model(f"models:{spec}")
     assert any(not torch.equal(a, b) for a, b in zip(example, fresh)), "load_model should draw fresh inputs"
-    with torch.no_grad():
-        ref = model(*fresh)
+    with torch.no_grad():    # (on clones: a decode step updates its cache inputs in place)
+        ref = model(*(x.clone() for x in fresh))
     return model, example, fresh, ref
 
 
@@ -75,7 +75,7 @@ def test_bf16_matches_eager(spec, chip):
 def test_int8_matches_eager(spec):
     model, example, fresh, ref = _fresh(spec)
     cm = ember.compile(model, example, chip="tiny", dtype="int8", to="program", allow_unsupported=True)
-    out = cm.run(*fresh, device="sim")
+    out = cm.run(*(x.clone() for x in fresh), device="sim")
     err = rel_err(out, ref)
     agree, agree_clear = _argmax_agreement(out, ref)
     print(f"\n{spec} on tiny, int8: rel err {err:.2e}, argmax agreement {agree:.3f} "
@@ -95,13 +95,14 @@ def test_int8_matches_eager(spec):
             (cm.program.constants[w].shape[0],)
         assert cm.program.tensors[rows]["shape"][:-1] == cm.program.tensors[x]["shape"][:-1]
     # per-tensor scales, calibrated on the example: rows of different magnitude (image, audio
-    # and text tokens) share one scale, and the error is about twice as large (decode: clipping,
-    # as its two example tokens do not span the fresh ones' range)
+    # and text tokens) share one scale, and the error is about twice as large. A decode step
+    # quantizes two rows per GEMM (one token per sequence), so one scale costs less there: 1.25x
+    # (clipping, as its two example tokens do not span the fresh ones' range)
     static = ember.compile(model, example, chip="tiny", dtype="int8", to="program", allow_unsupported=True,
                            int8_activations="per-tensor")
-    static_err = rel_err(static.run(*fresh, device="sim"), ref)
+    static_err = rel_err(static.run(*(x.clone() for x in fresh), device="sim"), ref)
     print(f"per-tensor: rel err {static_err:.2e}")
-    assert static_err > 1.5 * err
+    assert static_err > (1.1 if spec.endswith("-decode") else 1.5) * err
 
 
 class _Linear(torch.nn.Module):
@@ -172,7 +173,8 @@ def test_int8_gemm_is_the_quantized_product(kind, activations):
         assert 'activations = "per-row"' in cm.ir("tiled") and "act_scale" not in cm.ir("tiled")
         np.testing.assert_allclose(cm.program.constants[gemm["operands"][3]], s_w[:, 0], rtol=1e-6)
         assert cm.program.tensors[gemm["operands"][4]]["shape"] == [3, 24, 1]
-        assert [s["op"] for s in cm.program.steps if s["kind"] == "kernel"] == ["row_scale", "quantize_rows", kind]
+        quant, _ = [s for s in cm.program.steps if s["kind"] == "kernel"]
+        assert quant["op"] == "quantize_rows" and quant["results"] == [gemm["operands"][0], gemm["operands"][4]]
 
 
 def test_weight_quantization_is_per_output_channel():

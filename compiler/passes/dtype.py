@@ -12,6 +12,8 @@ The policy, for a compile dtype D ("fp32" | "bf16" | "int8"):
   fp32, as bf16 inference stacks keep their accumulations and residuals. (Rounding everything
   to bf16 also rounded the rotary angles, position * frequency, whose bf16 spacing is 1.0 at
   position 128: that alone was a 3e-2 error on a 176-token prompt.)
+* Device state (inputs the model updates in place: a KV cache) is narrow, and so is its new
+  value: the prefill and decode Programs that share a cache hold it in one dtype.
 * Kernels that cannot convert (data movement, attention, conv, anything not in MIXED_OPS) hold
   all their float operands and their result in one dtype. Such constraints join values into
   classes; a class is narrow when any member must be. A view shares its input's class. So a KV
@@ -20,11 +22,12 @@ The policy, for a compile dtype D ("fp32" | "bf16" | "int8"):
   int32 GEMM. Weights are quantized symmetrically per output channel (scale = max|W[n, :]| / 127).
   The activation is quantized in one of two ways (`activations`):
     - "per-row" (the default): at run time, each row (token) with its own scale
-      s[m] = max|x[m, :]| / 127, by a `row_scale` and a `quantize_rows` op inserted before the
-      GEMM (ops/kernels/quantize.py). The epilogue multiplies row m by s[m] and column n by
-      weight_scale[n]. Rows differ in magnitude (image, audio and text tokens; outlier tokens),
-      and one scale for all of them costs the small rows most of their bits: on multimodal-tiny
-      the error is 1.4e-2 against 3.5e-2 with per-tensor scales (mean over 60 fresh inputs).
+      s[m] = max|x[m, :]| / 127, by a `quantize_rows` op inserted before the GEMM: one pass
+      over x that writes both xq and s (ops/kernels/quantize.py). The epilogue multiplies row m
+      by s[m] and column n by weight_scale[n]. Rows differ in magnitude (image, audio and text
+      tokens; outlier tokens), and one scale for all of them costs the small rows most of their
+      bits: on multimodal-tiny the error is 1.4e-2 against 3.5e-2 with per-tensor scales (mean
+      over 60 fresh inputs).
     - "per-tensor": one scale per activation, from the largest magnitude calibration saw on the
       example inputs (scale = amax / 127), by a `quantize` op (a SIMD multiply that rounds and
       saturates to int8). The epilogue multiplies by one fp32 vector, act_scale * weight_scale[n].
@@ -48,7 +51,7 @@ CONTRACTION_OPERANDS = {"linear": (0, 1), "matmul": (0, 1), "attention": (0, 1, 
 #: Ops whose kernels read each operand in its own dtype and write the result in any float dtype
 #: (they widen to fp32 on the SIMD engine or accumulate in fp32 / int32).
 MIXED_OPS = frozenset({"unary", "binary", "softmax", "norm", "batch_norm", "reduce", "linear", "matmul",
-                       "quantize", "row_scale", "quantize_rows", "rotary"})
+                       "quantize", "quantize_rows", "rotary"})
 #: The narrow dtype contraction operands are held in, per compile dtype.
 NARROW = {"fp32": "fp32", "bf16": "bf16", "int8": "bf16"}
 #: Symmetric int8 range (-128 is left out so that the grid is symmetric about 0).
@@ -139,6 +142,12 @@ class DtypeLowering:
                     narrow.add(op.operands[i])
             if op.name not in MIXED_OPS and floats:
                 classes.union(floats)
+        # device state (a KV cache the model updates in place) is held narrow, as serving stacks
+        # hold their caches, whatever reads it: a prefill and a decode that share it agree
+        for state, new in graph.mutated.items():
+            if graph.specs[state].is_float:
+                classes.union([state, new])
+                narrow.add(state)
         narrow_roots = {classes.find(v) for v in narrow}
         touched = {v for op in graph.ops if op.target in ("accelerator", "view")
                    for v in (*op.operands, *op.results) if v is not None}
@@ -169,8 +178,8 @@ class DtypeLowering:
                 rows = None
                 if per_row:
                     rows = graph.new_value(TensorSpec((*spec.shape[:-1], 1), "f32"))
-                    ops.append(GraphOp(-1, "row_scale", None, {}, [x], [rows], op.location, target="accelerator"))
-                    ops.append(GraphOp(-1, "quantize_rows", None, {}, [x], [xq], op.location, target="accelerator"))
+                    ops.append(GraphOp(-1, "quantize_rows", None, {}, [x], [xq, rows], op.location,
+                                       target="accelerator"))
                 else:
                     ops.append(GraphOp(-1, "quantize", None, {"scale": 1.0 / s_x}, [x], [xq],
                                        op.location, target="accelerator"))

@@ -8,13 +8,20 @@ on die together), buffers are instead placed one by one in order of accesses per
 op of lifetime (a weight read once per run and a value kept to the end of the graph come
 last): each takes the lowest SRAM address free for its whole live range, or else DRAM.
 Each value is held in the ISA dtype the dtype pass chose for it (`GraphOps.storage`).
+
+Device state (inputs the model updates in place, such as a KV cache) lives for the whole run,
+as weights do, and stays where it is between runs; a result that updates it in place
+(`GraphOps.in_place`) shares its buffer. Values given a placement beforehand (`pinned`: the
+weights and state of another Program served in the same session, so that prefill and decode
+read one copy) keep it, and nothing else is placed over them.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from compiler.graph_ops import GraphOp, GraphOps
+from compiler.errors import DeviceMemoryError
+from compiler.graph_ops import GraphOp, GraphOps, last_reads
 from compiler.passes.concat_chains import concat_chains
 from ops.kernel import ISA_ITEMSIZE, Placement
 
@@ -36,6 +43,21 @@ class _Arena:
                 return start
         return None
 
+    def reserve(self, addr: int, nbytes: int) -> None:
+        """Take [addr, addr + nbytes) out of the free ranges (a pinned buffer)."""
+        end = addr + -(-nbytes // ALIGN) * ALIGN
+        free = []
+        for start, length in self.free:
+            stop = start + length
+            if stop <= addr or start >= end:
+                free.append((start, length))
+                continue
+            if start < addr:
+                free.append((start, addr - start))
+            if stop > end:
+                free.append((end, stop - end))
+        self.free = free
+
     def release(self, addr: int, nbytes: int) -> None:
         nbytes = -(-nbytes // ALIGN) * ALIGN
         self.free.append((addr, nbytes))
@@ -55,10 +77,30 @@ def _buffers(graph: GraphOps) -> tuple[list[GraphOp], set[int], dict[int, int]]:
     on_chip = [op for op in graph.ops if op.target in ("accelerator", "view")]
     touched = {v for op in on_chip for v in (*op.operands, *op.results) if v is not None}
     root: dict[int, int] = {}
-    for op in graph.ops:
+    for op in graph.ops:              # in op order, so that a view of an in-place result has its state as root
         if op.target == "view":
             root[op.results[0]] = root.get(op.operands[0], op.operands[0])
+        for r in op.results:
+            if r in graph.in_place:       # an in-place update of device state
+                root[r] = root.get(graph.in_place[r], graph.in_place[r])
     return on_chip, touched, root
+
+
+def _resident(graph: GraphOps) -> set[int]:
+    """Values that live for the whole run: weights, literals, and device state."""
+    return set(graph.weights) | set(graph.literals) | set(graph.mutated)
+
+
+def _size_report(graph: GraphOps, chip, what: str) -> str:
+    """The sizes a refused plan needed against the chip's memories."""
+    def total(values) -> int:
+        return sum(max(1, graph.specs[v].numel) * ISA_ITEMSIZE[graph.storage.get(v, "fp32")] for v in values
+                   if v in graph.storage)
+    weights = total(set(graph.weights) | set(graph.literals))
+    state = total(graph.mutated)
+    return (f"{what} does not fit the chip's memories: weights {weights / 2**20:,.1f} MiB, device state "
+            f"(e.g. a KV cache) {state / 2**20:,.1f} MiB, plus the activations; {chip.name} has SRAM "
+            f"{chip.sram_bytes / 2**20:,.0f} MiB and DRAM {chip.dram.bytes / 2**20:,.0f} MiB")
 
 
 @dataclass(frozen=True)
@@ -66,21 +108,22 @@ class MemoryPlan:
     """Placements for every value an accelerator op reads or writes."""
     name: str = "memory-plan"
 
-    def run(self, graph: GraphOps, chip) -> dict[int, Placement]:
-        placements = self._plan(graph, chip, weights_first=True)
-        constants = set(graph.weights) | set(graph.literals)
+    def run(self, graph: GraphOps, chip, pinned: dict[int, Placement] | None = None) -> dict[int, Placement]:
+        pinned = dict(pinned or {})
+        placements = self._plan(graph, chip, pinned)
+        constants = _resident(graph)
         spilled = any(p.space == "dram" for v, p in placements.items() if v not in constants)
         if spilled:
-            placements = self._plan_by_density(graph, chip)
+            placements = self._plan_by_density(graph, chip, pinned)
         return placements
 
-    def _plan_by_density(self, graph: GraphOps, chip) -> dict[int, Placement]:
+    def _plan_by_density(self, graph: GraphOps, chip, pinned: dict[int, Placement]) -> dict[int, Placement]:
         """Every buffer's live range [first op that needs it, last reader] (weights: the whole
         run), then buffers by accesses / (bytes * ops live), each at the lowest address of SRAM
         (else DRAM) that no buffer placed before it holds at any op of its range."""
         on_chip, touched, root = _buffers(graph)
         end_all = len(graph.ops)
-        constants = set(graph.weights) | set(graph.literals)
+        constants = _resident(graph)
         start: dict[int, int] = {}
         end: dict[int, int] = {}
         reads: dict[int, int] = {}
@@ -90,7 +133,8 @@ class MemoryPlan:
                     start.setdefault(root.get(v, v), op.index)     # host values: uploaded here
             if op.target == "accelerator":
                 for r in op.results:
-                    start[r] = min(start.get(r, op.index), op.index)
+                    if r not in root:           # (an in-place result is its state's buffer)
+                        start[r] = min(start.get(r, op.index), op.index)
         for op in graph.ops:                                      # host steps read them too
             for v in op.operands:
                 b = root.get(v, v) if v is not None else None
@@ -147,7 +191,10 @@ class MemoryPlan:
         capacity = {"sram": chip.sram_bytes, "dram": chip.dram.bytes}
         held: dict[str, list[tuple[int, int, int, int]]] = {"sram": [], "dram": []}   # addr, size, start, end
         where: dict[int, tuple[str, int]] = {}
-        for b in sorted((b for b in start if b not in member), key=lambda b: (-density(b), b)):
+        for b, p in pinned.items():
+            held[p.space].append((p.addr, -(-p.nbytes // ALIGN) * ALIGN, 0, end_all))
+            where[b] = (p.space, p.addr)
+        for b in sorted((b for b in start if b not in member and b not in pinned), key=lambda b: (-density(b), b)):
             size, s0, s1 = nbytes(b), start[b], end[b]
             for space in ("sram", "dram"):
                 busy = sorted((a, a + n) for a, n, t0, t1 in held[space] if t0 <= s1 and s0 <= t1)
@@ -161,7 +208,7 @@ class MemoryPlan:
                     where[b] = (space, addr)
                     break
             else:
-                raise MemoryError(f"value {b} ({graph.specs[b]}) does not fit in SRAM or DRAM")
+                raise DeviceMemoryError(_size_report(graph, chip, f"value {b} ({graph.specs[b]})"))
         for b, (out, at) in member.items():
             where[b] = (where[out][0], where[out][1] + at)
         placements: dict[int, Placement] = {}
@@ -173,21 +220,17 @@ class MemoryPlan:
             placements[v] = Placement(space, addr, graph.specs[v].shape, graph.storage[b])
         return placements
 
-    def _plan(self, graph: GraphOps, chip, weights_first: bool) -> dict[int, Placement]:
+    def _plan(self, graph: GraphOps, chip, pinned: dict[int, Placement]) -> dict[int, Placement]:
         arenas = {"sram": _Arena(chip.sram_bytes), "dram": _Arena(chip.dram.bytes)}
+        for p in pinned.values():
+            arenas[p.space].reserve(p.addr, p.nbytes)
         on_chip, touched, root = _buffers(graph)
-        last_use: dict[int, int] = {}
-        for op in graph.ops:
-            for v in op.operands:
-                if v is not None:
-                    last_use[root.get(v, v)] = op.index
-        for v in graph.outputs:
-            last_use[root.get(v, v)] = len(graph.ops)
+        last_use = last_reads(graph, root, graph.outputs)
         # a concat chain run as one copy reads all its inputs at its last link
         for last, (leaves, _) in concat_chains(graph).items():
             for v in leaves:
                 last_use[root.get(v, v)] = max(last_use.get(root.get(v, v), 0), last)
-        placements: dict[int, Placement] = {}
+        placements: dict[int, Placement] = dict(pinned)
 
         def place(v: int) -> Placement:
             spec = graph.specs[v]
@@ -197,11 +240,14 @@ class MemoryPlan:
                 addr = arenas[space].alloc(nbytes)
                 if addr is not None:
                     return Placement(space, addr, spec.shape, isa)
-            raise MemoryError(f"value {v} ({spec}) does not fit in SRAM or DRAM")
+            raise DeviceMemoryError(_size_report(graph, chip, f"value {v} ({spec})"))
 
-        constants = set(graph.weights) | set(graph.literals)
-        if weights_first:                              # they live for the whole run
-            for v in sorted(touched & constants):
+        constants = _resident(graph)
+        state = [v for v in graph.inputs if v in graph.mutated and v in touched and v not in placements]
+        for v in state:                                # first, in input order: it stays between runs
+            placements[v] = place(v)
+        for v in sorted(touched & constants):          # weights first: they live for the whole run
+            if v not in placements:
                 placements[v] = place(v)
         for op in graph.ops:
             if op.target not in ("accelerator", "view"):
@@ -210,10 +256,11 @@ class MemoryPlan:
                 if v is not None and v not in placements and v in touched and root.get(v, v) not in constants:
                     placements[v] = place(v)           # uploaded from the host before this op
             for r in op.results:
-                if op.target == "view":
-                    if op.operands[0] not in placements:
+                if op.target == "view" or r in graph.in_place:
+                    src_value = op.operands[0] if op.target == "view" else graph.in_place[r]
+                    if src_value not in placements:
                         continue                       # a view of a weight placed below
-                    src = placements[op.operands[0]]
+                    src = placements[src_value]
                     placements[r] = Placement(src.space, src.addr, graph.specs[r].shape, src.dtype)
                 else:
                     placements[r] = place(r)
@@ -221,17 +268,4 @@ class MemoryPlan:
                 if v not in constants and last_use.get(v) == op.index and v in placements:
                     p = placements[v]
                     arenas[p.space].release(p.addr, p.nbytes)
-        if not weights_first:
-            # above every activation ever placed, so that no weight shares a buffer with one
-            high = {space: max((p.addr + -(-p.nbytes // ALIGN) * ALIGN for p in placements.values()
-                                if p.space == space), default=0) for space in arenas}
-            arenas = {"sram": _Arena(chip.sram_bytes - high["sram"], high["sram"]),
-                      "dram": _Arena(chip.dram.bytes - high["dram"], high["dram"])}
-            for v in sorted(touched & constants):
-                placements[v] = place(v)
-            for op in graph.ops:
-                if op.target == "view" and op.results[0] not in placements and op.operands[0] in placements:
-                    src = placements[op.operands[0]]
-                    placements[op.results[0]] = Placement(src.space, src.addr, graph.specs[op.results[0]].shape,
-                                                          src.dtype)
         return placements

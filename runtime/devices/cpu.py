@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
-from runtime.devices.torch_exec import run_on
+from runtime.devices.torch_exec import TorchBackend, run_on
 
 #: Where this device wants its inputs (checked before anything runs).
 INPUT_DEVICE = "cpu"
@@ -16,3 +16,8 @@ def run(compiled: Any, inputs: Sequence[torch.Tensor], **options: Any) -> list[t
     if options:
         raise TypeError(f"the cpu device takes no options, got {sorted(options)}")
     return run_on(compiled, inputs, "cpu")
+
+
+class Backend(TorchBackend):
+    """Sessions on the CPU: device tensors are CPU tensors."""
+    device = "cpu"

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from runtime.devices.torch_exec import run_on
+from runtime.devices.torch_exec import TorchBackend, run_on
 
 INPUT_DEVICE = "cuda"
 
@@ -18,3 +18,13 @@ def run(compiled: Any, inputs: Sequence[torch.Tensor], **options: Any) -> list[t
     if not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' needs a CUDA GPU, and torch sees none on this machine")
     return run_on(compiled, inputs, "cuda")
+
+
+class Backend(TorchBackend):
+    """Sessions on the GPU: device tensors stay in GPU memory between runs."""
+    device = "cuda"
+
+    def __init__(self, compiled: Any, memory: Any):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' needs a CUDA GPU, and torch sees none on this machine")
+        super().__init__(compiled, memory)

@@ -75,4 +75,4 @@ def run(compiled: Any, inputs: Sequence[torch.Tensor], **options: Any) -> list[t
     weights = compiled.numpy_weights()
     with graph.context:
         outs = interpret(graph.module, weights, [to_numpy(x) for x in inputs], graph.host_calls)
-    return [to_torch(o, s.dtype) for o, s in zip(outs, graph.output_specs)]
+    return [to_torch(o, dtype_of_numpy(o.dtype)) for o in outs]     # the outputs, then updated inputs

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ops.registry import DTYPE_TO_TORCH, op as lookup_op, to_torch
-from ops.kernels.quantize import quantize_rows, scale_rows
+from ops.kernels.quantize import quantize_rows
 from ops.kernels.rotary import rotary
 from runtime.host import HostOp, decode_host_call, host_op_of
 
@@ -129,10 +129,8 @@ class TorchExecutor:
             return lambda *xs: host_op([x for x in xs if x is not None], device)
         if step["op"] == "quantize":
             return _quantize(float(step["attrs"]["scale"]))
-        if step["op"] == "row_scale":
-            return lambda x: (scale_rows(x)[0],)
-        if step["op"] == "quantize_rows":
-            return lambda x: (quantize_rows(x),)
+        if step["op"] == "quantize_rows":       # two results: the int8 rows, their scales
+            return quantize_rows
         if step["op"] == "rotary":
             out_type = DTYPE_TO_TORCH[self.tensors[results[0]]["dtype"]]
             return lambda x, cos, sin, _sign: (rotary(x, cos, sin).to(out_type),)
@@ -250,12 +248,71 @@ def _flat(operands: Sequence[Any]) -> list[int]:
     return out
 
 
-def run_on(compiled: Any, inputs: Sequence[torch.Tensor], device: str) -> list[torch.Tensor]:
-    """Run `compiled` on torch `device`, preparing (and keeping) its executor on first use."""
+def executor(compiled: Any, device: str) -> TorchExecutor:
+    """The executor of `compiled` on torch `device`, prepared (weights moved there) on first use."""
     executors = compiled.__dict__.setdefault("_torch_executors", {})
     if device not in executors:
         executors[device] = TorchExecutor(step_list(compiled), device)
-    return executors[device](inputs)
+    return executors[device]
 
 
-__all__ = ["StepList", "TorchExecutor", "step_list", "run_on", "decode_host_call", "host_op_of"]
+def run_on(compiled: Any, inputs: Sequence[torch.Tensor], device: str) -> list[torch.Tensor]:
+    """Run `compiled` on torch `device`, preparing (and keeping) its executor on first use."""
+    return executor(compiled, device)(inputs)
+
+
+@dataclass
+class TorchRun:
+    """`sess.last_run` on a torch device: the run's wall-clock seconds, all on the device."""
+    seconds: float
+
+    @property
+    def breakdown(self) -> dict[str, float]:
+        return {"device": self.seconds, "host_link": 0.0, "host": 0.0}
+
+
+class TorchBackend:
+    """A session's side on a torch device: device tensors are torch tensors there; the weights
+    are moved there once (the executor keeps them). Transfers and runs take wall-clock time."""
+    device = "cpu"
+
+    def __init__(self, compiled: Any, memory: Any):
+        self.compiled = compiled
+        self.executor = executor(compiled, self.device)
+        self.mutated = len(compiled.mutated_inputs)
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def _timed(self, fn: Callable[[], Any]) -> tuple[Any, float]:
+        import time
+        self._sync()
+        t0 = time.perf_counter()
+        out = fn()
+        self._sync()
+        return out, time.perf_counter() - t0
+
+    def load(self) -> float:
+        return 0.0
+
+    def put(self, x: torch.Tensor, spec: Any) -> tuple[torch.Tensor, float]:
+        if x.is_meta:
+            raise ValueError(f"device '{self.device}' computes numbers: a meta tensor cannot be put there")
+        return self._timed(lambda: x.detach().to(self.device, copy=True))
+
+    def zeros(self, spec: Any) -> tuple[torch.Tensor, float]:
+        return self._timed(lambda: torch.zeros(spec.shape, dtype=DTYPE_TO_TORCH[spec.dtype], device=self.device))
+
+    def get(self, x: torch.Tensor, spec: Any) -> tuple[torch.Tensor, float]:
+        return self._timed(lambda: x.cpu())
+
+    def run(self, inputs: Sequence[torch.Tensor], timing_only: bool = False) -> tuple[list, list, TorchRun]:
+        if timing_only:
+            raise ValueError(f"device '{self.device}' has no timing-only runs: use device='sim'")
+        outs, seconds = self._timed(lambda: self.executor(inputs))
+        n_user = len(outs) - self.mutated
+        return outs[:n_user], outs[n_user:], TorchRun(seconds)
+
+
+__all__ = ["StepList", "TorchExecutor", "TorchBackend", "step_list", "run_on", "decode_host_call", "host_op_of"]
