@@ -89,7 +89,7 @@ class StaticCacheLM(nn.Module):
 
     def logits(self, input_ids: Tensor, positions: Tensor, caches: tuple[Tensor, ...]) -> Tensor:
         cache = self._cache(caches, positions[0])
-        out = self.model(input_ids=input_ids, past_key_values=cache, cache_position=positions, use_cache=True,
+        out = self.model(input_ids=input_ids, cache=cache, cache_position=positions, use_cache=True,
                          logits_to_keep=1)
         return out.logits
 

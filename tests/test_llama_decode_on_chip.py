@@ -44,7 +44,7 @@ class Decode(torch.nn.Module):
             layer.batch_size, layer.num_heads = ids.shape[0], cfg.num_key_value_heads
             layer.k_head_dim = layer.v_head_dim = cfg.hidden_size // cfg.num_attention_heads
             layer.device, layer.dtype = ids.device, caches[0].dtype
-        logits = self.model(input_ids=ids, past_key_values=cache, cache_position=pos, use_cache=True,
+        logits = self.model(input_ids=ids, cache=cache, cache_position=pos, use_cache=True,
                             logits_to_keep=1).logits
         return (logits, *(c + 0.0 for c in caches)) if self.return_caches else logits
 
