@@ -147,8 +147,9 @@ def argmax_agreement(out, ref) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def run_model(name: str, chip: str, dtype: str, draws: int = 1, device: str = "sim",
-              int8_activations: str = "per-row") -> Row:
-    """Compile `models:NAME` to a Program, simulate it on fresh inputs, compare with eager."""
+              int8_activations: str = "per-row", seed: int | None = None) -> Row:
+    """Compile `models:NAME` to a Program, simulate it on fresh inputs (seeded draws where `seed`
+    is given), compare with eager."""
     row = Row(name, model_kind(name))
     spec = f"models:{name}"
     phase = "load"
@@ -165,11 +166,13 @@ def run_model(name: str, chip: str, dtype: str, draws: int = 1, device: str = "s
                                    if s["kind"] == "host").most_common())
         agree, margins = [], []
         row.simulate_s = 0.0
-        for _ in range(draws):
+        for draw in range(draws):
             phase = "eager"
+            if seed is not None:                      # the same draws on every run
+                torch.manual_seed(seed + draw)
             _, fresh = ember.load_model(spec)        # same seeded weights, fresh random inputs
-            with torch.no_grad():
-                ref = model(*fresh)
+            with torch.no_grad():                    # (on clones: a decode step updates its caches in place)
+                ref = model(*(x.clone() for x in fresh))
             phase = "simulate"
             t0 = time.perf_counter()
             out = cm.run(*fresh, device=device)
@@ -245,6 +248,7 @@ def main() -> None:
                     help="sim: the simulated chip; cpu: the Program's steps through PyTorch (numbers only)")
     ap.add_argument("--int8-activations", default="per-row", choices=("per-row", "per-tensor"))
     ap.add_argument("--draws", type=int, default=1, help="fresh inputs per model (errors and argmax pooled)")
+    ap.add_argument("--seed", type=int, default=None, help="seed the draws (the same inputs on every run)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="these models only (hf-llama, llama, resnet-tiny, ...)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per model before it becomes a failure row")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
@@ -261,7 +265,7 @@ def main() -> None:
     for i, name in enumerate(names):
         signal.setitimer(signal.ITIMER_REAL, args.timeout)
         try:
-            row = run_model(name, args.chip, args.dtype, args.draws, args.device, args.int8_activations)
+            row = run_model(name, args.chip, args.dtype, args.draws, args.device, args.int8_activations, args.seed)
         except Timeout as exc:
             row = Row(name, model_kind(name), failure=_reason(exc))
         finally:
