@@ -20,7 +20,8 @@ import torch
 from torch_mlir import ir
 from torch_mlir.dialects import func
 
-from compiler.dialect import build_op, mlir_context, tensor_type
+from compiler.context import mlir_context
+from compiler.dialect import build_op, tensor_type
 from compiler.errors import LoweringError, UnsupportedOp, UnsupportedOpsError
 from ops.registry import OpDef, TensorSpec, Unsupported, numpy_dtype, op as lookup_op, rule_for
 

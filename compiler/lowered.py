@@ -41,7 +41,8 @@ import numpy as np
 from torch_mlir import ir
 from torch_mlir.dialects import func
 
-from compiler.dialect import build_op, decode_attr, mlir_context, tensor_type
+from compiler.context import mlir_context
+from compiler.dialect import build_op, decode_attr, tensor_type
 from compiler.importer import HOST_TARGET_ATTR, host_function_name
 from compiler.lowered_dialect import (BOOL_FIELDS, BUFFER, DELTAS_ATTR, ENUM_FIELDS, FLOAT_FIELDS,
                                       FORM_OF_NAME, FORMS, INT_FIELDS, KERNEL_INDEX_ATTR, KERNEL_NAME_ATTR,

@@ -1,7 +1,7 @@
 """Lowered `ember` ops: one op per ISA opcode, plus the ops that tie kernels into a Program.
 
 These ops live in the same `ember` dialect as the graph-level ones (`compiler.dialect.Ember`), so
-`mlir_context()` loads them and `irdl_text()` (`ember dialect --irdl FILE`) writes them. A command
+`compiler.context.mlir_context()` loads them and `irdl_text()` (`ember dialect --irdl FILE`) writes them. A command
 op has no operands or results: its attributes are the command's fields, by the names the ISA's
 builder uses for them (`simulator.isa.program.PEStream`):
 

@@ -1,15 +1,19 @@
-"""The compile pipeline: named phases in order, each one's IR kept for `cm.ir(phase)`.
+"""The compile pipeline: named passes in order, each in its phase; the IR after every one.
 
-    graph    capture (torch.export + decompositions) and import: graph-level `ember` ops
-    tiled    partition (accelerator / host), rotary embeddings as one op (unless `fuse` is off;
-             after int8 calibration on the example inputs), dtype lowering (storage dtypes; for
-             int8, quantization), fusion of elementwise epilogues into contractions (unless `fuse` is
-             off), memory plan, tile and map each kernel
-             (cost model); the IR is the graph with each op's target, dtypes, quantization and
-             plan attached
-    program  every kernel's per-PE commands, serialized into a Program
+    graph    capture         torch.export + decompositions
+             import          graph-level `ember` ops (constant subgraphs folded)
+    tiled    fold-attention-masks, materialize-broadcasts, fold-kv-head-expansion   (on the module)
+             partition, calibrate, fuse-rotary, dtype-lowering, fuse-epilogues,
+             in-place-state, memory-plan, tile-and-map    (on the numbered ops; each op's target,
+             dtypes, quantization and plan are attached to the IR)
+    program  codegen         every kernel's per-PE commands, serialized into a Program
 
-`compile_model(..., to=PHASE)` stops after PHASE.
+`ember passes` lists them with what each does. Every pass is a frozen dataclass with a kebab-case
+`name` and one signature, `run(state)` over a `compiler.state.CompileState`; `required_by` (a
+reason) marks a pass a later one needs, `enabled(options)` one that a compile option turns off.
+`compile_model(..., to=PHASE)` stops after PHASE; `options.disable_passes` skips passes (refused,
+with the reason, for a required one); `options.print_ir_after` / `print_ir_after_all` dump the IR
+after the passes named / after every pass, to stderr. See compiler/passes/README.md.
 """
 from __future__ import annotations
 
@@ -19,31 +23,57 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch_mlir import ir
 
-from compiler.capture import capture, check_inputs
+from compiler.capture import check_inputs
 from compiler.errors import EmberError
-from compiler.codegen import build_program
-from compiler.graph_ops import graph_ops
-from compiler.importer import ImportResult, import_program
-from compiler.passes.calibrate import Calibrate
-from compiler.passes.dtype import ACTIVATION_SCALES, DtypeLowering
-from compiler.passes.fusion import FuseEpilogues
-from compiler.passes.broadcast_operands import MaterializeBroadcasts
-from compiler.passes.gqa_heads import FoldKVHeadExpansion
 from compiler.passes.attention_masks import FoldAttentionMasks
+from compiler.passes.broadcast_operands import MaterializeBroadcasts
+from compiler.passes.calibrate_activations import CalibrateActivations
+from compiler.passes.capture import Capture
+from compiler.passes.dtype import ACTIVATION_SCALES, DtypeLowering
+from compiler.passes.emit_program import EmitProgram
+from compiler.passes.fusion import FuseEpilogues
+from compiler.passes.gqa_heads import FoldKVHeadExpansion
+from compiler.passes.import_graph import ImportGraph
 from compiler.passes.in_place import InPlaceState
 from compiler.passes.memory_plan import MemoryPlan
 from compiler.passes.partition import Partition
 from compiler.passes.rotary import FuseRotary
 from compiler.passes.tile import TileAndMap
-from ops.registry import to_numpy
+from compiler.resident import layout_digest
+from compiler.state import CompileState
 
 PHASES = ("graph", "tiled", "program")
 DTYPES = ("fp32", "bf16", "int8")
+
+#: The passes, phase by phase, in the order they run.
+PIPELINE: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    ("graph", (Capture(), ImportGraph())),
+    ("tiled", (FoldAttentionMasks(), MaterializeBroadcasts(), FoldKVHeadExpansion(), Partition(),
+               CalibrateActivations(), FuseRotary(), DtypeLowering(), FuseEpilogues(), InPlaceState(),
+               MemoryPlan(), TileAndMap())),
+    ("program", (EmitProgram(),)),
+)
+
+
+def passes() -> list[tuple[str, Any]]:
+    """(phase, pass) for every pass, in order."""
+    return [(phase, p) for phase, ps in PIPELINE for p in ps]
+
+
+def pass_names() -> list[str]:
+    return [p.name for _, p in passes()]
+
+
+def check_pass_names(names: tuple[str, ...], what: str) -> None:
+    unknown = [n for n in names if n not in pass_names()]
+    if unknown:
+        raise ValueError(f"{what}: unknown pass {', '.join(map(repr, unknown))}; the passes are "
+                         f"{', '.join(pass_names())} (`ember passes` lists them)")
 
 
 @dataclass(frozen=True)
@@ -62,6 +92,10 @@ class CompileOptions:
     # digest of the resident layout (weights' and device state's places) taken from another
     # Program, so that both run in one session on one copy of them (see `resident_layout`)
     share: str = ""
+    # passes skipped (by name); only those no later pass needs
+    disable_passes: tuple[str, ...] = ()
+    # passes after which the IR is dumped to stderr (by name); print_ir_after_all: every one
+    print_ir_after: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -71,10 +105,27 @@ class CompileOptions:
         if self.int8_activations not in ACTIVATION_SCALES:
             raise ValueError(f"int8_activations must be one of {', '.join(ACTIVATION_SCALES)}, "
                              f"got {self.int8_activations!r}")
+        object.__setattr__(self, "disable_passes", tuple(self.disable_passes))
+        object.__setattr__(self, "print_ir_after", tuple(self.print_ir_after))
+        check_pass_names(self.disable_passes, "disable_passes")
+        check_pass_names(self.print_ir_after, "print_ir_after")
+        for phase, p in passes():
+            reason = getattr(p, "required_by", "")
+            needed = reason and (not hasattr(p, "enabled") or p.enabled(self)) and \
+                PHASES.index(phase) <= PHASES.index(self.to)
+            if p.name in self.disable_passes and needed:
+                raise ValueError(f"pass '{p.name}' cannot be disabled: {reason}")
+
+    @property
+    def dumps(self) -> bool:
+        return self.print_ir_after_all or bool(self.print_ir_after)
 
     def key(self) -> str:
+        """What keys the compile cache: every field that changes the Program (the dumps do not;
+        a compile that asks for them skips the cache, so that they are printed)."""
         fields = dataclasses.asdict(self)
         fields.pop("print_ir_after_all")
+        fields.pop("print_ir_after")
         return hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()[:16]
 
 
@@ -89,49 +140,21 @@ class CompileResult:
     program: Any = None                 # simulator.isa.artifact.Program, after phase "program"
 
 
-def _phase_graph(model: torch.nn.Module, example_inputs: tuple, options: CompileOptions,
-                 result: dict[str, Any]) -> None:
-    t0 = time.perf_counter()
-    ep = capture(model, example_inputs)
-    t1 = time.perf_counter()
-    graph = import_program(ep, allow_unsupported=options.allow_unsupported)
-    t2 = time.perf_counter()
-    result.update(graph=graph, out_spec=ep.call_spec.out_spec,
-                  timings={"capture": t1 - t0, "import": t2 - t1})
-
-
-def _constants(graph, graph_result) -> dict[int, Any]:
-    """Value id -> numpy array of every weight that has values, and every literal."""
-    constants = {}
-    for v, name in graph.weights.items():
-        tensor = graph_result.weights.get(name)
-        if tensor is not None and not tensor.is_meta:
-            constants[v] = to_numpy(tensor)
-    constants.update(graph.literals)
-    return constants
-
-
-def _calibration_amax(graph, graph_result, constants, example_inputs) -> dict[int, float]:
-    """Largest magnitudes of the GEMM inputs that int8 would quantize, over the example inputs
-    (empty when the model or its inputs carry no numbers)."""
-    wanted = {op.operands[0] for op in graph.ops
-              if op.target == "accelerator" and DtypeLowering._weight_axis(graph, op) is not None}
-    if not wanted or any(x.is_meta for x in example_inputs) or any(v not in constants for v in graph.weights):
-        return {}
-    calib = Calibrate().run(graph, constants, [to_numpy(x) for x in example_inputs], graph_result.host_calls,
-                            values=wanted)
-    return calib.amax
-
-
-def _annotate(graph) -> None:
-    """Attach each op's target, dtypes, quantization and plan to its MLIR operation."""
+def _annotate(graph, placements: dict[int, Any] | None = None) -> None:
+    """Attach each op's target, dtypes, quantization, result places and plan to its MLIR
+    operation (what the passes so far decided)."""
     for op in graph.ops:
         if op.operation is None:
             continue
         attrs = op.operation.attributes
         attrs["ember.target"] = ir.StringAttr.get(op.target)
-        if op.target == "accelerator":
-            ins = ", ".join("none" if v is None else graph.storage[v] for v in op.operands)
+        placed = [placements[r] for r in op.results if r in (placements or {})]
+        if placed:
+            where = ", ".join(f"{p.space}[{p.addr:#x}]" for p in placed)
+            in_place = any(r in graph.in_place for r in op.results)
+            attrs["ember.placement"] = ir.StringAttr.get(where + (" (in place)" if in_place else ""))
+        if op.target == "accelerator" and op.results[0] in graph.storage:      # after dtype-lowering
+            ins = ", ".join("none" if v is None else graph.storage.get(v, "?") for v in op.operands)
             attrs["ember.dtypes"] = ir.StringAttr.get(f"({ins}) -> {graph.storage[op.results[0]]}")
         if op.quant is not None:
             q = op.quant
@@ -148,108 +171,24 @@ def _annotate(graph) -> None:
             attrs["ember.kernel"] = ir.StringAttr.get(op.name)
 
 
-def _phase_tiled(model: torch.nn.Module, example_inputs: tuple, options: CompileOptions,
-                 result: dict[str, Any]) -> None:
-    t0 = time.perf_counter()
-    chip, graph_result = result["chip"], result["graph"]
-    with graph_result.context:
-        FoldAttentionMasks().run(graph_result.module, graph_result.weights)
-        MaterializeBroadcasts().run(graph_result.module)
-        FoldKVHeadExpansion().run(graph_result.module)
-        graph = graph_ops(graph_result.module)
-        Partition().run(graph, chip, options.dtype)
-        constants = amax = None
-        if options.dtype == "int8":
-            constants = _constants(graph, graph_result)
-            if options.int8_activations == "per-tensor":
-                amax = _calibration_amax(graph, graph_result, constants, example_inputs)
-        if options.fuse:        # (after calibration, which runs the graph's own ops)
-            FuseRotary().run(graph)
-        DtypeLowering().run(graph, options.dtype, constants, amax, options.int8_activations)
-        if options.fuse:
-            FuseEpilogues().run(graph)
-        InPlaceState().run(graph)
-        placements = MemoryPlan().run(graph, chip, pinned=_pinned(graph, graph_result, result.get("resident")))
-        TileAndMap().run(graph, placements, chip)
-        _annotate(graph)
-    result.update(ops=graph, placements=placements)
-    result["timings"]["tile"] = time.perf_counter() - t0
-
-
-#: Prefixes of the weight-table names the compiler gives the constants it makes.
-INTERNAL_WEIGHTS = ("_folded.", "_int8._folded.")
-
-
-def resident_layout(program: Any, input_names: list[str]) -> dict[str, dict[str, Any]]:
-    """Where a Program keeps what lives in device memory between runs: its weights (by weight
-    name) and its device state (by input name), as `{"weight:<name>" | "state:<input>":
-    {"space", "addr", "shape", "isa_dtype"}}`. A compile given this layout (`share`) places the
-    same weights and state at the same places, so that both Programs serve from one copy."""
-    fields = ("space", "addr", "shape", "isa_dtype")
-    layout = {}
-    for entry in program.tensors.values():
-        if "space" in entry and "weight" in entry and not entry["weight"].startswith(INTERNAL_WEIGHTS):
-            layout[f"weight:{entry['weight']}"] = {k: entry[k] for k in fields}
-    for i in program.mutated_inputs:
-        entry = program.tensors[program.inputs[i]]
-        if "space" in entry:
-            layout[f"state:{input_names[i]}"] = {k: entry[k] for k in fields}
-    return layout
-
-
-def layout_digest(layout: dict[str, Any] | None) -> str:
-    if not layout:
-        return ""
-    return hashlib.sha256(repr(sorted((k, sorted(v.items())) for k, v in layout.items())).encode()).hexdigest()[:16]
-
-
-def _pinned(graph, graph_result, layout: dict[str, Any] | None) -> dict[int, Any]:
-    """This graph's values that `layout` places (weights by name, state by input name); a value
-    of another shape or storage type than the layout's is refused, naming it."""
-    from ops.kernel import Placement
-    if not layout:
-        return {}
-    # the model's own weights, by name: not constants the compiler made (folded subgraphs and
-    # int8 copies of them are named after graph nodes, which differ between graphs)
-    names = {v: f"weight:{n}" for v, n in graph.weights.items() if not n.startswith(INTERNAL_WEIGHTS)}
-    names.update({graph.inputs[i]: f"state:{n}" for i, n in enumerate(graph_result.input_names)
-                  if graph.inputs[i] in graph.mutated})
-    pinned = {}
-    for v, key in names.items():
-        where = layout.get(key)
-        if where is None or v not in graph.storage:
-            continue
-        here = (tuple(graph.specs[v].shape), graph.storage[v])
-        there = (tuple(where["shape"]), where["isa_dtype"])
-        if here != there:
-            raise EmberError(f"cannot share device memory with the other Program: {key.replace(':', ' ')} is "
-                             f"{there[1]} {there[0]} there and {here[1]} {here[0]} here")
-        pinned[v] = Placement(where["space"], int(where["addr"]), here[0], here[1])
-    return pinned
-
-
-def _phase_program(model: torch.nn.Module, example_inputs: tuple, options: CompileOptions,
-                   result: dict[str, Any]) -> None:
-    t0 = time.perf_counter()
-    graph, graph_result = result["ops"], result["graph"]
-    # the constants some op reads (an int8 GEMM reads its int8 copy of a weight, not the weight)
-    read = {v for op in graph.ops for v in op.operands if v is not None} | set(graph.outputs)
-    constants = {v: a for v, a in _constants(graph, graph_result).items() if v in read}
-    result["program"] = build_program(graph, result["placements"], result["chip"], options.dtype, constants,
-                                      graph_result.host_calls)
-    result["timings"]["codegen"] = time.perf_counter() - t0
-
-
-PIPELINE: tuple[tuple[str, Callable[..., None]], ...] = (
-    ("graph", _phase_graph),
-    ("tiled", _phase_tiled),
-    ("program", _phase_program),
-)
+def _dump(state: CompileState, phase: str, name: str) -> str:
+    """The IR after a pass: the captured FX graph (ATen IR) after capture, the lowered IR of the
+    Program after codegen, and in between the graph-level module with what the passes so far
+    attached."""
+    if state.graph is None:
+        return str(state.ep.graph)
+    if name == "codegen":
+        from compiler.lowered import lowered_text
+        return lowered_text(state.program)
+    with state.graph.context:
+        if state.has_ops:
+            _annotate(state.ops, state.placements)
+        return str(state.graph.module)
 
 
 def compile_model(model: torch.nn.Module, example_inputs: Any, options: CompileOptions, chip: Any,
                   cache: Any = None, resident: dict[str, Any] | None = None) -> CompileResult:
-    """Run the pipeline's phases up to `options.to` for `chip` (a ChipSpec).
+    """Run the pipeline's passes up to the phase `options.to` for `chip` (a ChipSpec).
 
     `cache` (see `runtime.cache.CompileCache`) is asked for a Program once the graph phase is done,
     keyed by the graph, the options and the chip; on a miss the finished Program is offered to it.
@@ -258,33 +197,44 @@ def compile_model(model: torch.nn.Module, example_inputs: Any, options: CompileO
     """
     if layout_digest(resident) != options.share:
         raise ValueError("options.share must be the digest of the resident layout given")
-    example_inputs = check_inputs(model, example_inputs)
-    state: dict[str, Any] = {"chip": chip, "resident": resident}
+    state = CompileState(model, check_inputs(model, example_inputs), options, chip, resident)
     ir_after: dict[str, str] = {}
     key = None
-    for phase, run in PIPELINE:
-        run(model, example_inputs, options, state)
-        with state["graph"].context:
-            ir_after[phase] = str(state["graph"].module)
-        if options.print_ir_after_all:
-            print(f"// ----- IR after phase '{phase}' -----\n{ir_after[phase]}", file=sys.stderr)
-        if phase == "graph" and cache is not None and options.to == "program":
+    for phase, phase_passes in PIPELINE:
+        for p in phase_passes:
+            skipped = "disabled" if p.name in options.disable_passes else \
+                "not needed by this compile" if hasattr(p, "enabled") and not p.enabled(options) else ""
+            if skipped:
+                if options.print_ir_after_all or p.name in options.print_ir_after:
+                    print(f"// ----- pass '{p.name}' (phase {phase}) skipped: {skipped} -----", file=sys.stderr)
+                continue
             t0 = time.perf_counter()
-            key = cache.key(state["graph"], options, chip)
+            p.run(state)
+            state.timings[p.name] = time.perf_counter() - t0
+            if options.print_ir_after_all or p.name in options.print_ir_after:
+                print(f"// ----- IR after pass '{p.name}' (phase {phase}) -----\n{_dump(state, phase, p.name)}",
+                      file=sys.stderr)
+        with state.graph.context:
+            if state.has_ops:
+                _annotate(state.ops, state.placements)
+            ir_after[phase] = str(state.graph.module)
+        if phase == "graph" and cache is not None and options.to == "program" and not options.dumps:
+            t0 = time.perf_counter()
+            key = cache.key(state.graph, options, chip)
             hit = cache.load(key)
-            state["timings"]["cache"] = time.perf_counter() - t0
+            state.timings["cache"] = time.perf_counter() - t0
             if hit is not None:
-                state["program"] = hit
+                state.program = hit
                 ir_after.update(hit.meta.get("ir", {}))
                 break
         if phase == options.to:
             if key is not None:
                 # the tiled IR for a cache hit's cm.ir("tiled"); "program" is built from the Program
-                state["program"].meta["ir"] = {"tiled": ir_after["tiled"]}
-                cache.store(key, state["program"])
+                state.program.meta["ir"] = {"tiled": ir_after["tiled"]}
+                cache.store(key, state.program)
             break
-    return CompileResult(options, state["graph"], state["out_spec"], ir_after, state.get("timings", {}),
-                         state.get("program"))
+    return CompileResult(options, state.graph, state.out_spec, ir_after, state.timings, state.program)
 
 
-__all__ = ["PHASES", "DTYPES", "CompileOptions", "CompileResult", "compile_model", "resident_layout", "EmberError"]
+__all__ = ["PHASES", "DTYPES", "PIPELINE", "CompileOptions", "CompileResult", "compile_model", "passes",
+           "EmberError"]

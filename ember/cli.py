@@ -23,7 +23,7 @@ def _fail(message: str) -> None:
 def dialect(irdl: Path = typer.Option(..., "--irdl", help="write the IRDL definition of `ember` to this file")) -> None:
     """Write the `ember` dialect's IRDL definition (graph-level and lowered ops), for
     `torch-mlir-opt --irdl-file=FILE`."""
-    from compiler.dialect import irdl_text
+    from compiler.context import irdl_text
     irdl.write_text(irdl_text())
     console.print(f"wrote {irdl}")
 
@@ -34,7 +34,10 @@ def compile(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py
             dtype: str = typer.Option("bf16", help="fp32 | bf16 | int8"),
             to: str = typer.Option("graph", help="graph | tiled | program"),
             output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the IR (or Program) here"),
-            print_ir_after_all: bool = typer.Option(False, "--print-ir-after-all", help="dump the IR after each phase"),
+            print_ir_after_all: bool = typer.Option(False, "--print-ir-after-all", help="dump the IR after every pass"),
+            print_ir_after: list[str] = typer.Option([], "--print-ir-after", help="dump the IR after this pass "
+                                                                                  "(repeatable; `ember passes`)"),
+            disable_pass: list[str] = typer.Option([], "--disable-pass", help="skip this pass (repeatable)"),
             allow_unsupported: bool = typer.Option(False, "--allow-unsupported", help="keep unsupported ops on the host"),
             int8_activations: str = typer.Option("per-row", help="int8: per-row (at run time) | per-tensor "
                                                                  "(calibrated on the example inputs)")) -> None:
@@ -45,7 +48,8 @@ def compile(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py
         model, args = ember.load_model(spec)
         t0 = time.perf_counter()
         cm = ember.compile(model, args, chip=chip, dtype=dtype, to=to, allow_unsupported=allow_unsupported,
-                           print_ir_after_all=print_ir_after_all, int8_activations=int8_activations)
+                           print_ir_after_all=print_ir_after_all, print_ir_after=print_ir_after,
+                           disable_passes=disable_pass, int8_activations=int8_activations)
     except (ValueError, TypeError, ember.EmberError, NotImplementedError) as e:
         _fail(str(e))
     seconds = time.perf_counter() - t0
@@ -60,6 +64,24 @@ def compile(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py
         else:
             output.write_text(cm.ir(to))
         console.print(f"wrote {output}")
+
+
+@app.command()
+def passes() -> None:
+    """The compile pipeline: every pass by name, its phase, and what it does."""
+    from rich.table import Table
+
+    from compiler.pipeline import passes as pipeline_passes
+    table = Table(title="Ember's passes, in the order they run")
+    for col in ("phase", "pass", "what it does", "can be disabled"):
+        table.add_column(col)
+    for phase, p in pipeline_passes():
+        paragraph = " ".join((type(p).__doc__ or "").strip().split("\n\n")[0].split())
+        doc = paragraph.split(". ")[0].rstrip(".") + "."
+        reason = getattr(p, "required_by", "")
+        when = " (when the compile needs it)" if reason and hasattr(p, "enabled") else ""
+        table.add_row(phase, p.name, doc, f"no: {reason}{when}" if reason else "yes")
+    console.print(table)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""CompiledModel: what `ember.compile` returns. Runs on a device, shows its IR and what it lacks."""
+"""`ember.compile`, and the CompiledModel it returns: runs on a device, shows its IR and what it lacks."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,7 @@ import torch
 
 from compiler.errors import EmberError
 from compiler.importer import HOST_TARGET_ATTR, main_function
-from compiler.pipeline import PHASES, CompileOptions, CompileResult
+from compiler.pipeline import PHASES, CompileOptions, CompileResult, compile_model
 from ops.registry import TensorSpec, to_numpy
 from runtime.devices import get_device
 from runtime.session import describe
@@ -217,3 +217,45 @@ class CompiledModel:
     def __repr__(self) -> str:
         return (f"CompiledModel(to={self.options.to!r}, chip={self.options.chip!r}, dtype={self.options.dtype!r}, "
                 f"ops={sum(self.op_counts().values())}, unsupported={len(self.unsupported)})")
+
+
+def compile(model: torch.nn.Module, example_inputs: Any, *, chip: Any = "mtia2i", dtype: str = "bf16",
+            to: str = "program", allow_unsupported: bool = False,
+            print_ir_after_all: bool = False, print_ir_after: Any = (), disable_passes: Any = (),
+            cache: Any = None, fuse: bool | None = None, int8_activations: str = "per-row",
+            share: CompiledModel | None = None) -> CompiledModel:
+    """Compile `model` for `chip`, computing in `dtype`, up to phase `to` ("graph" | "tiled" | "program").
+
+    `print_ir_after`: pass names (`ember passes`) after which the IR is printed to stderr
+    (`print_ir_after_all`: after every pass); `disable_passes`: passes to skip (refused, with the
+    reason, for one a later pass needs).
+
+    `cache`: True for the compile cache in `$EMBER_CACHE_DIR` (else `~/.cache/ember`), a folder, or
+    a `runtime.cache.CompileCache`; a Program compiled before from the same graph, weights, options
+    and chip is loaded instead of rebuilt. `fuse=False` keeps elementwise epilogues out of the
+    contractions (default: on, unless the environment sets EMBER_FUSE=0). `int8_activations`
+    (dtype="int8"): "per-row" scales each row of a GEMM's input at run time; "per-tensor" uses
+    one scale per input, calibrated on `example_inputs`. `share`: a compiled model this one is
+    served with in one session (a prefill for this decode): the weights and device state the two
+    have in common (by weight name and input name) take `share`'s places in device memory.
+    """
+    from compiler.resident import layout_digest, resident_layout
+    from runtime.cache import as_cache
+    from simulator.spec import load_chip
+    spec = load_chip(chip)
+    chip_key = chip if isinstance(chip, str) and "/" not in chip and not chip.endswith((".yaml", ".yml")) \
+        else spec.fingerprint()
+    resident = None
+    if share is not None:
+        if share.program is None:
+            raise EmberError("share= takes a model compiled to a Program (to='program')")
+        if share.chip != spec:
+            raise EmberError(f"share= takes a model compiled for the same chip ({share.chip.name}, not {spec.name})")
+        resident = resident_layout(share.program, share.input_names)
+    names = (lambda x: (x,) if isinstance(x, str) else tuple(x))
+    options = CompileOptions(chip=chip_key, dtype=dtype, to=to, allow_unsupported=allow_unsupported,
+                             print_ir_after_all=print_ir_after_all, print_ir_after=names(print_ir_after),
+                             disable_passes=names(disable_passes), int8_activations=int8_activations,
+                             share=layout_digest(resident), **({} if fuse is None else {"fuse": fuse}))
+    return CompiledModel(compile_model(model, example_inputs, options, spec, cache=as_cache(cache), resident=resident),
+                         chip=spec)

@@ -6,7 +6,10 @@ predicts the cycles of each on a chip spec (`predict`, the cost model), and emit
 plan's commands into a `simulator.isa.ProgramBuilder` (`emit`). The compiler picks the plan with
 the fewest predicted cycles among those that fit local memory.
 
-Templates live in `ops/kernels/<name>.py` and are found automatically.
+Templates live in `ops/kernels/<name>.py` and are found automatically. A large one keeps its
+plan search in `<name>.py` and splits the rest by what it is: `<name>_tiles.py` (the problem's
+geometry, a plan's layout and buffers), `<name>_cost.py` (`predict`) and `<name>_emit.py` (the
+commands), as the GEMM and the convolution do.
 """
 from __future__ import annotations
 

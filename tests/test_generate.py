@@ -9,7 +9,7 @@ import ember
 from compiler.errors import DeviceMemoryError
 from models.multimodal import CONFIGS, build_multimodal, prefill_inputs
 from models.serving import NotADecoderError
-from runtime.generate import CacheTooShortError
+from ember.generation import CacheTooShortError
 
 T = pytest.importorskip("transformers")
 from models.huggingface import TEXT  # noqa: E402

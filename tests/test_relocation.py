@@ -7,15 +7,14 @@ only programs whose timing really is the same.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
 
 import compiler.pipeline as pipeline
 import ember
-from compiler.codegen import address_slots, build_program
+from compiler.codegen import address_slots
+from compiler.passes.emit_program import EmitProgram
 from ops.kernel import Placement
 from simulator import ProgramBuilder, load_chip, simulate
 from simulator.isa import ChipProgram, RelocatedProgram
@@ -49,7 +48,10 @@ class Stack(torch.nn.Module):
 
 
 def _compile(model, inputs, monkeypatch, dtype="fp32", **codegen):
-    monkeypatch.setattr(pipeline, "build_program", functools.partial(build_program, **codegen))
+    """Compile with the codegen pass given these options (`compiler.passes.emit_program`)."""
+    passes = tuple((phase, tuple(EmitProgram(**codegen) if p.name == "codegen" else p for p in ps))
+                   for phase, ps in pipeline.PIPELINE)
+    monkeypatch.setattr(pipeline, "PIPELINE", passes)
     return ember.compile(model, inputs, chip="tiny", dtype=dtype, to="program")
 
 

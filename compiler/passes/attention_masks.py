@@ -19,6 +19,7 @@ from torch_mlir import ir
 
 from compiler.dialect import build_op, op_attrs, operand_segments, spec_of
 from compiler.importer import main_function
+from compiler.passes.base import ModulePass
 from ops.registry import op as lookup_op
 
 
@@ -44,12 +45,13 @@ def mask_pattern(mask: torch.Tensor, length: int, source: int) -> str | None:
 
 
 @dataclass(frozen=True)
-class FoldAttentionMasks:
+class FoldAttentionMasks(ModulePass):
     """Replace constant causal / all-true boolean masks of `ember.attention` with its attributes."""
     name: str = "fold-attention-masks"
 
-    def run(self, module: ir.Module, weights: dict[str, Any]) -> int:
-        """Rewrite `module` in place; returns how many masks were folded."""
+    def rewrite(self, graph: Any) -> int:
+        """Rewrite `graph.module` in place; returns how many masks were folded."""
+        module, weights = graph.module, graph.weights
         attention = lookup_op("attention")
         block = main_function(module).regions[0].blocks[0]
         folded = 0

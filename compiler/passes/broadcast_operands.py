@@ -15,6 +15,7 @@ from torch_mlir import ir
 
 from compiler.dialect import build_op, op_attrs, spec_of
 from compiler.importer import main_function
+from compiler.passes.base import ModulePass
 from ops.kernel import kernel_for
 from ops.registry import op as lookup_op
 
@@ -23,14 +24,15 @@ BROADCASTING_OPS = ("binary", "ternary")
 
 
 @dataclass(frozen=True)
-class MaterializeBroadcasts:
+class MaterializeBroadcasts(ModulePass):
     """Insert `ember.broadcast` before each smaller operand of a broadcasting op whose kernel
     accepts the op once its operands have the result's shape (integer and boolean operands
     where that kernel and the broadcast's take them)."""
     name: str = "materialize-broadcasts"
 
-    def run(self, module: ir.Module) -> int:
-        """Rewrite `module` in place; returns how many broadcasts were inserted."""
+    def rewrite(self, graph) -> int:
+        """Rewrite `graph.module` in place; returns how many broadcasts were inserted."""
+        module = graph.module
         bcast = lookup_op("broadcast")
         bcast_kernel = kernel_for("broadcast")
         block = main_function(module).regions[0].blocks[0]

@@ -118,8 +118,15 @@ class DtypeLowering:
     GEMMs when the compile dtype is "int8" (see the module docstring for the policy)."""
     name: str = "dtype-lowering"
 
-    def run(self, graph: GraphOps, dtype: str, constants: dict[int, Any] | None = None,
-            amax: dict[int, float] | None = None, activations: str = "per-row") -> GraphOps:
+    required_by = "memory-plan sizes every value by the storage dtype this pass gives it"
+
+    def run(self, state) -> GraphOps:
+        options = state.options
+        constants = state.constants() if options.dtype == "int8" else None
+        return self.lower(state.ops, options.dtype, constants, state.amax, options.int8_activations)
+
+    def lower(self, graph: GraphOps, dtype: str, constants: dict[int, Any] | None = None,
+              amax: dict[int, float] | None = None, activations: str = "per-row") -> GraphOps:
         """`constants`: value id -> numpy array of the weights and literals (None for weights that
         have no values, e.g. on the meta device); `amax`: calibrated largest magnitudes (int8,
         per-tensor activations); `activations`: "per-row" or "per-tensor" (int8)."""

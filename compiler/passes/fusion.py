@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from compiler.graph_ops import GraphOp, GraphOps
+from compiler.passes.base import Fusion, OpsPass
 from ops.kernel import kernel_for
 
 #: Contractions whose epilogue can take elementwise steps.
@@ -36,12 +37,12 @@ DECLARED_OPERANDS = 5
 
 
 @dataclass(frozen=True)
-class FuseEpilogues:
+class FuseEpilogues(Fusion, OpsPass):
     """Fold single-reader `unary` / `binary` ops into the epilogue of the linear / matmul whose
     result they read, where the contraction's template accepts the step."""
     name: str = "fuse-epilogues"
 
-    def run(self, graph: GraphOps) -> GraphOps:
+    def rewrite(self, graph: GraphOps) -> GraphOps:
         readers: dict[int, list[GraphOp]] = {}
         for op in graph.ops:
             for v in op.operands:

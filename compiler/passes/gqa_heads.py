@@ -16,6 +16,7 @@ from torch_mlir import ir
 
 from compiler.dialect import build_op, spec_of
 from compiler.importer import main_function
+from compiler.passes.base import ModulePass
 from ops.registry import op as lookup_op
 
 
@@ -44,12 +45,13 @@ def _grouped(value: ir.Value, hq: int):
 
 
 @dataclass(frozen=True)
-class FoldKVHeadExpansion:
+class FoldKVHeadExpansion(ModulePass):
     """Replace repeated key/value heads feeding `ember.attention` with the grouped ones."""
     name: str = "fold-kv-head-expansion"
 
-    def run(self, module: ir.Module) -> int:
-        """Rewrite `module` in place; returns how many attention ops now read grouped heads."""
+    def rewrite(self, graph) -> int:
+        """Rewrite `graph.module` in place; returns how many attention ops now read grouped heads."""
+        module = graph.module
         reshape = lookup_op("reshape")
         block = main_function(module).regions[0].blocks[0]
         folded = 0

@@ -20,10 +20,14 @@ from ops.kernel import kernel_for
 
 @dataclass(frozen=True)
 class InPlaceState:
-    """Decides `graph.in_place`: result value -> the state value whose buffer it takes."""
+    """Give each in-place update of device state (a KV-cache write) the state's own buffer:
+    `graph.in_place`, result value -> the state value whose buffer it takes."""
     name: str = "in-place-state"
 
-    def run(self, graph: GraphOps) -> dict[int, int]:
+    def run(self, state) -> dict[int, int]:
+        return self.decide(state.ops)
+
+    def decide(self, graph: GraphOps) -> dict[int, int]:
         producer = {r: op for op in graph.ops for r in op.results}
         root = view_roots(graph)          # a view reads its input's buffer
         last_read = last_reads(graph, root, graph.user_outputs)

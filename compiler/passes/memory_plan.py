@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from compiler.errors import DeviceMemoryError
 from compiler.graph_ops import GraphOp, GraphOps, last_reads
 from compiler.passes.concat_chains import concat_chains
+from compiler.resident import pinned_values
 from ops.kernel import ISA_ITEMSIZE, Placement
 
 ALIGN = 256   # bytes: one DRAM/SRAM interleave unit, so tiles start on a channel boundary
@@ -108,7 +109,14 @@ class MemoryPlan:
     """Placements for every value an accelerator op reads or writes."""
     name: str = "memory-plan"
 
-    def run(self, graph: GraphOps, chip, pinned: dict[int, Placement] | None = None) -> dict[int, Placement]:
+    #: tile-and-map and codegen place every kernel's operands where this pass put them
+    required_by = "tile-and-map and codegen read the places it gives every value"
+
+    def run(self, state) -> dict[int, Placement]:
+        state.placements = self.plan(state.ops, state.chip, pinned_values(state))
+        return state.placements
+
+    def plan(self, graph: GraphOps, chip, pinned: dict[int, Placement] | None = None) -> dict[int, Placement]:
         pinned = dict(pinned or {})
         placements = self._plan(graph, chip, pinned)
         constants = _resident(graph)

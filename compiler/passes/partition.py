@@ -15,8 +15,12 @@ class Partition:
     """Ops with a kernel template run on the accelerator; host calls, and ops whose kernels
     are not written yet, run on the host (their tensors cross the host link)."""
     name: str = "partition"
+    required_by = "dtype-lowering, memory-plan, tile-and-map and codegen act on the target it gives every op"
 
-    def run(self, graph: GraphOps, chip, dtype: str) -> GraphOps:
+    def run(self, state) -> GraphOps:
+        return self.assign(state.ops, state.chip)
+
+    def assign(self, graph: GraphOps, chip) -> GraphOps:
         for op in graph.ops:
             if op.opdef is None:
                 op.target = "host"

@@ -19,17 +19,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.graph_ops import GraphOp, GraphOps
+from compiler.passes.base import Fusion, OpsPass
 from ops.kernel import kernel_for
 from ops.kernels.rotary import sign_row
 from ops.registry import TensorSpec
 
 
 @dataclass(frozen=True)
-class FuseRotary:
+class FuseRotary(Fusion, OpsPass):
     """Replace `x * cos + rotate_half(x) * sin` by one `rotary` op where its kernel accepts it."""
     name: str = "fuse-rotary"
 
-    def run(self, graph: GraphOps) -> int:
+    def rewrite(self, graph: GraphOps) -> int:
         """Rewrite `graph` in place; returns how many rotary ops it made."""
         template = kernel_for("rotary")
         producer = {v: op for op in graph.ops for v in op.results}

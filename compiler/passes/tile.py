@@ -19,7 +19,12 @@ class TileAndMap:
     template's cost model; plans that overflow local memory are never proposed."""
     name: str = "tile-and-map"
 
-    def run(self, graph: GraphOps, placements: dict[int, Placement], chip) -> GraphOps:
+    required_by = "codegen emits the plan this pass chooses for every kernel"
+
+    def run(self, state) -> GraphOps:
+        return self.map(state.ops, state.placements, state.chip)
+
+    def map(self, graph: GraphOps, placements: dict[int, Placement], chip) -> GraphOps:
         # Identical ops (every layer of a transformer) share one search: the key is the op,
         # its attributes, its operands' shapes, dtypes and memory spaces (not addresses), and
         # which operands the result shares a buffer with (an update in place costs less).

@@ -44,8 +44,8 @@ from ops.kernel import (
     register_kernel,
     streaming_dma_cycles,
 )
-from ops.kernels.conv import RowTile, emit_fill_tile
-from ops.kernels.matmul import _cdiv
+from ops.kernels.matmul_tiles import _cdiv
+from ops.kernels.window_tiles import RowTile, Window, emit_fill_tile
 from simulator.isa import Engine
 
 ALIGN = 64
@@ -62,20 +62,8 @@ class PoolPlan:
 
 
 @dataclass(frozen=True)
-class _Geom:
+class _Geom(Window):
     planes: int
-    H: int
-    W: int
-    kh: int
-    kw: int
-    sh: int
-    sw: int
-    ph: int
-    pw: int
-    dh: int
-    dw: int
-    OH: int
-    OW: int
     kind: str
     scale: float           # 1 / count for averages
     dtype: str
@@ -121,23 +109,10 @@ class _Geom:
 def _geom(call: KernelCall) -> _Geom:
     a = call.attrs
     x = call.inputs[0]
-    nd = len(a["kernel"])
-    shape = tuple(x.shape)
-    if nd == 1:
-        lead, H, W = shape[:-1], 1, shape[-1]
-        (kw,), (sw,), (pw,), (dw,) = a["kernel"], a["stride"], a["padding"], a["dilation"]
-        kh, sh, ph, dh = 1, 1, 0, 1
-        OH, OW = 1, call.output.shape[-1]
-    else:
-        lead, (H, W) = shape[:-2], shape[-2:]
-        kh, kw = a["kernel"]
-        sh, sw = a["stride"]
-        ph, pw = a["padding"]
-        dh, dw = a["dilation"]
-        OH, OW = call.output.shape[-2:]
-    count = a["divisor"] or kh * kw
-    return _Geom(math.prod(lead), H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, a["kind"], 1.0 / count,
-                 x.dtype, call.output.dtype)
+    window = Window.of(x.shape, a["kernel"], a["stride"], a["padding"], a["dilation"], call.output.shape)
+    count = a["divisor"] or window["kh"] * window["kw"]
+    return _Geom(**window, planes=math.prod(x.shape[:-len(a["kernel"])]), kind=a["kind"], scale=1.0 / count,
+                 dtype=x.dtype, out_dtype=call.output.dtype)
 
 
 def _constant_count(geo: _Geom, attrs) -> bool:

@@ -1,12 +1,17 @@
-"""Row-wise kernels on the SIMD engines: `ember.softmax` over the last dim, `ember.norm` over
-its trailing `axes` dims, inference `ember.batch_norm` (per-channel scale and shift), and
-`ember.reduce` (sum, mean, max, min) over trailing dims.
+"""The row-wise kernel framework on the SIMD engines: row tiling, double-buffered pipelining,
+the long-row (chunked) path and the cost model that the row-wise templates share.
+
+The templates are `rowwise_softmax` (softmax, log-softmax), `rowwise_norm` (layer and RMS
+norm, inference batch norm), `rowwise_reduce` (sum, mean, max, min) and `quantize` (per-row
+int8); each gives the SIMD commands of one tile (`RowwiseKernel.tile`) and of one long row's
+chunks (`RowwiseKernel.row_jobs`), and this module does the rest.
 
 The input is viewed as a matrix [rows, cols] (cols = the product of the normalized or reduced
 trailing dims; for batch norm, the spatial dims of an (N, C, *) input, so that row r belongs
 to channel r % C). Rows are split into equal blocks over the PEs; each PE streams its block
-through local memory in tiles of `tile_rows` whole rows (full tiles as a compact loop), double-buffered like the elementwise kernels: the DMA engine loads tile
-t+1 while the SIMD engine computes tile t. The DMA queue runs in order (load 0, load 1, store 0,
+through local memory in tiles of `tile_rows` whole rows (full tiles as a compact loop),
+double-buffered like the elementwise kernels: the DMA engine loads tile t+1 while the SIMD
+engine computes tile t. The DMA queue runs in order (load 0, load 1, store 0,
 load 2, store 1, ...), so a tile buffer is reloaded only after the store that read it.
 
 Numerics: every tile is computed in fp32 in local memory (a bf16 input is widened once) and
@@ -15,10 +20,10 @@ touches (the fp32 copy, squares, row vectors) are single-buffered: its queue is 
 A kernel may write further results (`KernelCall.extra_outputs`), each one value per row (a
 row's quantization scale): they are double-buffered like the output, since the SIMD engine
 may compute the next tile's values before the DMA engine has stored this tile's.
-Rows too long for local memory (softmax, norm, reduce) stream through it in chunks instead,
-in two passes per row: statistics (an online max and rescaled sum for softmax, moments about
-the first chunk's mean for norms), then results. Batch norm planes that do not fit stay on
-the host.
+Rows too long for local memory (softmax, norm, reduce, quantize) stream through it in chunks
+instead, in two passes per row: statistics (an online max and rescaled sum for softmax, moments
+about the first chunk's mean for norms), then results. Batch norm planes that do not fit stay
+on the host.
 """
 from __future__ import annotations
 
@@ -26,26 +31,17 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ops.kernel import (ISA_ITEMSIZE, KernelCall, KernelTemplate, LocalArena, local_bytes, register_kernel,
-                        streaming_dma_cycles)
+from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, LocalArena, local_bytes, streaming_dma_cycles
 from simulator.isa import Engine
 
 ALIGN = 64
-#: Row maximum floor: an all -inf row (a fully masked attention row) gives zeros, not NaN.
-NEG_BIG = -3.0e38
-#: Row sum floor, for the same rows (sum 0): 0 * (1 / 1e-30) == 0.
+#: Floor of a row sum (softmax) or of a row's largest magnitude (quantize): an all-zero row
+#: then gives 0 * (1 / TINY) == 0, not NaN.
 TINY = 1e-30
 #: SIMD functions the engine prices as lookup-table passes (simulator/isa/opcodes.py LUT_FNS).
 LUT_FNS = frozenset({"DIV", "EXP", "GELU", "SILU", "TANH", "SIGMOID", "RECIP", "RSQRT"})
-REDUCE_FN = {"sum": "ADD", "mean": "ADD", "max": "MAX", "min": "MIN"}
-#: log(s) for s >= 1: square roots shrink s to s^(1/8) <= ~3, a two-term atanh series gives a
-#: start within ~0.1, and Newton steps y += s * exp(-y) - 1 square the error (no LOG on the SIMD).
-LOG_HALVINGS = 3
-LOG_NEWTON_STEPS = 3
 #: smallest chunk (columns) of the long-row path
 MIN_CHUNK = 64
-#: Fraction of the other PEs' transfers in a round that one DMA waits behind, on average
-#: (fitted to simulated cycles of softmax, norms and reduce on the tiny and mtia2i chips).
 
 
 @dataclass(frozen=True)
@@ -86,6 +82,8 @@ class Simd:
 
 @dataclass(frozen=True)
 class RowPlan:
+    """Rows in blocks of ceil(rows / pes) over `pes` PEs, each block streamed through local
+    memory in tiles of `tile_rows` rows."""
     pes: int          # PEs that share the rows (blocks of ceil(rows / pes) rows)
     tile_rows: int    # rows per tile
 
@@ -432,401 +430,3 @@ def _row_fits(cols_bytes_fp32: int, chip=None) -> bool:
 def _float_rows(operands, result) -> bool:
     x = operands[0]
     return x is not None and x.rank >= 1 and x.numel > 0 and x.shape[-1] > 0
-
-
-def _first_reduced(rank: int, dims) -> int | None:
-    """The first reduced dim when `dims` are the trailing dims (empty: all), else None."""
-    dims = tuple(dims)
-    if not dims:
-        return 0
-    return dims[0] if dims == tuple(range(dims[0], rank)) else None
-
-
-def log_of(s: int, y: int, a: int, b: int, m: int) -> list[Simd]:
-    """y = log(s) for m fp32 values s >= 1 (a, b: scratch vectors; s is kept)."""
-    out = [Simd("unary", "COPY", (s, a), m, 1)]
-    for _ in range(LOG_HALVINGS):                     # a = s ** (1 / 2**k)
-        out += [Simd("unary", "RSQRT", (a, b), m, 1), Simd("binary", "MUL", (a, b, a), m, 1)]
-    out += [Simd("scalar", "ADD", (a, b), m, 1, imm=1.0),      # z = (a - 1) / (a + 1)
-            Simd("scalar", "ADD", (a, a), m, 1, imm=-1.0),
-            Simd("binary", "DIV", (a, b, a), m, 1),
-            Simd("binary", "MUL", (a, a, b), m, 1),            # log a ~ 2z (1 + z^2 / 3)
-            Simd("scalar", "MUL", (b, b), m, 1, imm=1.0 / 3.0),
-            Simd("scalar", "ADD", (b, b), m, 1, imm=1.0),
-            Simd("binary", "MUL", (a, b, y), m, 1),
-            Simd("scalar", "MUL", (y, y), m, 1, imm=2.0 * 2 ** LOG_HALVINGS)]
-    for _ in range(LOG_NEWTON_STEPS):                 # y += s / exp(y) - 1
-        out += [Simd("unary", "EXP", (y, a), m, 1), Simd("binary", "DIV", (s, a, a), m, 1),
-                Simd("binary", "ADD", (y, a, y), m, 1), Simd("scalar", "ADD", (y, y), m, 1, imm=-1.0)]
-    return out
-
-
-# ----------------------------------------------------------------------------- softmax
-
-class SoftmaxKernel(RowwiseKernel):
-    """softmax / log-softmax over the last dim: row max, subtract, exp, row sum, scale."""
-    ops = ("softmax",)
-
-    def accepts(self, op, operands, result, attrs, chip=None) -> bool:
-        x = operands[0]
-        return _float_rows(operands, result) and attrs["dim"] == x.rank - 1
-
-    def scratch_tiles(self, call):
-        return 1 if call.attrs["log"] else 0
-
-    def flops(self, call):
-        return 5 * call.inputs[0].nbytes // ISA_ITEMSIZE[call.inputs[0].dtype]
-
-    def tile(self, call, lay, slot, m, row0):
-        _, c = self.matrix(call)
-        dt, odt = call.inputs[0].dtype, call.output.dtype
-        x, w = lay["x"][slot], self.work(call, lay, slot)
-        mx, s, ls, a, b = lay["vec"][:5]
-        # the row max of bf16 values is a bf16 value: subtract it straight from the input
-        steps = [Simd("reduce", "MAX", (x, mx), m, c, dtype=dt, out_dtype=dt),
-                 Simd("scalar", "MAX", (mx, mx), m, 1, imm=NEG_BIG, dtype=dt, out_dtype=dt),
-                 Simd("bcast", "SUB", (x, mx, w), m, c, dtype=dt)]
-        e = lay["t"][0] if call.attrs["log"] else w
-        steps += [Simd("unary", "EXP", (w, e), m, c),
-                  Simd("reduce", "ADD", (e, s), m, c),
-                  Simd("scalar", "MAX", (s, s), m, 1, imm=TINY)]
-        if call.attrs["log"]:
-            steps += log_of(s, ls, a, b, m)
-            steps += [Simd("bcast", "SUB", (w, ls, x), m, c, out_dtype=odt)]
-        else:
-            steps += [Simd("unary", "RECIP", (s, s), m, 1),
-                      Simd("bcast", "MUL", (w, s, x), m, c, out_dtype=odt)]
-        return steps
-
-    def row_jobs(self, call, lay, row, chunks):
-        _, cols = self.matrix(call)
-        log, odt = call.attrs["log"], call.output.dtype
-        mx, mx2, cm, s, cs, d, r, a, b = lay["vec"][:9]
-        out = call.output
-        item = ISA_ITEMSIZE[out.dtype]
-        last = len(chunks) - 1
-
-        def stats(j: int, n: int):          # pass 1: running max and rescaled running sum
-            def steps(slot: int) -> list[Simd]:
-                w, out_ = self.chunk_work(call, lay, slot, n)
-                if j == 0:
-                    out_ += [Simd("reduce", "MAX", (w, cm), 1, n),
-                             Simd("scalar", "MAX", (cm, mx), 1, 1, imm=NEG_BIG),
-                             Simd("bcast", "SUB", (w, mx, w), 1, n),
-                             Simd("unary", "EXP", (w, w), 1, n),
-                             Simd("reduce", "ADD", (w, s), 1, n)]
-                else:
-                    out_ += [Simd("reduce", "MAX", (w, cm), 1, n),
-                             Simd("binary", "MAX", (mx, cm, mx2), 1, 1),
-                             Simd("bcast", "SUB", (w, mx2, w), 1, n),
-                             Simd("unary", "EXP", (w, w), 1, n),
-                             Simd("reduce", "ADD", (w, cs), 1, n),
-                             Simd("binary", "SUB", (mx, mx2, d), 1, 1),     # s *= exp(old max - new max)
-                             Simd("unary", "EXP", (d, d), 1, 1),
-                             Simd("binary", "MUL", (s, d, s), 1, 1),
-                             Simd("binary", "ADD", (s, cs, s), 1, 1),
-                             Simd("unary", "COPY", (mx2, mx), 1, 1)]
-                if j == last:
-                    out_.append(Simd("scalar", "MAX", (s, s), 1, 1, imm=TINY))
-                    out_ += log_of(s, r, a, b, 1) if log else [Simd("unary", "RECIP", (s, r), 1, 1)]
-                return out_
-            return steps
-
-        def result(n: int):                  # pass 2: exp(x - max) / sum, or x - max - log(sum)
-            def steps(slot: int) -> list[Simd]:
-                w, out_ = self.chunk_work(call, lay, slot, n)
-                out_.append(Simd("bcast", "SUB", (w, mx, w), 1, n))
-                if log:
-                    return out_ + [Simd("bcast", "SUB", (w, r, lay["x"][slot]), 1, n, out_dtype=odt)]
-                return out_ + [Simd("unary", "EXP", (w, w), 1, n),
-                               Simd("bcast", "MUL", (w, r, lay["x"][slot]), 1, n, out_dtype=odt)]
-            return steps
-
-        jobs = [Job((self.chunk_load(call, row, c0, n),), stats(j, n)) for j, (c0, n) in enumerate(chunks)]
-        jobs += [Job((self.chunk_load(call, row, c0, n),), result(n),
-                     (("x", out.space, out.addr + (row * cols + c0) * item, n * item),)) for c0, n in chunks]
-        return jobs
-
-
-# ----------------------------------------------------------------------------- layer / RMS norm
-
-class NormKernel(RowwiseKernel):
-    """Layer or RMS norm over the last `axes` dims (contiguous: one row of the matrix), then
-    * weight + bias (replicated to a tile once per PE)."""
-    ops = ("norm",)
-
-    def accepts(self, op, operands, result, attrs, chip=None) -> bool:
-        x = operands[0]
-        return _float_rows(operands, result) and 1 <= attrs["axes"] <= x.rank and attrs["kind"] in ("layer", "rms")
-
-    def matrix(self, call):
-        shape = call.inputs[0].shape
-        cols = math.prod(shape[len(shape) - call.attrs["axes"]:])
-        return math.prod(shape) // cols, cols
-
-    def scratch_tiles(self, call):
-        return 1
-
-    def flops(self, call):
-        n = call.inputs[0].nbytes // ISA_ITEMSIZE[call.inputs[0].dtype]
-        return (5 if call.attrs["kind"] == "layer" else 3) * n + 2 * n * self._affine(call)
-
-    def _affine(self, call) -> int:
-        return sum(p is not None for p in call.inputs[1:3])
-
-    def param_bytes(self, call, m):
-        _, c = self.matrix(call)
-        return self._affine(call) * m * c * 4 + ALIGN
-
-    def params(self, call, lay):
-        # weight / bias repeated over the tile's rows; bf16 ones land in halves of the scratch tile
-        _, c = self.matrix(call)
-        m = lay["m"]
-        out, pos = [], lay["param"]
-        for k, i in enumerate(i for i in (1, 2) if call.inputs[i] is not None):
-            out.append(ParamLoad(i, m, pos, lay["t"][0] + k * m * c * 2))
-            pos += m * c * 4
-        return out
-
-    def layout(self, call, m):
-        lay = super().layout(call, m)
-        lay["m"] = m
-        return lay
-
-    def tile(self, call, lay, slot, m, row0):
-        _, c = self.matrix(call)
-        odt = call.output.dtype
-        x, w, t = lay["x"][slot], self.work(call, lay, slot), lay["t"][0]
-        mean, var = lay["vec"][:2]
-        steps = self.widen(call, lay, slot, m)
-        if call.attrs["kind"] == "layer":
-            steps += [Simd("reduce", "ADD", (w, mean), m, c),
-                      Simd("scalar", "MUL", (mean, mean), m, 1, imm=1.0 / c),
-                      Simd("bcast", "SUB", (w, mean, w), m, c)]
-        steps += [Simd("binary", "MUL", (w, w, t), m, c),
-                  Simd("reduce", "ADD", (t, var), m, c),
-                  Simd("scalar", "MUL", (var, var), m, 1, imm=1.0 / c),
-                  Simd("scalar", "ADD", (var, var), m, 1, imm=float(call.attrs["eps"])),
-                  Simd("unary", "RSQRT", (var, var), m, 1)]
-        params = [(q.dst, "MUL" if q.operand == 1 else "ADD") for q in self.params(call, lay)]
-        last = len(params) == 0
-        steps.append(Simd("bcast", "MUL", (w, var, x if last else w), m, c,
-                          out_dtype=odt if last else "fp32"))
-        for i, (addr, fn) in enumerate(params):
-            last = i == len(params) - 1
-            steps.append(Simd("binary", fn, (w, addr, x if last else w), m, c, out_dtype=odt if last else "fp32"))
-        return steps
-
-    chunk_scratch = 2
-
-    def chunk_operands(self, call):
-        return tuple(i for i in (1, 2) if call.inputs[i] is not None)
-
-    def row_jobs(self, call, lay, row, chunks):
-        _, cols = self.matrix(call)
-        layer, odt = call.attrs["kind"] == "layer", call.output.dtype
-        shift, s1, s2, cs, cq, mean, rstd, d = lay["vec"][:8]
-        t, t2 = lay["t"]
-        out = call.output
-        item = ISA_ITEMSIZE[out.dtype]
-        last = len(chunks) - 1
-
-        def stats(j: int, n: int):
-            # sums of (x - shift) and its squares; shift = the first chunk's mean keeps the
-            # one-pass variance E[y^2] - E[y]^2 clear of cancellation
-            def steps(slot: int) -> list[Simd]:
-                w, out_ = self.chunk_work(call, lay, slot, n)
-                acc1, acc2 = (s1, s2) if j == 0 else (cs, cq)
-                if layer:
-                    if j == 0:
-                        out_ += [Simd("reduce", "ADD", (w, shift), 1, n),
-                                 Simd("scalar", "MUL", (shift, shift), 1, 1, imm=1.0 / n)]
-                    out_ += [Simd("bcast", "SUB", (w, shift, w), 1, n),
-                             Simd("reduce", "ADD", (w, acc1), 1, n)]
-                out_ += [Simd("binary", "MUL", (w, w, t), 1, n),
-                         Simd("reduce", "ADD", (t, acc2), 1, n)]
-                if j > 0:
-                    out_ += [Simd("binary", "ADD", (s1, cs, s1), 1, 1)] if layer else []
-                    out_ += [Simd("binary", "ADD", (s2, cq, s2), 1, 1)]
-                if j == last:
-                    out_.append(Simd("scalar", "MUL", (s2, rstd), 1, 1, imm=1.0 / cols))
-                    if layer:
-                        out_ += [Simd("scalar", "MUL", (s1, s1), 1, 1, imm=1.0 / cols),
-                                 Simd("binary", "MUL", (s1, s1, d), 1, 1),
-                                 Simd("binary", "SUB", (rstd, d, rstd), 1, 1),
-                                 Simd("binary", "ADD", (shift, s1, mean), 1, 1)]
-                    out_ += [Simd("scalar", "ADD", (rstd, rstd), 1, 1, imm=float(call.attrs["eps"])),
-                             Simd("unary", "RSQRT", (rstd, rstd), 1, 1)]
-                return out_
-            return steps
-
-        params = self.chunk_operands(call)
-
-        def result(n: int):
-            def steps(slot: int) -> list[Simd]:
-                w, out_ = self.chunk_work(call, lay, slot, n)
-                if layer:
-                    out_.append(Simd("bcast", "SUB", (w, mean, w), 1, n))
-                dst = [w] * len(params) + [lay["x"][slot]]
-                dts = ["fp32"] * len(params) + [odt]
-                out_.append(Simd("bcast", "MUL", (w, rstd, dst[0]), 1, n, out_dtype=dts[0]))
-                for k, i in enumerate(params):
-                    src = call.inputs[i]
-                    vec = lay[f"in{i}"][slot]
-                    if src.dtype != "fp32":
-                        out_.append(Simd("unary", "COPY", (vec, (t, t2)[k]), 1, n, dtype=src.dtype))
-                        vec = (t, t2)[k]
-                    out_.append(Simd("binary", "MUL" if i == 1 else "ADD", (w, vec, dst[k + 1]), 1, n,
-                                     out_dtype=dts[k + 1]))
-                return out_
-            return steps
-
-        jobs = [Job((self.chunk_load(call, row, c0, n),), stats(j, n)) for j, (c0, n) in enumerate(chunks)]
-        jobs += [Job((self.chunk_load(call, row, c0, n),
-                      *(self.chunk_load(call, row, c0, n, i, f"in{i}") for i in params)), result(n),
-                     (("x", out.space, out.addr + (row * cols + c0) * item, n * item),)) for c0, n in chunks]
-        return jobs
-
-
-# ----------------------------------------------------------------------------- batch norm
-
-class BatchNormKernel(RowwiseKernel):
-    """Inference batch norm of an (N, C, *) input: rows are (n, c) pairs, cols the spatial
-    positions; per-channel scale = weight / sqrt(var + eps) and shift = bias - mean * scale are
-    computed once per PE over a channel vector repeated so that any tile's rows are a slice.
-    An (N, C) input has the channels along the row instead: its scale and shift are [tile_rows,
-    C] tiles (the vector repeated per row) applied elementwise."""
-    ops = ("batch_norm",)
-    loops = False         # a tile's channel vectors start at (first row % C)
-    chunked = False
-
-    def accepts(self, op, operands, result, attrs, chip=None) -> bool:
-        x = operands[0]
-        if x is None or x.rank < 2 or x.numel == 0:
-            return False
-        if x.rank == 2:
-            return _row_fits(x.shape[1] * 4 * 10, chip)
-        inner = math.prod(x.shape[2:])
-        return inner > 0 and _row_fits(inner * 4 * 2 + 4 * 4 * 2 * x.shape[1], chip)
-
-    def matrix(self, call):
-        shape = call.inputs[0].shape
-        return (shape[0], shape[1]) if len(shape) == 2 else (shape[0] * shape[1], math.prod(shape[2:]))
-
-    def flops(self, call):
-        return 2 * call.inputs[0].nbytes // ISA_ITEMSIZE[call.inputs[0].dtype]
-
-    def _reps(self, call, m) -> int:
-        ch = call.inputs[0].shape[1]
-        return m if len(call.inputs[0].shape) == 2 else math.ceil((ch - 1 + m) / ch)
-
-    def param_bytes(self, call, m):
-        ch = call.inputs[0].shape[1]
-        n = self._reps(call, m) * ch
-        return 4 * (-(-n * 4 // ALIGN) * ALIGN) * 2 + ALIGN
-
-    def layout(self, call, m):
-        lay = super().layout(call, m)
-        ch = call.inputs[0].shape[1]
-        n = self._reps(call, m) * ch
-        stride = -(-n * 4 // ALIGN) * ALIGN
-        lay["m"], lay["n"] = m, n
-        lay["pvec"] = [lay["param"] + i * stride for i in range(4)]            # weight, bias, mean, var
-        lay["pstage"] = [lay["param"] + (4 + i) * stride for i in range(4)]
-        return lay
-
-    def params(self, call, lay):
-        reps = self._reps(call, lay["m"])
-        return [ParamLoad(i, reps, lay["pvec"][i - 1], lay["pstage"][i - 1])
-                for i in (1, 2, 3, 4) if call.inputs[i] is not None]
-
-    def setup(self, call, lay, m):
-        n = lay["n"]
-        w, b, mean, var = lay["pvec"]
-        steps = [Simd("scalar", "ADD", (var, var), n, 1, imm=float(call.attrs["eps"])),
-                 Simd("unary", "RSQRT", (var, var), n, 1)]                     # var := scale
-        if call.inputs[1] is not None:
-            steps.append(Simd("binary", "MUL", (var, w, var), n, 1))
-        steps += [Simd("binary", "MUL", (mean, var, mean), n, 1),
-                  Simd("scalar", "MUL", (mean, mean), n, 1, imm=-1.0)]           # mean := shift
-        if call.inputs[2] is not None:
-            steps.append(Simd("binary", "ADD", (mean, b, mean), n, 1))
-        return steps
-
-    def tile(self, call, lay, slot, m, row0):
-        _, c = self.matrix(call)
-        x, w = lay["x"][slot], self.work(call, lay, slot)
-        if len(call.inputs[0].shape) == 2:
-            scale, shift = lay["pvec"][3], lay["pvec"][2]
-            return self.widen(call, lay, slot, m) + [
-                Simd("binary", "MUL", (w, scale, w), m, c),
-                Simd("binary", "ADD", (w, shift, x), m, c, out_dtype=call.output.dtype)]
-        off = (row0 % call.inputs[0].shape[1]) * 4
-        scale, shift = lay["pvec"][3] + off, lay["pvec"][2] + off
-        return self.widen(call, lay, slot, m) + [
-            Simd("bcast", "MUL", (w, scale, w), m, c),
-            Simd("bcast", "ADD", (w, shift, x), m, c, out_dtype=call.output.dtype)]
-
-
-# ----------------------------------------------------------------------------- reduce
-
-class ReduceKernel(RowwiseKernel):
-    """sum / mean / max / min over trailing dims (all dims when `dims` is empty): one row
-    reduction per tile, in fp32 inside."""
-    ops = ("reduce",)
-
-    def accepts(self, op, operands, result, attrs, chip=None) -> bool:
-        x = operands[0]
-        if not _float_rows(operands, result) or attrs["kind"] not in REDUCE_FN:
-            return False
-        return _first_reduced(x.rank, attrs["dims"]) is not None
-
-    def matrix(self, call):
-        shape = call.inputs[0].shape
-        cols = math.prod(shape[_first_reduced(len(shape), call.attrs["dims"]):])
-        return math.prod(shape) // cols, cols
-
-    def out_cols(self, call):
-        return 1
-
-    def flops(self, call):
-        return call.inputs[0].nbytes // ISA_ITEMSIZE[call.inputs[0].dtype]
-
-    def tile(self, call, lay, slot, m, row0):
-        _, c = self.matrix(call)
-        kind, dt, odt = call.attrs["kind"], call.inputs[0].dtype, call.output.dtype
-        x, out, acc = lay["x"][slot], lay["out"][slot], lay["vec"][0]
-        if kind != "mean":
-            return [Simd("reduce", REDUCE_FN[kind], (x, out), m, c, dtype=dt, out_dtype=odt)]
-        return [Simd("reduce", "ADD", (x, acc), m, c, dtype=dt),
-                Simd("scalar", "MUL", (acc, out), m, 1, imm=1.0 / c, out_dtype=odt)]
-
-    def row_jobs(self, call, lay, row, chunks):
-        kind, dt, odt = call.attrs["kind"], call.inputs[0].dtype, call.output.dtype
-        _, cols = self.matrix(call)
-        acc, cs = lay["vec"][:2]
-        out = call.output
-        last = len(chunks) - 1
-
-        def part(j: int, n: int):
-            def steps(slot: int) -> list[Simd]:
-                x = lay["x"][slot]
-                out_ = [Simd("reduce", REDUCE_FN[kind], (x, acc if j == 0 else cs), 1, n, dtype=dt)]
-                if j > 0:
-                    out_.append(Simd("binary", REDUCE_FN[kind], (acc, cs, acc), 1, 1))
-                if j == last:
-                    out_.append(Simd("scalar", "MUL", (acc, lay["out"][slot]), 1, 1,
-                                     imm=1.0 / cols if kind == "mean" else 1.0, out_dtype=odt))
-                return out_
-            return steps
-
-        item = ISA_ITEMSIZE[out.dtype]
-        return [Job((self.chunk_load(call, row, c0, n),), part(j, n),
-                    (("out", out.space, out.addr + row * item, item),) if j == last else ())
-                for j, (c0, n) in enumerate(chunks)]
-
-
-register_kernel(SoftmaxKernel())
-register_kernel(NormKernel())
-register_kernel(BatchNormKernel())
-register_kernel(ReduceKernel())

@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from compiler.interpret import flat_operands
 from ops.registry import DTYPE_TO_TORCH, op as lookup_op, to_torch
 from ops.kernels.quantize import quantize_rows
 from ops.kernels.rotary import rotary
@@ -78,12 +79,12 @@ class TorchExecutor:
         self.constants = {v: self._constant(v, value) for v, value in steps.constants.items()}
         last_use: dict[int, int] = {}
         for i, step in enumerate(steps.steps):
-            for v in _flat(step["operands"]):
+            for v in flat_operands(step["operands"]):
                 last_use[v] = i
         keep = set(steps.outputs) | set(self.constants)
         self._program: list[tuple[Callable[..., Any], Any, list[int], list[int]]] = []
         for i, step in enumerate(steps.steps):
-            free = [v for v in set(_flat(step["operands"])) if last_use.get(v) == i and v not in keep]
+            free = [v for v in set(flat_operands(step["operands"])) if last_use.get(v) == i and v not in keep]
             fn, operands = self._closure(step, steps.host_ops)
             self._program.append((fn, operands, step["results"], free))
 
@@ -236,16 +237,6 @@ def _with_epilogue(impl: Callable[..., Any], epilogue: list[tuple], declared: in
 def _round(x: Any, dtype: Any) -> Any:
     """`x` rounded to `dtype` and back (None: as is)."""
     return x if dtype is None or x is None else x.to(dtype).to(x.dtype)
-
-
-def _flat(operands: Sequence[Any]) -> list[int]:
-    out: list[int] = []
-    for v in operands:
-        if isinstance(v, list):
-            out.extend(v)
-        elif v is not None:
-            out.append(v)
-    return out
 
 
 def executor(compiled: Any, device: str) -> TorchExecutor:

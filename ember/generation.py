@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from compiler.errors import DeviceMemoryError, EmberError, format_bytes
+from ember.compiled import compile as ember_compile
 from models.serving import ServingGraphs, prompt_positions, serving_graphs
 
 #: kernel ops whose time is the weights' (GEMMs: in decode they stream every weight once)
@@ -97,7 +98,6 @@ def generate(model: torch.nn.Module, prompt: Any, max_new_tokens: int = 16, *, c
              device: str = "sim", timing_only: bool = False, max_cache_len: int | None = None,
              cache: Any = None) -> Generation:
     """See `ember.generate`."""
-    import ember
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if timing_only and device != "sim":
@@ -120,8 +120,8 @@ def generate(model: torch.nn.Module, prompt: Any, max_new_tokens: int = 16, *, c
     token = torch.zeros(graphs.batch, 1, dtype=torch.int64, device=where)
     position = torch.tensor([positions], dtype=torch.int64, device=where)
     prompt_in = tuple(t.to(where) if t.is_meta != meta else t for t in graphs.prompt)
-    cm_prefill = ember.compile(graphs.prefill, (*prompt_in, *caches), chip=chip, dtype=dtype, cache=cache)
-    cm_decode = ember.compile(graphs.decode, (token, position, *caches), chip=chip, dtype=dtype, cache=cache,
+    cm_prefill = ember_compile(graphs.prefill, (*prompt_in, *caches), chip=chip, dtype=dtype, cache=cache)
+    cm_decode = ember_compile(graphs.decode, (token, position, *caches), chip=chip, dtype=dtype, cache=cache,
                               share=cm_prefill)
     del caches
     with cm_prefill.session(device) as sess:

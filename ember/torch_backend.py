@@ -23,6 +23,8 @@ from typing import Any, Sequence
 
 import torch
 
+from ember.compiled import compile as ember_compile
+
 _OPTIONS = {"chip": "mtia2i", "dtype": "bf16", "device": "sim", "cache": True, "timing_only": False}
 
 
@@ -113,7 +115,6 @@ def _is_static(x: Any) -> bool:
 
 def ember_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], options: dict[str, Any] | None = None):
     """The dynamo backend: compile `gm` with Ember and return a callable with `gm`'s signature."""
-    import ember
     from runtime.devices import phase_for
 
     opts = dict(_OPTIONS)
@@ -131,7 +132,7 @@ def ember_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], optio
     dynamic = [i for i in range(len(example_inputs)) if i not in static]
     frozen = _Frozen(gm, example_inputs, static).eval()
     try:
-        cm = ember.compile(frozen, tuple(example_inputs[i].detach() for i in dynamic), chip=opts["chip"],
+        cm = ember_compile(frozen, tuple(example_inputs[i].detach() for i in dynamic), chip=opts["chip"],
                            dtype=opts["dtype"], to=phase_for(device, opts["dtype"]),
                            allow_unsupported=True, cache=opts["cache"])
     except Exception as e:   # an uncompilable subgraph still runs: eagerly, reported and warned
