@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-build.txt CMakeLists.txt $
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -r requirements-build.txt
-	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[test]'
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[test,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -16,8 +16,8 @@ from compiler.errors import EmberError, UnsupportedOpsError
 from ember.check import CheckReport, check
 from ember.compiled import CompiledModel, compile
 
-__all__ = ["check", "compile", "generate", "load", "load_chip", "load_model", "mlir_context", "torch_compile_report",
-           "CheckReport", "CompiledModel", "EmberError", "UnsupportedOpsError"]
+__all__ = ["check", "compile", "generate", "load", "load_chip", "load_model", "mlir_context", "sweep",
+           "torch_compile_report", "CheckReport", "CompiledModel", "EmberError", "UnsupportedOpsError"]
 
 
 def load_chip(chip: Any):
@@ -50,6 +50,19 @@ def generate(model: torch.nn.Module, input_ids: Any, max_new_tokens: int = 16, *
     from ember.generation import generate as _generate
     return _generate(model, input_ids, max_new_tokens, chip=load_chip(chip), dtype=dtype, device=device,
                      timing_only=timing_only, max_cache_len=max_cache_len, cache=cache)
+
+
+def sweep(path: Any, workers: int | None = None, ray: str | None = None, out: Any = None, progress: bool = True):
+    """Run the design-space sweep file `path` (see `ember.dse.spec`; or its content as a dict):
+    every chip variant of its grid compiled for and run device-resident on each workload, on a
+    local process pool of `workers` (default: one per core; 1: serial) or on Ray (`ray="local"`
+    or a cluster address). Finished points are stored in `out` (default `<file stem>-sweep` beside
+    the file), so a sweep run again resumes; results.csv, pareto.png, sensitivity.png and
+    summary.md are written there. Returns the rows (dicts: the varied fields, `fits`, `reason`,
+    cycles, seconds, energy_j, avg_power_w, area_mm2, per-engine utilization, bytes per memory
+    level)."""
+    from ember.dse.runner import run_sweep
+    return run_sweep(path, out=out, workers=workers, ray=ray, progress=progress)
 
 
 def torch_compile_report(reset: bool = False):

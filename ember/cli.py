@@ -166,6 +166,25 @@ def generate(spec: str = typer.Argument(..., help="models:NAME or path/to/file.p
 
 
 @app.command()
+def sweep(path: Path = typer.Argument(..., help="a sweep file (YAML: base, vary, workloads)"),
+          output: Optional[Path] = typer.Option(None, "-o", "--output", help="the results folder "
+                                                "(default: <file stem>-sweep beside the file)"),
+          workers: Optional[int] = typer.Option(None, "--workers", help="local worker processes (default: one "
+                                                "per core; 1: serial)"),
+          ray: Optional[str] = typer.Option(None, "--ray", help="run the points on Ray: 'local' or a cluster address")
+          ) -> None:
+    """A design-space sweep: a table of the best points, results.csv, pareto.png, sensitivity.png."""
+    import ember
+    try:
+        rows = ember.sweep(path, workers=workers, ray=ray, out=output)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+    except (ValueError, ember.EmberError, RuntimeError) as e:
+        _fail(str(e))
+    console.print(f"{rows.computed} points computed, {rows.reused} reused, in {rows.wall_s:.1f} s ({rows.mode})")
+
+
+@app.command()
 def check(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:factory"),
           chip: str = typer.Option("mtia2i", help="chip name or YAML path"),
           dtype: str = typer.Option("bf16", help="fp32 | bf16 | int8"),

@@ -47,6 +47,8 @@ class Generation:
     breakdown: dict[str, dict[str, float]] = field(default_factory=dict)
     prefill: Any = None                  # the compiled models, for their IR and Programs
     decode: Any = None
+    # the device's RunResult of the prefill and of the last decode step (stats, energy)
+    runs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tpot_s(self) -> float:
@@ -140,6 +142,7 @@ def generate(model: torch.nn.Module, prompt: Any, max_new_tokens: int = 16, *, c
         first = sess.run(*(sess.put(t) for t in prompt_in), *state, timing_only=meta)
         tokens = [sample(sess, first)]
         ttft = sess.seconds - start
+        runs = {"prefill": sess.last_run}
         prefill_where = _where(sess.last_run)
         prefill_where["host_link"] += ttft - sess.last_run.seconds - host_step
         prefill_where["host"] += host_step
@@ -150,6 +153,7 @@ def generate(model: torch.nn.Module, prompt: Any, max_new_tokens: int = 16, *, c
             logits = dsess.run(dsess.put(tokens[-1]), dsess.put(pos), *state, timing_only=meta)
             tokens.append(sample(dsess, logits))
             steps.append(dsess.seconds - start)
+            runs["step"] = dsess.last_run
             w = _where(dsess.last_run)
             w["host_link"] += steps[-1] - dsess.last_run.seconds - host_step
             w["host"] += host_step
@@ -159,4 +163,4 @@ def generate(model: torch.nn.Module, prompt: Any, max_new_tokens: int = 16, *, c
     breakdown = {"prefill": prefill_where}
     if step_where:
         breakdown["step"] = step_where
-    return Generation(out, ttft, steps, graphs.batch, positions, length, breakdown, cm_prefill, cm_decode)
+    return Generation(out, ttft, steps, graphs.batch, positions, length, breakdown, cm_prefill, cm_decode, runs)

@@ -48,6 +48,10 @@ class Placement:
         return int(np.prod(self.shape, dtype=np.int64)) * ISA_ITEMSIZE[self.dtype]
 
 
+class NoTilingError(ValueError):
+    """No plan of a kernel fits the chip's local memory (the message names the op and the field)."""
+
+
 @dataclass(frozen=True)
 class KernelCall:
     """One graph-level op to run as a kernel."""
@@ -115,8 +119,8 @@ class KernelTemplate(ABC):
         """The plan with the fewest predicted cycles."""
         best = min(self.plans(call, chip), key=lambda p: self.predict(call, p, chip), default=None)
         if best is None:
-            raise ValueError(f"ember.{call.op}: no tiling of {[p.shape if p else None for p in call.inputs]} "
-                             f"fits local memory of {chip.local_mem.bytes} bytes")
+            raise NoTilingError(f"ember.{call.op}: no tiling of {[p.shape if p else None for p in call.inputs]} "
+                                f"fits local memory of {chip.local_mem.bytes} bytes (the chip's local_mem.bytes)")
         return best
 
 

@@ -215,6 +215,22 @@ class Host(_Section):
         return max(flops / self.flops_per_s, nbytes / self.bytes_per_s) + self.op_overhead_s
 
 
+class Area(_Section):
+    """Die-area coefficients of the chip's process, in mm² (`simulator.area`): `ChipSpec.area_mm2`
+    sums each block's count times its coefficient and divides by `utilization`, the share of the
+    die the blocks fill (the rest: routing channels, power grid, pad ring). The defaults are
+    TSMC N5-class estimates; chip files cite where theirs come from."""
+    mac_mm2: Annotated[float, Field(ge=0)] = 4.2e-4           # per DPE MAC (counted in bf16)
+    sram_mm2_per_mib: Annotated[float, Field(ge=0)] = 0.30
+    local_mem_mm2_per_mib: Annotated[float, Field(ge=0)] = 0.60
+    pe_logic_mm2: Annotated[float, Field(ge=0)] = 2.0         # per PE: its cores, SIMD, MLU, reduce, DMA
+    noc_mm2_per_link_byte: Annotated[float, Field(ge=0)] = 1.0e-3   # per router, per byte/cycle of link
+    dram_phy_mm2_per_gb_s: Annotated[float, Field(ge=0)] = 0.10
+    host_phy_mm2_per_gb_s: Annotated[float, Field(ge=0)] = 0.125
+    fixed_mm2: Annotated[float, Field(ge=0)] = 10.0            # control processor, PLLs, other I/O
+    utilization: Annotated[float, Field(gt=0, le=1)] = 0.72
+
+
 #: The host a chip file without a `host` section is attached to (mtia2i's).
 DEFAULT_HOST = {"kind": "one socket of a 56-core server CPU", "flops_per_s": 3.6e12, "bytes_per_s": 153.6e9,
                 "op_overhead_s": 5.0e-6}
@@ -240,6 +256,8 @@ class ChipSpec(BaseModel):
     host: Host = Host(**DEFAULT_HOST)
     dma: Dma = Dma()
     static_power_w: Energy = 0.0
+    area: Area = Area()
+    tdp_w: Annotated[float, Field(gt=0)] | None = None      # published thermal design power, if any
 
     check_whole_rate = field_validator("clock_hz")(_whole)
 
@@ -251,6 +269,12 @@ class ChipSpec(BaseModel):
     def peak_ops_per_s(self, dtype: str) -> float:
         """Dense peak over all PEs; an op is a multiply or an add (2 per MAC)."""
         return 2.0 * self.dpe.macs_per_cycle[dtype] * self.num_pes * self.clock_hz
+
+    @property
+    def area_mm2(self) -> float:
+        """Estimated die area (`simulator.area.area_breakdown`)."""
+        from simulator.area import area_breakdown
+        return area_breakdown(self)["total"]
 
     @property
     def dram_bytes_per_s(self) -> float:
