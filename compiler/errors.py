@@ -38,12 +38,12 @@ class UnsupportedOp:
 class UnsupportedOpsError(EmberError):
     """The model has ops Ember does not support; lists every one of them."""
 
-    def __init__(self, unsupported: list[UnsupportedOp]):
+    def __init__(self, unsupported: list[UnsupportedOp], note: str | None = None):
         self.unsupported = unsupported
         lines = "\n".join(f"  - {u}" for u in unsupported)
         total = sum(u.count for u in unsupported)
-        super().__init__(f"{total} op(s) in the model are not supported by Ember:\n{lines}\n"
-                         "Pass allow_unsupported=True to compile anyway (they are listed in cm.unsupported).")
+        note = note or "Pass allow_unsupported=True to compile anyway (they are listed in cm.unsupported)."
+        super().__init__(f"{total} op(s) in the model are not supported by Ember:\n{lines}\n{note}")
 
 
 class DeviceMemoryError(EmberError, MemoryError):

@@ -202,6 +202,8 @@ class Importer:
         self.folded: dict[torch.fx.Node, Any] = {}   # nodes computed at import time
         self.unsupported: Counter = Counter()
         self.reasons: dict[tuple[str, str], str] = {}
+        #: unsupported ops that cannot run as host calls either (a result shape that depends on the data)
+        self.unhostable: set[tuple[str, str]] = set()
         self.host_calls: dict[int, HostCall] = {}
         self.builder = Builder(self)
 
@@ -234,8 +236,10 @@ class Importer:
                     elif node.op == "call_function":
                         self._call(node)
                         self._release_folded(node, remaining_users)
-                if self.unsupported and not self.allow_unsupported:
-                    raise UnsupportedOpsError(self.unsupported_list())
+                if self.unsupported and (not self.allow_unsupported or self.unhostable):
+                    raise UnsupportedOpsError(self.unsupported_list(), None if not self.unhostable else
+                                              "The ops whose result shape depends on the data cannot run on "
+                                              "the host either (a host call has a static shape).")
                 results = [self._materialize(o) for o in user_outputs]
                 updates = [self._materialize(value) for _, value in mutated]
                 if any(not isinstance(u, Value) for u in updates):
@@ -348,6 +352,9 @@ class Importer:
                 self.folded[node] = self.folded[src][index]
                 return
             parent = self.values.get(src)
+            if isinstance(parent, _Poison):       # a part of an unsupported op's result
+                self.values[node] = _POISON
+                return
             self.values[node] = parent[index] if isinstance(parent, (tuple, list)) else None
             if isinstance(parent, (tuple, list)) and parent[index] is None:
                 self._unsupported(node, "an output of this op is not computed by Ember")
@@ -371,9 +378,10 @@ class Importer:
             except Unsupported as e:
                 self._unsupported(node, str(e))
                 return
-            except (ValueError, TypeError, NotImplementedError) as e:
-                raise LoweringError(f"ops/{rule.family}.py could not lower {target_name(node.target)} "
-                                    f"at {source_line(node)}: {e}") from e
+            except Exception as e:            # the rule cannot lower this instance: report it, by name
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                self._unsupported(node, f"ops/{rule.family}.py cannot lower it: {type(e).__name__}: {first}")
+                return
         self._check_against_torch(node, result, rule.family)
         self.values[node] = result
 
@@ -444,6 +452,11 @@ class Importer:
         val = node.meta.get("val")
         vals = list(val) if isinstance(val, (tuple, list)) else [val]
         if not all(isinstance(v, torch.Tensor) for v in vals):
+            return _POISON
+        if not all(isinstance(d, int) for v in vals for d in v.shape):     # an unbacked (data-dependent) size
+            key = (target_name(node.target), source_line(node))
+            self.unhostable.add(key)
+            self.reasons[key] = "; ".join(filter(None, (self.reasons.get(key), "its result shape depends on the data")))
             return _POISON
         tensors: list[Value] = []
 

@@ -1,0 +1,125 @@
+"""What the importer cannot lower is reported, never an unnamed crash: every such node is in one
+`UnsupportedOpsError` with its source line, including the nodes whose lowering rule failed and
+the ones whose result shape depends on the data."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import ember
+from ops import registry
+from ops.registry import rule_for
+
+HERE = Path(__file__).resolve()
+
+
+class MaskAndHistogram(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x, ids):
+        h = self.fc(x)
+        picked = h[ids == 3]                              # boolean-mask indexing: data-dependent shape
+        counts = torch.histc(h, bins=4, min=-1, max=1)    # no lowering
+        return h.sum() + picked.sum() + counts.sum()
+
+
+def _inputs():
+    return torch.randn(2, 5, 8), torch.randint(0, 5, (2, 5))
+
+
+def test_an_unsupported_op_and_a_data_dependent_one_are_named_together():
+    with pytest.raises(ember.UnsupportedOpsError) as err:
+        ember.compile(MaskAndHistogram().eval(), _inputs(), chip="tiny", dtype="fp32", to="graph")
+    names = {u.target: u for u in err.value.unsupported}
+    assert {"aten.index.Tensor", "aten.histc.default"} <= set(names), names
+    for target, line in (("aten.index.Tensor", "picked = h[ids == 3]"), ("aten.histc.default", "torch.histc")):
+        path, lineno = names[target].source.rsplit(":", 1)
+        assert Path(path).resolve() == HERE and line in HERE.read_text().splitlines()[int(lineno) - 1]
+    assert "depends on the data" in names["aten.index.Tensor"].reason
+
+
+def test_allow_unsupported_refuses_a_data_dependent_shape_by_name():
+    with pytest.raises(ember.UnsupportedOpsError, match="cannot run on the host either") as err:
+        ember.compile(MaskAndHistogram().eval(), _inputs(), chip="tiny", dtype="fp32", to="graph",
+                      allow_unsupported=True)
+    assert any(u.target == "aten.index.Tensor" for u in err.value.unsupported)
+
+
+def test_ops_after_an_unsupported_multi_result_op_are_not_lowered_from_nothing():
+    class Split(torch.nn.Module):
+        def forward(self, x):
+            counts = torch.histc(x, bins=8, min=-1, max=1).reshape(2, 4)
+            a, b = counts.chunk(2)                       # parts of an unsupported op's result
+            return torch.nn.functional.silu(a) + b
+
+    with pytest.raises(ember.UnsupportedOpsError) as err:
+        ember.compile(Split().eval(), (torch.randn(4, 8),), chip="tiny", dtype="fp32", to="graph")
+    assert [u.target for u in err.value.unsupported] == ["aten.histc.default"]
+
+
+def test_a_lowering_rule_that_fails_is_reported_with_its_op_and_line(monkeypatch):
+    rule = rule_for(torch.ops.aten.tanh.default)
+
+    def broken(b, *args, **kwargs):
+        raise AttributeError("'NoneType' object has no attribute 'dtype'")
+
+    monkeypatch.setitem(registry._RULES, torch.ops.aten.tanh.default, dataclasses.replace(rule, fn=broken))
+
+    class Tanh(torch.nn.Module):
+        def forward(self, x):
+            return torch.tanh(x) * 2
+
+    with pytest.raises(ember.UnsupportedOpsError) as err:
+        ember.compile(Tanh().eval(), (torch.randn(3, 4),), chip="tiny", dtype="fp32", to="graph")
+    (u,) = err.value.unsupported
+    assert u.target == "aten.tanh.default" and "AttributeError" in u.reason and "cannot lower it" in u.reason
+    assert Path(u.source.rsplit(":", 1)[0]).resolve() == HERE
+    # with allow_unsupported, the op runs on the host and the model still matches eager
+    x = torch.randn(3, 4)
+    cm = ember.compile(Tanh().eval(), (x,), chip="tiny", dtype="fp32", allow_unsupported=True)
+    assert torch.allclose(cm.run(x, device="sim"), torch.tanh(x) * 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", ["models:hf-mixtral-grouped-mm"])
+def test_the_grouped_mm_experts_path_is_an_unsupported_ops_error(spec):
+    pytest.importorskip("transformers")
+    model, example = ember.load_model(spec)
+    with pytest.raises(ember.UnsupportedOpsError) as err:
+        ember.compile(model, example, chip="tiny", dtype="fp32", to="graph")
+    targets = {u.target for u in err.value.unsupported}
+    assert any("grouped_mm" in t for t in targets) and "aten.histc.default" in targets, targets
+
+
+def test_a_vision_language_model_merging_features_by_mask_is_named_not_a_crash():
+    t = pytest.importorskip("transformers")
+    cfg = t.SmolVLMConfig(
+        text_config=dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        scale_factor=2, image_token_id=255)
+    torch.manual_seed(0)
+    vlm = t.SmolVLMForConditionalGeneration(cfg).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vlm = vlm
+
+        def forward(self, ids, pixels):
+            return self.vlm(input_ids=ids, pixel_values=pixels).logits
+
+    image_tokens = (32 // 8) ** 2 // (2 * 2)
+    ids = torch.cat([torch.randint(0, 200, (1, 4)), torch.full((1, image_tokens), 255),
+                     torch.randint(0, 200, (1, 4))], 1)
+    inputs = (ids, torch.randn(1, 1, 3, 32, 32))
+    for allow in (False, True):
+        with pytest.raises(ember.UnsupportedOpsError) as err:
+            ember.compile(Logits().eval(), inputs, chip="tiny", dtype="fp32", to="graph", allow_unsupported=allow)
+        assert all(u.source != "<unknown>" for u in err.value.unsupported)
+        assert any("modeling_smolvlm.py" in u.source for u in err.value.unsupported)
