@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import time
@@ -57,6 +58,7 @@ class Row:
     error: float | None = None
     within: bool | None = None
     agree: float | None = None          # argmax agreement over `positions`
+    sqnr_db: float | None = None        # of the logits against eager's, pooled over the draws
     positions: int = 0
     flip_margin: float | None = None    # the largest eager margin (see argmax_agreement) at a flip
     near_ties: float | None = None      # the share of positions with a margin at most that
@@ -133,6 +135,19 @@ def _logits(out) -> torch.Tensor:
     return torch.utils._pytree.tree_flatten(out)[0][0].float()
 
 
+def energies(out, ref) -> tuple[float, float]:
+    """(sum of eager's logits squared, sum of the error squared), in float64."""
+    o, r = _logits(out).double(), _logits(ref).double()
+    return float((r * r).sum()), float(((o - r) ** 2).sum())
+
+
+def sqnr_db(signal_energy: float, noise_energy: float) -> float:
+    """Signal-to-quantization-noise ratio: 10 log10(signal / noise); inf for an exact result."""
+    if noise_energy == 0:
+        return float("inf")
+    return 10 * math.log10(signal_energy / noise_energy) if signal_energy else float("-inf")
+
+
 def argmax_agreement(out, ref) -> tuple[torch.Tensor, torch.Tensor]:
     """Per position of the first output (flattened): whether the argmax over the last dim
     agrees with eager's, and eager's margin there: the gap between its two largest logits, in
@@ -165,6 +180,7 @@ def run_model(name: str, chip: str, dtype: str, draws: int = 1, device: str = "s
         row.on_host = dict(Counter(host_op_name(s, cm.program.tensors) for s in steps
                                    if s["kind"] == "host").most_common())
         agree, margins = [], []
+        signal_energy = noise_energy = 0.0
         row.simulate_s = 0.0
         for draw in range(draws):
             phase = "eager"
@@ -180,9 +196,11 @@ def run_model(name: str, chip: str, dtype: str, draws: int = 1, device: str = "s
             if device == "sim":
                 row.cycles, row.us = cm.last_run.cycles, cm.last_run.seconds * 1e6
             row.error = max(row.error or 0.0, max_relative_error(out, ref))
+            signal_energy, noise_energy = (a + b for a, b in zip((signal_energy, noise_energy), energies(out, ref)))
             same, margin = argmax_agreement(out, ref)
             agree.append(same)
             margins.append(margin)
+        row.sqnr_db = sqnr_db(signal_energy, noise_energy)
         agree, margins = torch.cat(agree), torch.cat(margins)
         row.positions = agree.numel()
         row.agree = agree.float().mean().item()
@@ -219,24 +237,24 @@ def argmax_cell(r: Row) -> str:
 def table(rows: list[Row], chip: str, dtype: str) -> Table:
     ok = f"argmax agreement >= {ARGMAX_MIN:.0%}" if dtype == "int8" else f"tolerance {TOLERANCE[dtype]:g}"
     t = Table(title=f"models on the simulated '{chip}' chip, {dtype} ({ok} vs eager)")
-    for col in ("model", "kind", "chip ops", "host ops", "host ops by name", "rel err", "argmax", "ok", "cycles",
-                "sim µs", "compile s", "run s"):
+    for col in ("model", "kind", "chip ops", "host ops", "host ops by name", "rel err", "SQNR dB", "argmax", "ok",
+                "cycles", "sim µs", "compile s", "run s"):
         t.add_column(col, justify="left" if col in ("model", "kind", "host ops by name") else "right",
                      overflow="fold")
     for r in rows:
         if r.failure and r.error is None:
             t.add_row(r.name, r.kind, str(r.on_chip) if r.compile_s else "-",
                       str(sum(r.on_host.values())) if r.compile_s else "-",
-                      escape(", ".join(f"{op} x{n}" for op, n in r.on_host.items())), "-", "-",
+                      escape(", ".join(f"{op} x{n}" for op, n in r.on_host.items())), "-", "-", "-",
                       "[red]FAIL[/red]", "-", "-", _fmt(r.compile_s, ".1f"), "-")
-            t.add_row("", "", "", "", f"[red]{escape(r.failure)}[/red]", "", "", "", "", "", "", "")
+            t.add_row("", "", "", "", f"[red]{escape(r.failure)}[/red]", "", "", "", "", "", "", "", "")
             continue
         t.add_row(r.name, r.kind, str(r.on_chip), str(sum(r.on_host.values())),
                   escape(", ".join(f"{op} x{n}" for op, n in r.on_host.items()) or "-"),
-                  f"{r.error:.2e}", argmax_cell(r), "yes" if r.within else "[red]NO[/red]",
+                  f"{r.error:.2e}", _fmt(r.sqnr_db, ".1f"), argmax_cell(r), "yes" if r.within else "[red]NO[/red]",
                   _fmt(r.cycles, "d"), _fmt(r.us, ".1f"), f"{r.compile_s:.1f}", f"{r.simulate_s:.1f}")
         if r.note or r.failure:
-            t.add_row("", "", "", "", f"[yellow]{escape(r.note or r.failure)}[/yellow]", "", "", "", "", "", "", "")
+            t.add_row("", "", "", "", f"[yellow]{escape(r.note or r.failure)}[/yellow]", "", "", "", "", "", "", "", "")
     return t
 
 
