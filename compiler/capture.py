@@ -6,9 +6,10 @@ stay whole.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -39,9 +40,36 @@ def check_inputs(model: Any, example_inputs: Any) -> tuple[torch.Tensor, ...]:
     return tuple(example_inputs)
 
 
+#: while `reusing_captures` is active: (model object, input shapes and types) -> its program
+_captures: dict[Any, Any] | None = None
+
+
+@contextlib.contextmanager
+def reusing_captures(store: dict[Any, Any]) -> Iterator[None]:
+    """Within it, `capture` keeps what it captures in `store` and returns it again for the same
+    model object on inputs of the same shapes, dtypes and devices: the graph does not depend on
+    the chip, so a design-space sweep captures each model once per process. The model must not
+    change in between (its ExportedProgram holds its weights)."""
+    global _captures
+    outer, _captures = _captures, store
+    try:
+        yield
+    finally:
+        _captures = outer
+
+
 def capture(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
     """Export `model` on `example_inputs` and decompose it down to what `ops/` registers."""
     example_inputs = check_inputs(model, example_inputs)
+    if _captures is None:
+        return _capture(model, example_inputs)
+    key = (id(model), tuple((tuple(x.shape), x.dtype, x.device.type) for x in example_inputs))
+    if key not in _captures:
+        _captures[key] = (model, _capture(model, example_inputs))    # the model kept: its id stays its own
+    return _captures[key][1]
+
+
+def _capture(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
     if model.training:
         model = model.eval()
     try:

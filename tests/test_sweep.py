@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import ember
@@ -200,9 +201,23 @@ def test_a_generate_workload_gives_prefill_and_decode_rows(tmp_path):
     assert (prefill["phase"], decode["phase"]) == ("prefill", "decode") and prefill["fits"] and decode["fits"]
     model, _ = ember.load_model("models:hf-llama")
     from models.serving import random_prompt
-    import torch
     torch.manual_seed(0)
     gen = ember.generate(model, random_prompt(model, 8, 1), 3, chip="tiny", dtype="fp32")
     assert prefill["seconds"] == gen.ttft_s and decode["seconds"] == gen.tpot_s
     assert prefill["energy_j"] > decode["energy_j"] > 0
     assert decode["floor_seconds"] <= decode["seconds"]
+
+
+def test_a_reused_capture_compiles_what_a_fresh_one_does():
+    from compiler.capture import reusing_captures
+    model, example = ember.load_model("models:multimodal-tiny")
+    store: dict = {}
+    with reusing_captures(store):
+        reused = [ember.compile(model, example, chip=c, dtype="bf16") for c in ("tiny", "mtia2i", "tiny")]
+    assert len(store) == 1
+    fresh = {c: ember.compile(model, example, chip=c, dtype="bf16") for c in ("tiny", "mtia2i")}
+    for cm, chip in zip(reused, ("tiny", "mtia2i", "tiny")):
+        out, ref = cm.run(*example, device="sim"), fresh[chip].run(*example, device="sim")
+        flat = torch.utils._pytree.tree_leaves
+        assert all(torch.equal(a, b) for a, b in zip(flat(out), flat(ref), strict=True))
+        assert cm.last_run.cycles == fresh[chip].last_run.cycles

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from compiler.capture import reusing_captures
 from compiler.errors import EmberError
 from ember.dse.spec import Point
 from ops.kernel import NoTilingError
@@ -29,6 +30,10 @@ METRICS = ("cycles", "seconds", "floor_seconds", "predicted_cycles", "energy_j",
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".strip()
+
+
+#: this process's captured graphs, by model and inputs (`compiler.capture.reusing_captures`)
+_CAPTURES: dict[Any, Any] = {}
 
 
 @functools.lru_cache(maxsize=8)
@@ -84,7 +89,8 @@ def _run_model(point: Point, chip: ChipSpec, rows: list[dict[str, Any]]) -> None
     from ember.compiled import compile as ember_compile
     w = point.workload
     model, example = _model(w.spec)
-    cm = ember_compile(model, example, chip=chip, dtype=w.dtype)
+    with reusing_captures(_CAPTURES):        # the graph is the same on every chip
+        cm = ember_compile(model, example, chip=chip, dtype=w.dtype)
     timing_only = w.timing_only or any(x.is_meta for x in example)
     with cm.session("sim") as sess:
         sess.run(*_inputs(sess, example, timing_only), timing_only=timing_only)
