@@ -79,11 +79,12 @@ def compare_with_torch(spec: str, *, device: str, chip: str, dtype: str, console
 
 
 def show_generation(spec: str, *, chip: str, dtype: str, console: Console, new_tokens: int = 8) -> Any:
-    """Generate from a random prompt with the KV cache on the simulated chip; print TTFT, TPOT,
+    """Generate from a (seeded) random prompt with the KV cache on the simulated chip; print TTFT, TPOT,
     where the time went, and the tokens (checked against greedy decoding in eager PyTorch)."""
     from ember.report import generation_tables
     from models.serving import random_prompt
     model, _ = ember.load_model(spec)
+    torch.manual_seed(0)                  # the same prompt on every run: the demo's numbers repeat
     prompt = random_prompt(model)
     gen = ember.generate(model, prompt, max_new_tokens=new_tokens, chip=chip, dtype=dtype)
     for table in generation_tables(gen, f"{spec}: generation on {chip}, {dtype}, KV cache on the device"):
