@@ -111,20 +111,22 @@ def run_sweep(source: Any, out: str | os.PathLike | None = None, workers: int | 
         if not console.is_terminal:           # a log: wide enough for the table, no wrapped lines
             console = Console(stderr=True, width=160)
     todo_points = [points[i] for i in todo]
-    if ray:
+    if not todo:                              # every point stored: no workers, no Ray
+        runs = iter(())
+    elif ray:
         runs = _ray(todo_points, ray)
     elif mode == "serial":
         runs = _serial(todo_points)
     else:
         runs = _pool(todo_points, workers)
     t0 = time.perf_counter()
-    failed = 0
+    failed = sum(any(not r["fits"] for r in point_rows) for point_rows in rows if point_rows is not None)
     columns = (TextColumn("[bold]sweep[/bold]"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[running]} running, {task.fields[failed]} failed"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
         task = bar.add_task("points", total=len(points), completed=len(points) - len(todo),
-                            running=min(len(todo), 1 if mode == "serial" else workers), failed=0)
+                            running=min(len(todo), 1 if mode == "serial" else workers), failed=failed)
         try:
             for n, (j, point_rows) in enumerate(runs, 1):
                 i = todo[j]
