@@ -80,6 +80,16 @@ def all_models() -> list[str]:
     return hf + REFERENCE_MODELS
 
 
+def model_names(only: list[str] | None) -> list[str]:
+    """The models to run (`--only`, else all), with transformers' own warnings quieted."""
+    try:
+        import transformers
+        transformers.logging.set_verbosity_error()
+    except ImportError:
+        pass
+    return resolve(only) if only else all_models()
+
+
 def model_kind(name: str) -> str:
     if name.startswith("hf-"):
         from models.huggingface import HF_MODELS
@@ -271,12 +281,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per model before it becomes a failure row")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = ap.parse_args()
-    try:
-        import transformers
-        transformers.logging.set_verbosity_error()
-    except ImportError:
-        pass
-    names = resolve(args.only) if args.only else all_models()
+    names = model_names(args.only)
     console = Console(width=220)
     signal.signal(signal.SIGALRM, _on_alarm)
     rows = []

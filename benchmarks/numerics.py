@@ -27,7 +27,7 @@ from rich.table import Table  # noqa: E402
 _spec = importlib.util.spec_from_file_location("bench_models", Path(__file__).with_name("models.py"))
 bench = sys.modules["bench_models"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
-all_models, argmax_cell, resolve, run_model = bench.all_models, bench.argmax_cell, bench.resolve, bench.run_model
+argmax_cell, model_names, run_model = bench.argmax_cell, bench.model_names, bench.run_model
 
 BAR_DB = {"fp32": 100.0, "bf16": 40.0, "int8": 30.0}
 
@@ -41,12 +41,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", metavar="NAME")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
-    try:
-        import transformers
-        transformers.logging.set_verbosity_error()
-    except ImportError:
-        pass
-    names = resolve(args.only) if args.only else all_models()
+    names = model_names(args.only)
     console = Console(width=200)
     rows = {d: {} for d in args.dtypes}
     for dtype in args.dtypes:
