@@ -7,8 +7,10 @@ prediction against the simulation.
 
     .venv/bin/python benchmarks/gemm.py [--chip mtia2i] [--functional] [--quick]
 
-Targets: 2048^3 bf16 in SRAM >= 85% of peak; the small-M GEMM streaming weights from DRAM
->= 85% of DRAM bandwidth; never faster than the roofline; predicted within 15% of simulated.
+Targets: 2048^3 bf16 in SRAM >= 85% of peak; int8 and fp8 GEMMs >= 90% of their peak on the
+chips that have them (the largest compute-bound case of each dtype; `--chip mtia450` for fp8);
+the small-M GEMM streaming weights from DRAM >= 85% of DRAM bandwidth; never faster than the
+roofline; predicted within 15% of simulated. Cases in a dtype the chip lacks are listed as such.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ class Case:
     batch: tuple[int, ...] = ()
     bias: bool = False
     weights: str | None = None   # another space for the weight (rhs / W), e.g. "dram"
-    dequant: bool = False        # int8 linear as the compiler makes it: fp32 out, d[N] per column
+    dequant: bool = False        # int8 / fp8 linear as the compiler makes it: fp32 out, d[N] per column
     row_scales: bool = False     # and s[M] per row (activations quantized per row)
 
     @property
@@ -66,13 +68,21 @@ CASES = [
     Case("linear", 176, 512, 1408, "int8", "sram", dequant=True, row_scales=True),
     Case("linear", 1, 4096, 14336, "int8", "dram", dequant=True, row_scales=True),
     Case("linear", 2048, 4096, 4096, "int8", "sram", weights="dram", dequant=True, row_scales=True),
+    # fp8 (e4m3; fp32 accumulator), bare and as the dtype pass emits it
+    Case("matmul", 2048, 2048, 2048, "fp8", "sram"),
+    Case("matmul", 4096, 4096, 4096, "fp8", "sram"),
+    Case("linear", 2048, 4096, 4096, "fp8", "sram", weights="dram", dequant=True, row_scales=True),
+    Case("linear", 16, 8192, 8192, "fp8", "dram", dequant=True, row_scales=True),
+    Case("matmul", 4096, 4096, 4096, "bf16", "sram"),
+    Case("matmul", 4096, 4096, 4096, "int8", "sram"),
 ]
 QUICK = [0, 1, 6, 10]
 
 
 def build_call(case: Case) -> tuple[KernelCall, dict]:
     """Placements packed one after another per space; random inputs (for functional runs)."""
-    out_dtype = "fp32" if case.dequant else "int32" if case.dtype == "int8" else case.dtype
+    out_dtype = ("fp32" if case.dequant else "int32" if case.dtype == "int8"
+                 else "bf16" if case.dtype == "fp8" else case.dtype)
     a_shape = (*case.batch, case.M, case.K)
     shapes = [a_shape, (*case.batch, case.K, case.N) if case.op == "matmul" else (case.N, case.K)]
     dtypes = [case.dtype, case.dtype]
@@ -128,6 +138,9 @@ def main() -> None:
         table.add_column(col, justify="left" if col in ("shape", "plan", "placement") else "right")
     worst = 0.0
     for case in cases:
+        if chip.dpe.macs_per_cycle.get(case.dtype) is None:
+            table.add_row(case.name, case.dtype, case.space, f"{chip.name} has no {case.dtype}", *[""] * 10)
+            continue
         r = run_case(case, chip, args.functional)
         worst = max(worst, abs(r["err"]))
         place = case.space + (f", W in {case.weights}" if case.weights else "")

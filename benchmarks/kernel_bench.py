@@ -11,7 +11,8 @@ import numpy as np
 from ops.kernel import KernelCall, kernel_for, roofline_cycles
 from simulator import ProgramBuilder, simulate
 
-NP = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16, "int8": np.int8, "int32": np.int32}
+NP = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16, "int8": np.int8, "int32": np.int32,
+      "fp8": ml_dtypes.float8_e4m3fn}
 
 
 def random_inputs(call: KernelCall, rng) -> dict:

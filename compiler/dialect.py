@@ -37,6 +37,8 @@ def element_type(dtype: str) -> ir.Type:
         return ir.F16Type.get()
     if dtype == "bf16":
         return ir.BF16Type.get()
+    if dtype == "f8E4M3FN":
+        return ir.Float8E4M3FNType.get()
     if dtype == "ui8":
         return ir.IntegerType.get_unsigned(8)
     if dtype.startswith("i"):

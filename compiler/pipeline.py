@@ -34,7 +34,7 @@ from compiler.passes.attention_masks import FoldAttentionMasks
 from compiler.passes.broadcast_operands import MaterializeBroadcasts
 from compiler.passes.calibrate_activations import CalibrateActivations
 from compiler.passes.capture import Capture
-from compiler.passes.dtype import ACTIVATION_SCALES, DtypeLowering
+from compiler.passes.dtype import ACTIVATION_SCALES, QUANTIZED, DtypeLowering
 from compiler.passes.emit_program import EmitProgram
 from compiler.passes.fusion import FuseEpilogues
 from compiler.passes.gqa_heads import FoldKVHeadExpansion
@@ -48,7 +48,7 @@ from compiler.resident import layout_digest
 from compiler.state import CompileState
 
 PHASES = ("graph", "tiled", "program")
-DTYPES = ("fp32", "bf16", "int8")
+DTYPES = ("fp32", "bf16", "int8", "fp8")
 
 #: The passes, phase by phase, in the order they run.
 PIPELINE: tuple[tuple[str, tuple[Any, ...]], ...] = (
@@ -197,6 +197,8 @@ def compile_model(model: torch.nn.Module, example_inputs: Any, options: CompileO
     """
     if layout_digest(resident) != options.share:
         raise ValueError("options.share must be the digest of the resident layout given")
+    if (scheme := QUANTIZED.get(options.dtype)) is not None:
+        chip.require_dtype(scheme.chip_dtype)       # before the capture: it names the chip field
     state = CompileState(model, check_inputs(model, example_inputs), options, chip, resident)
     ir_after: dict[str, str] = {}
     key = None

@@ -82,7 +82,7 @@ def _size(n: int) -> str:
 
 
 def _itemsize(dtype: str) -> int:
-    return {"fp32": 4, "bf16": 2, "int8": 1}[dtype]
+    return {"fp32": 4, "bf16": 2, "int8": 1, "fp8": 1}[dtype]
 
 
 def check(model: torch.nn.Module, example_inputs: Any, *, chip: Any = "mtia2i", dtype: str = "bf16",

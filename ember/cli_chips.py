@@ -62,7 +62,7 @@ def show(name: str = typer.Argument(..., help="chip name or path to a YAML file"
         else:
             tree.add(f"{key}: {value}")
     derived = tree.add("[bold]derived[/bold]")
-    for d in ("fp32", "bf16", "fp16", "int8"):
+    for d in c.dpe.macs_per_cycle.listed():
         derived.add(f"peak {d}: {c.peak_ops_per_s(d) / 1e12:.2f} T ops/s")
     derived.add(f"fingerprint: {c.fingerprint()[:16]}")
     console.print(tree)

@@ -234,7 +234,7 @@ def compile(model: torch.nn.Module, example_inputs: Any, *, chip: Any = "mtia2i"
     a `runtime.cache.CompileCache`; a Program compiled before from the same graph, weights, options
     and chip is loaded instead of rebuilt. `fuse=False` keeps elementwise epilogues out of the
     contractions (default: on, unless the environment sets EMBER_FUSE=0). `int8_activations`
-    (dtype="int8"): "per-row" scales each row of a GEMM's input at run time; "per-tensor" uses
+    (dtype="int8" or "fp8"): "per-row" scales each row of a GEMM's input at run time; "per-tensor" uses
     one scale per input, calibrated on `example_inputs`. `share`: a compiled model this one is
     served with in one session (a prefill for this decode): the weights and device state the two
     have in common (by weight name and input name) take `share`'s places in device memory.

@@ -28,7 +28,7 @@ from models.serving import ServingGraphs, prompt_positions, serving_graphs
 #: kernel ops whose time is the weights' (GEMMs: in decode they stream every weight once)
 GEMM_OPS = frozenset({"linear", "matmul"})
 #: bytes per element of the weights and the KV cache per compile dtype (contraction operands)
-_NARROW_BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
+_NARROW_BYTES = {"fp32": 4, "bf16": 2, "int8": 1, "fp8": 1}
 
 
 class CacheTooShortError(EmberError, ValueError):

@@ -23,8 +23,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 #: `ember` element types -> the ISA's dtype names.
-ISA_DTYPE = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "i32": "int32"}
-ISA_ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int32": 4}
+ISA_DTYPE = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "i32": "int32", "f8E4M3FN": "fp8"}
+ISA_ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int32": 4, "fp8": 1}
 #: Local memory per PE assumed when a template is asked whether it runs an op without being told
 #: the chip: that of the smallest chip shipped ("tiny").
 MIN_LOCAL_BYTES = 64 * 1024
@@ -41,7 +41,7 @@ class Placement:
     space: str                  # "dram" | "sram"
     addr: int                   # byte address in that space
     shape: tuple[int, ...]
-    dtype: str                  # ISA dtype name: "fp32" | "bf16" | "fp16" | "int8" | "int32"
+    dtype: str                  # ISA dtype name: "fp32" | "bf16" | "fp16" | "int8" | "int32" | "fp8"
 
     @property
     def nbytes(self) -> int:

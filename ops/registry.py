@@ -24,7 +24,7 @@ import torch
 TORCH_TO_DTYPE = {
     torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16",
     torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8",
-    torch.uint8: "ui8", torch.bool: "i1",
+    torch.uint8: "ui8", torch.bool: "i1", torch.float8_e4m3fn: "f8E4M3FN",
 }
 DTYPE_TO_TORCH = {v: k for k, v in TORCH_TO_DTYPE.items()}
 FLOAT_DTYPES = frozenset({"f32", "f64", "f16", "bf16"})
@@ -32,17 +32,17 @@ FLOAT_DTYPES = frozenset({"f32", "f64", "f16", "bf16"})
 
 def dtype_of_numpy(dt: np.dtype) -> str:
     """The `ember` element type name of a numpy dtype."""
-    for name in ("f32", "f64", "f16", "bf16", "i64", "i32", "i16", "i8", "ui8", "i1"):
+    for name in ("f32", "f64", "f16", "bf16", "i64", "i32", "i16", "i8", "ui8", "i1", "f8E4M3FN"):
         if numpy_dtype(name) == dt:
             return name
     raise TypeError(f"numpy dtype {dt} has no ember element type")
 
 
 def numpy_dtype(dtype: str) -> np.dtype:
-    """The numpy dtype that holds `ember` element type `dtype` (bf16 through ml_dtypes)."""
-    if dtype == "bf16":
+    """The numpy dtype that holds `ember` element type `dtype` (bf16 and fp8 through ml_dtypes)."""
+    if dtype in ("bf16", "f8E4M3FN"):
         import ml_dtypes
-        return np.dtype(ml_dtypes.bfloat16)
+        return np.dtype(ml_dtypes.bfloat16 if dtype == "bf16" else ml_dtypes.float8_e4m3fn)
     return {"f32": np.dtype(np.float32), "f64": np.dtype(np.float64), "f16": np.dtype(np.float16),
             "i64": np.dtype(np.int64), "i32": np.dtype(np.int32), "i16": np.dtype(np.int16),
             "i8": np.dtype(np.int8), "ui8": np.dtype(np.uint8), "i1": np.dtype(np.bool_)}[dtype]
@@ -308,17 +308,17 @@ def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A tensor's values as numpy (bf16 through ml_dtypes)."""
+    """A tensor's values as numpy (bf16 and fp8 through ml_dtypes)."""
     t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        return t.float().numpy().astype(numpy_dtype("bf16"))
+    if t.dtype in (torch.bfloat16, torch.float8_e4m3fn):
+        return t.float().numpy().astype(numpy_dtype(TORCH_TO_DTYPE[t.dtype]))
     return t.numpy()
 
 
 def to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
     """A numpy array as a torch tensor of `ember` element type `dtype`."""
-    if dtype == "bf16":
-        return torch.from_numpy(np.array(a, dtype=np.float32, order="C")).to(torch.bfloat16)
+    if dtype in ("bf16", "f8E4M3FN"):      # exact: both widen to fp32 without rounding
+        return torch.from_numpy(np.array(a, dtype=np.float32, order="C")).to(DTYPE_TO_TORCH[dtype])
     return torch.from_numpy(np.array(a, order="C")).to(DTYPE_TO_TORCH[dtype])   # keeps 0-d shapes
 
 

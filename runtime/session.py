@@ -46,7 +46,7 @@ def describe(spec: TensorSpec) -> str:
 
 #: Bytes per element a tensor takes in device memory: integers and booleans are held as int32.
 DEVICE_ITEMSIZE = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8, "i64": 4, "i32": 4, "i16": 4, "i8": 1, "ui8": 1,
-                   "i1": 4}
+                   "i1": 4, "f8E4M3FN": 1}
 
 
 def device_bytes(spec: TensorSpec) -> int:

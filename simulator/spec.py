@@ -30,6 +30,8 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
 
 CHIPS_DIR = Path(__file__).parent / "chips"
 DTYPES = ("fp32", "bf16", "fp16", "int8")
+#: Narrow formats a chip may have or not: a chip file lists the ones its DPE multiplies.
+OPTIONAL_DTYPES = ("fp8",)
 
 
 class ChipSpecError(ValueError):
@@ -71,16 +73,29 @@ class _Section(BaseModel):
 
 
 class PerDtype(_Section):
-    """One number per accelerator dtype."""
+    """One number per accelerator dtype: every chip has the first four; fp8 (OCP e4m3) only
+    where the chip file lists it."""
     fp32: float = Field(ge=0)
     bf16: float = Field(ge=0)
     fp16: float = Field(ge=0)
     int8: float = Field(ge=0)
+    fp8: float | None = Field(default=None, ge=0)
 
     def __getitem__(self, dtype: str) -> float:
-        if dtype not in DTYPES:
-            raise KeyError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+        value = self.get(dtype)
+        if value is None:
+            raise KeyError(f"the chip has no {dtype} ({dtype} is not listed)")
+        return value
+
+    def get(self, dtype: str) -> float | None:
+        """The number for `dtype`, or None where the chip does not list it."""
+        if dtype not in DTYPES + OPTIONAL_DTYPES:
+            raise KeyError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES + OPTIONAL_DTYPES)}")
         return getattr(self, dtype)
+
+    def listed(self) -> tuple[str, ...]:
+        """The dtypes this chip has."""
+        return tuple(d for d in DTYPES + OPTIONAL_DTYPES if getattr(self, d) is not None)
 
 
 class DpeModel(str, enum.Enum):
@@ -122,7 +137,7 @@ class Dpe(_Section):
 
     @model_validator(mode="after")
     def _shape_matches_macs(self) -> "Dpe":
-        for d in DTYPES:
+        for d in self.macs_per_cycle.listed():
             macs = self.macs_per_cycle[d]
             if self.model is DpeModel.cached_stream:
                 if macs != int(macs) or int(macs) % self.n_tile:
@@ -132,6 +147,8 @@ class Dpe(_Section):
                 raise ValueError(f"macs_per_cycle.{d}={macs} must equal array_rows*array_cols="
                                  f"{self.array_rows * self.array_cols}: a systolic cell does one "
                                  f"MAC per cycle in every dtype")
+        if missing := [d for d in self.macs_per_cycle.listed() if self.energy_pj_per_mac.get(d) is None]:
+            raise ValueError(f"energy_pj_per_mac.{missing[0]} is missing: macs_per_cycle lists {missing[0]}")
         return self
 
 
@@ -265,6 +282,12 @@ class ChipSpec(BaseModel):
     @property
     def num_pes(self) -> int:
         return self.pe_grid.rows * self.pe_grid.cols
+
+    def require_dtype(self, dtype: str) -> None:
+        """A ChipSpecError naming the field when this chip's DPE does not multiply `dtype`."""
+        if self.dpe.macs_per_cycle.get(dtype) is None:
+            raise ChipSpecError(f"chip {self.name!r} has no {dtype} MACs: dpe.macs_per_cycle.{dtype} is not "
+                                f"set (it lists {', '.join(self.dpe.macs_per_cycle.listed())})")
 
     def peak_ops_per_s(self, dtype: str) -> float:
         """Dense peak over all PEs; an op is a multiply or an add (2 per MAC)."""

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.isa import FLAG_ACCUMULATE, Engine, Op, Space
+from simulator.isa import DPE_DTYPES, FLAG_ACCUMULATE, Engine, Op, Space
 from simulator.spec import ChipSpec
 from simulator.validate import extents
 
-DTYPE_NAMES = ("fp32", "bf16", "fp16", "int8")
 
 
 def _sum(x) -> int:
@@ -24,7 +23,7 @@ def program_counts(cmds: np.ndarray, chip: ChipSpec) -> dict:
     op = cmds["op"]
     out: dict = {"commands": int(len(cmds)), "dram_read": 0, "dram_write": 0, "sram_read": 0,
                  "sram_write": 0, "host_read": 0, "host_write": 0, "noc_byte_hops": 0, "simd_elems": 0, "reduce_elems": 0,
-                 "mlu_bytes": 0, "macs": {d: 0 for d in DTYPE_NAMES}}
+                 "mlu_bytes": 0, "macs": {d: 0 for d in DPE_DTYPES.values()}}
     local = 0
     for idx, space, lo, n, name in extents(cmds):
         if name == "dma destination":
@@ -60,7 +59,7 @@ def program_counts(cmds: np.ndarray, chip: ChipSpec) -> dict:
         a = cmds["a"][idx]
         macs = a[:, 3] * a[:, 4] * a[:, 5]
         dt = cmds["dtype"][idx]
-        out["macs"] = {d: _sum(macs[dt == i]) for i, d in enumerate(DTYPE_NAMES)}
+        out["macs"] = {d: _sum(macs[dt == i]) for i, d in DPE_DTYPES.items()}
         acc = (cmds["flags"][idx] & FLAG_ACCUMULATE) > 0
         local += _sum(a[acc, 3] * a[acc, 5] * 4)     # C is read back when accumulating
     for o, cols_fn in ((Op.SIMD_UNARY, lambda a: a[:, 2]), (Op.SIMD_SCALAR, lambda a: a[:, 2]),
@@ -94,7 +93,7 @@ def energy_joules(counts: dict, chip: ChipSpec, seconds: float) -> dict:
     """Energy by component from per-operation and per-byte costs (pJ) plus static power."""
     pj = 1e-12
     e = {
-        "dpe": sum(counts["macs"][d] * chip.dpe.energy_pj_per_mac[d] for d in DTYPE_NAMES) * pj,
+        "dpe": sum(n * (chip.dpe.energy_pj_per_mac.get(d) or 0.0) for d, n in counts["macs"].items()) * pj,
         "simd": counts["simd_elems"] * chip.simd.energy_pj_per_elem * pj,
         "reduce": counts["reduce_elems"] * chip.reduce.energy_pj_per_elem * pj,
         "mlu": counts["mlu_bytes"] * chip.mlu.energy_pj_per_byte * pj,
@@ -116,7 +115,7 @@ def build_stats(cmds: np.ndarray, chip: ChipSpec, cycles: int, busy: np.ndarray)
     denom = max(cycles, 1)
     util = busy / denom
     macs_total = sum(counts["macs"].values())
-    peak = {d: chip.dpe.macs_per_cycle[d] * chip.num_pes * denom for d in DTYPE_NAMES}
+    peak = {d: (chip.dpe.macs_per_cycle.get(d) or 0) * chip.num_pes * denom for d in DPE_DTYPES.values()}
     return {
         "cycles": cycles,
         "seconds": seconds,
@@ -127,7 +126,7 @@ def build_stats(cmds: np.ndarray, chip: ChipSpec, cycles: int, busy: np.ndarray)
                                           "host_read", "host_write", "local", "noc_byte_hops")},
         "dram_bytes_per_s": (counts["dram_read"] + counts["dram_write"]) / seconds if cycles else 0.0,
         "macs": counts["macs"],
-        "mac_utilization": {d: counts["macs"][d] / peak[d] for d in DTYPE_NAMES if counts["macs"][d]},
+        "mac_utilization": {d: counts["macs"][d] / peak[d] for d in DPE_DTYPES.values() if counts["macs"][d] and peak[d]},
         "achieved_ops_per_s": 2 * macs_total / seconds if cycles else 0.0,
         "energy_j": energy_joules(counts, chip, seconds),
     }

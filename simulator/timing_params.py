@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from math import gcd
 
+from simulator.isa import DPE_DTYPES, DType
 from simulator.spec import ChipSpec, DpeModel
 
 DPE_MODEL_CODE = {DpeModel.cached_stream: 0, DpeModel.systolic_os: 1, DpeModel.systolic_ws: 2}
@@ -36,8 +37,9 @@ def timing_params(chip: ChipSpec) -> dict[str, int]:
         "mlu_bpc": chip.mlu.bytes_per_cycle, "mlu_latency": chip.mlu.latency_cycles,
         "re_width": chip.reduce.elems_per_cycle, "re_latency": chip.reduce.latency_cycles,
     }
-    for i, d in enumerate(("fp32", "bf16", "fp16", "int8")):
-        p[f"macs_{i}"] = int(chip.dpe.macs_per_cycle[d])
+    for dt in DType:        # per ISA dtype; 0 where the DPE does not multiply it (int32, or the chip lacks it)
+        name = DPE_DTYPES.get(dt)
+        p[f"macs_{int(dt)}"] = int(chip.dpe.macs_per_cycle.get(name) or 0) if name else 0
     p["dram_num"], p["dram_den"] = _rational(chip.dram.bytes_per_s, clk, chip.dram.channels)
     p["sram_num"], p["sram_den"] = _rational(chip.sram.bytes_per_s, clk, chip.sram.banks)
     p["local_num"], p["local_den"] = _rational(chip.local_mem.bytes_per_s, clk)

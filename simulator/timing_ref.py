@@ -27,7 +27,7 @@ NUM_ENGINES = 5
 # opcodes and enums, by value (see simulator/isa/opcodes.py)
 NOP, DMA, DPE, RE_ACC, RE_SEND, S_UN, S_BIN, S_SCA, S_RED, S_BC, M_T, M_CP, M_CAT = range(13)
 DRAM, SRAM, LOCAL, HOST = 0, 1, 2, 3
-ESIZE = (4, 2, 2, 1, 4)
+ESIZE = (4, 2, 2, 1, 4, 1)
 INDEXED_SHIFT = 3         # DMA flags bits 3-4: an index moves the source or the destination
 INDEX_BYTES = 4           # what an indexed DMA reads from its PE's local memory (an int32)
 

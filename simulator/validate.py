@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.errors import AddressOutOfRange, InvalidCommand, LocalMemoryOverflow
-from simulator.isa import (ENGINE_OF_OP, INDEXED_SHIFT, NUM_ENGINES, ChipProgram, DType, Indexed, Op, Space,
+from simulator.isa import (DPE_DTYPES, ENGINE_OF_OP, INDEXED_SHIFT, NUM_ENGINES, ChipProgram, DType, Indexed, Op, Space,
                            format_command)
 from simulator.isa.encoding import INDEX_ADDR_BITS, INDEX_ADDR_MASK
 from simulator.spec import ChipSpec
 
-_ESIZE = np.array([4, 2, 2, 1, 4], np.int64)
+_ESIZE = np.array([d.itemsize for d in DType], np.int64)
+_LAST_DTYPE = max(DType)
 HOST_BYTES = 1 << 40        # the host's memory as the chip sees it
 
 
@@ -30,8 +31,8 @@ def extents(cmds: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, 
             continue
         idx = np.flatnonzero(op == o)
         a = cmds["a"][idx]                                  # contiguous (k, 8) copy
-        es = _ESIZE[np.minimum(cmds["dtype"][idx], 4)]
-        es2 = _ESIZE[np.minimum(cmds["dtype2"][idx], 4)]
+        es = _ESIZE[np.minimum(cmds["dtype"][idx], _LAST_DTYPE)]
+        es2 = _ESIZE[np.minimum(cmds["dtype2"][idx], _LAST_DTYPE)]
         loc = np.full(len(idx), int(Space.LOCAL), np.int64)
 
         def add(space, lo, n, name):
@@ -104,7 +105,7 @@ def validate(prog: ChipProgram, chip: ChipSpec) -> None:
     eng = c["engine"].astype(np.int64)
     if (bad := ((expected >= 0) & (eng != expected)) | (eng >= NUM_ENGINES)).any():
         _fail(InvalidCommand, prog, bad, "command is on the wrong engine queue for its opcode")
-    if (bad := (c["dtype"] > 4) | (c["dtype2"] > 4)).any():
+    if (bad := (c["dtype"] > _LAST_DTYPE) | (c["dtype2"] > _LAST_DTYPE)).any():
         _fail(InvalidCommand, prog, bad, "unknown dtype code")
     is_dma, is_send = op == Op.DMA, op == Op.RE_SEND
     args = np.array(c["a"])
@@ -133,8 +134,10 @@ def validate(prog: ChipProgram, chip: ChipSpec) -> None:
         if bad.any():
             _fail(AddressOutOfRange, prog, bad, "reduction send to a neighbour outside the PE grid")
     is_mm = op == Op.DPE_MATMUL
-    if (bad := is_mm & ((c["a"][:, 3:6] <= 0).any(axis=1) | (c["dtype"] > 3))).any():
-        _fail(InvalidCommand, prog, bad, "matmul needs M, K, N > 0 and an fp32/bf16/fp16/int8 input")
+    has = [int(d) for d, name in DPE_DTYPES.items() if chip.dpe.macs_per_cycle.get(name)]
+    if (bad := is_mm & ((c["a"][:, 3:6] <= 0).any(axis=1) | ~np.isin(c["dtype"], has))).any():
+        _fail(InvalidCommand, prog, bad, "matmul needs M, K, N > 0 and an input dtype the chip's DPE multiplies "
+              f"(dpe.macs_per_cycle of {chip.name}: {', '.join(DPE_DTYPES[DType(d)] for d in has)})")
     is_re = (op == Op.RE_ACC) | is_send
     if (bad := is_re & (c["dtype"] != 0) & (c["dtype"] != 4)).any():
         _fail(InvalidCommand, prog, bad, "reduction engine works on fp32 or int32")

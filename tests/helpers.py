@@ -2,9 +2,10 @@
 timing one kernel call."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from ops.kernel import Placement, kernel_for
+from ops.kernel import KernelCall, Placement, kernel_for
 from simulator import ProgramBuilder, simulate
 
 
@@ -89,3 +90,20 @@ def assert_cost_model_tracks(call, chip, rel: float = 0.25, choice: float = 1.1)
         assert abs(predicted - simulated[plan]) <= rel * simulated[plan], (plan, predicted, simulated[plan])
     assert simulated
     assert simulated[template.choose(call, chip)] <= choice * min(simulated.values())
+
+
+def scaled_linear(xq, wq, bias: bool, rng, dtype: str):
+    """A quantized linear as the dtype pass makes it, over the quantized operands xq [M, K] and
+    wq [N, K] (`dtype`: "int8" | "fp8"), with random row scales s[M], column scales d[N] and
+    bias b[N]: (call, memory contents, (s, d, b or None))."""
+    (M, K), N = xq.shape, wq.shape[0]
+    d = rng.uniform(1e-3, 2e-3, N).astype(np.float32)
+    s = rng.uniform(1e-3, 1.0, (M, 1)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    pl = place([((M, K), dtype), ((N, K), dtype), ((N,), "fp32") if bias else None,
+                ((N,), "fp32"), ((M, 1), "fp32"), ((M, N), "fp32")], "sram")
+    call = KernelCall("linear", tuple(pl[:5]), pl[5])
+    init = {("sram", pl[0].addr): xq, ("sram", pl[1].addr): wq, ("sram", pl[3].addr): d, ("sram", pl[4].addr): s}
+    if bias:
+        init[("sram", pl[2].addr)] = b
+    return call, init, (s, d, b if bias else None)

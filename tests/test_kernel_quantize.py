@@ -12,7 +12,7 @@ import torch
 from ops.kernel import KernelCall, kernel_for, roofline_cycles
 from ops.kernels.quantize import quantize_rows, scale_rows
 from simulator import ProgramBuilder, load_chip, simulate
-from tests.helpers import chosen_plan_cycles, place
+from tests.helpers import chosen_plan_cycles, place, scaled_linear
 
 NP = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "int8": np.int8, "int32": np.int32}
 
@@ -108,15 +108,7 @@ def test_gemm_epilogue_scales_rows_and_columns(chip, M, K, N, bias):
     rng = np.random.default_rng(M)
     xq = rng.integers(-127, 128, (M, K)).astype(np.int8)
     wq = rng.integers(-127, 128, (N, K)).astype(np.int8)
-    d = rng.uniform(1e-3, 2e-3, N).astype(np.float32)
-    s = rng.uniform(1e-3, 1.0, (M, 1)).astype(np.float32)
-    b = rng.standard_normal(N).astype(np.float32)
-    pl = place([((M, K), "int8"), ((N, K), "int8"), ((N,), "fp32") if bias else None,
-                ((N,), "fp32"), ((M, 1), "fp32"), ((M, N), "fp32")], "sram")
-    call = KernelCall("linear", tuple(pl[:5]), pl[5])
-    init = {("sram", pl[0].addr): xq, ("sram", pl[1].addr): wq, ("sram", pl[3].addr): d, ("sram", pl[4].addr): s}
-    if bias:
-        init[("sram", pl[2].addr)] = b
+    call, init, (s, d, b) = scaled_linear(xq, wq, bias, rng, "int8")
     res, got = _simulate(call, chip, init)
     acc = (xq.astype(np.int64) @ wq.astype(np.int64).T).astype(np.float32)
     want = acc * s * d[None, :]

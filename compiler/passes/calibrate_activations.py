@@ -15,7 +15,8 @@ class CalibrateActivations:
     required_by = "dtype-lowering takes its per-tensor int8 scales from these magnitudes"
 
     def enabled(self, options) -> bool:
-        return options.dtype == "int8" and options.int8_activations == "per-tensor"
+        from compiler.passes.dtype import QUANTIZED
+        return options.dtype in QUANTIZED and options.int8_activations == "per-tensor"
 
     def run(self, state) -> dict[int, float]:
         from compiler.passes.calibrate import Calibrate

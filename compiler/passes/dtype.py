@@ -3,11 +3,11 @@
 This is the one place of the dtype policy; memory-plan, tile-and-map and codegen read what it
 decides (`GraphOps.storage`, `GraphOp.quant`) and decide nothing of their own.
 
-The policy, for a compile dtype D ("fp32" | "bf16" | "int8"):
+The policy, for a compile dtype D ("fp32" | "bf16" | "int8" | "fp8"):
 
 * Only the operands of contractions are rounded: the data operands of matmul / linear /
   attention / conv (and the conv bias, which its kernel reads in the operand dtype) are held in
-  the narrow dtype (bf16 for D = "bf16" or "int8", fp32 for "fp32"). Everything else -- the
+  the narrow dtype (bf16 for D = "bf16", "int8" or "fp8", fp32 for "fp32"). Everything else -- the
   residual stream, norm and softmax inputs and outputs, GEMM results, graph outputs -- stays in
   fp32, as bf16 inference stacks keep their accumulations and residuals. (Rounding everything
   to bf16 also rounded the rotary angles, position * frequency, whose bf16 spacing is 1.0 at
@@ -32,7 +32,11 @@ The policy, for a compile dtype D ("fp32" | "bf16" | "int8"):
       example inputs (scale = amax / 127), by a `quantize` op (a SIMD multiply that rounds and
       saturates to int8). The epilogue multiplies by one fp32 vector, act_scale * weight_scale[n].
   Then the bias is added in fp32. The int8 weight and the dequantization vector are new constant
-  values of the graph. Convolutions stay bf16: the conv kernel has no int32 dequantizing
+  values of the graph.
+* D = "fp8": the same, in OCP fp8 e4m3 instead of int8: scales map the largest magnitude to
+  e4m3's largest finite value, 448 (scale = amax / 448), values round to nearest even and
+  saturate, and the DPE accumulates in fp32 (e4m3 products are exact in fp32). Only chips whose
+  `dpe.macs_per_cycle` lists fp8 take it. Convolutions stay bf16: the conv kernel has no int32 dequantizing
   epilogue yet.
 """
 from __future__ import annotations
@@ -44,7 +48,7 @@ import numpy as np
 
 from compiler.graph_ops import GraphOp, GraphOps
 from ops.kernel import ISA_DTYPE
-from ops.registry import TensorSpec
+from ops.registry import TensorSpec, numpy_dtype
 
 #: Contractions: op name -> the operand positions the kernel reads in its compute dtype.
 CONTRACTION_OPERANDS = {"linear": (0, 1), "matmul": (0, 1), "attention": (0, 1, 2), "conv": (0, 1, 2)}
@@ -53,9 +57,32 @@ CONTRACTION_OPERANDS = {"linear": (0, 1), "matmul": (0, 1), "attention": (0, 1, 
 MIXED_OPS = frozenset({"unary", "binary", "softmax", "norm", "batch_norm", "reduce", "linear", "matmul",
                        "quantize", "quantize_rows", "rotary"})
 #: The narrow dtype contraction operands are held in, per compile dtype.
-NARROW = {"fp32": "fp32", "bf16": "bf16", "int8": "bf16"}
+NARROW = {"fp32": "fp32", "bf16": "bf16", "int8": "bf16", "fp8": "bf16"}
 #: Symmetric int8 range (-128 is left out so that the grid is symmetric about 0).
 INT8_MAX = 127.0
+#: The largest finite fp8 e4m3 value.
+FP8_MAX = 448.0
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A quantized compile dtype: the element type its GEMM operands are held in, the largest
+    magnitude a scale maps to, and the dtype the chip's DPE must list."""
+    element: str
+    top: float
+    chip_dtype: str
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """x (already divided by its scale) as this scheme's elements: int8 rounds half to even
+        and saturates; fp8 rounds to nearest even and saturates at 448."""
+        x = np.clip(x, -self.top, self.top)
+        if self.element == "i8":
+            return np.rint(x).astype(np.int8)
+        return x.astype(np.float32).astype(numpy_dtype(self.element))
+
+
+#: Compile dtypes whose GEMMs are quantized.
+QUANTIZED = {"int8": Scheme("i8", INT8_MAX, "int8"), "fp8": Scheme("f8E4M3FN", FP8_MAX, "fp8")}
 #: How int8 GEMM activations are scaled (see the module docstring).
 ACTIVATION_SCALES = ("per-row", "per-tensor")
 
@@ -78,19 +105,19 @@ class QuantParams:
                 f"[{ws.min():.4g}, {ws.max():.4g}])")
 
 
-def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel symmetric int8: (Wq, scale) with W ~= scale * Wq, one scale per index of `axis`."""
+def quantize_weight(w: np.ndarray, axis: int, scheme: Scheme = QUANTIZED["int8"]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric quantization: (Wq, scale) with W ~= scale * Wq, one scale per index
+    of `axis` (int8 unless `scheme` says otherwise)."""
     w = np.asarray(w, dtype=np.float64)
     reduce = tuple(a for a in range(w.ndim) if a != axis % w.ndim)
     amax = np.max(np.abs(w), axis=reduce, keepdims=True)
-    scale = np.where(amax > 0, amax / INT8_MAX, 1.0)
-    q = np.clip(np.rint(w / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
-    return q, scale.reshape(-1).astype(np.float32)
+    scale = np.where(amax > 0, amax / scheme.top, 1.0)
+    return scheme.quantize(w / scale), scale.reshape(-1).astype(np.float32)
 
 
-def activation_scale(amax: float) -> float:
-    """Per-tensor symmetric int8 scale of an activation whose largest magnitude is `amax`."""
-    return float(amax) / INT8_MAX if amax > 0 else 1.0
+def activation_scale(amax: float, top: float = INT8_MAX) -> float:
+    """Per-tensor symmetric scale of an activation whose largest magnitude is `amax`."""
+    return float(amax) / top if amax > 0 else 1.0
 
 
 class _Classes:
@@ -122,7 +149,7 @@ class DtypeLowering:
 
     def run(self, state) -> GraphOps:
         options = state.options
-        constants = state.constants() if options.dtype == "int8" else None
+        constants = state.constants() if options.dtype in QUANTIZED else None
         return self.lower(state.ops, options.dtype, constants, state.amax, options.int8_activations)
 
     def lower(self, graph: GraphOps, dtype: str, constants: dict[int, Any] | None = None,
@@ -132,8 +159,8 @@ class DtypeLowering:
         per-tensor activations); `activations`: "per-row" or "per-tensor" (int8)."""
         if activations not in ACTIVATION_SCALES:
             raise ValueError(f"int8 activations must be one of {', '.join(ACTIVATION_SCALES)}, got {activations!r}")
-        if dtype == "int8":
-            self._quantize(graph, constants or {}, amax or {}, activations == "per-row")
+        if dtype in QUANTIZED:
+            self._quantize(graph, constants or {}, amax or {}, activations == "per-row", QUANTIZED[dtype])
         narrow_dtype = NARROW[dtype]
         classes = _Classes()
         narrow: set[int] = set()
@@ -168,7 +195,8 @@ class DtypeLowering:
         return graph
 
     # ------------------------------------------------------------------ int8
-    def _quantize(self, graph: GraphOps, constants: dict[int, Any], amax: dict[int, float], per_row: bool) -> None:
+    def _quantize(self, graph: GraphOps, constants: dict[int, Any], amax: dict[int, float], per_row: bool,
+                  scheme: Scheme) -> None:
         quantized: dict[int, tuple[int, int | None]] = {}   # activation -> its int8 value, row scales
         ops: list[GraphOp] = []
         for op in graph.ops:
@@ -178,10 +206,10 @@ class DtypeLowering:
                 continue
             x, w = op.operands[0], op.operands[1]
             a = None if per_row else amax.get(x, 0.0)
-            s_x = None if per_row else activation_scale(a)
+            s_x = None if per_row else activation_scale(a, scheme.top)
             if x not in quantized:
                 spec = graph.specs[x]
-                xq = graph.new_value(spec.with_(dtype="i8"))
+                xq = graph.new_value(spec.with_(dtype=scheme.element))
                 rows = None
                 if per_row:
                     rows = graph.new_value(TensorSpec((*spec.shape[:-1], 1), "f32"))
@@ -192,21 +220,22 @@ class DtypeLowering:
                                        op.location, target="accelerator"))
                 quantized[x] = (xq, rows)
             xq, rows = quantized[x]
-            wq = graph.new_value(graph.specs[w].with_(dtype="i8"))
+            wq = graph.new_value(graph.specs[w].with_(dtype=scheme.element))
             n = graph.specs[w].shape[w_axis]
             dq = graph.new_value(TensorSpec((n,), "f32"))
             w_values = constants.get(w)
             if w_values is not None:
-                q, s_w = quantize_weight(w_values, w_axis)
+                q, s_w = quantize_weight(w_values, w_axis, scheme)
                 graph.literals[wq] = q
                 graph.literals[dq] = (s_w if per_row else (s_x * s_w.astype(np.float64)).astype(np.float32))
             else:       # no numbers (meta weights): the plan and its timing only
                 s_w = np.ones(n, np.float32)
-                graph.weights[wq] = graph.weights.get(w, f"_int8.{w}") + ".int8"
-                graph.weights[dq] = graph.weights.get(w, f"_int8.{w}") + ".dequant"
+                name = graph.weights.get(w, f"_{scheme.chip_dtype}.{w}")
+                graph.weights[wq] = f"{name}.{scheme.chip_dtype}"
+                graph.weights[dq] = f"{name}.dequant"
             bias = op.operands[2] if len(op.operands) > 2 else None
             op.operands = [xq, wq, bias, dq] + ([rows] if per_row else [])
-            op.quant = QuantParams(s_x, a, s_w, activations="per-row" if per_row else "per-tensor")
+            op.quant = QuantParams(s_x, a, s_w, scheme.chip_dtype, "per-row" if per_row else "per-tensor")
             ops.append(op)
         for i, op in enumerate(ops):
             op.index = i

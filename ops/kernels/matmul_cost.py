@@ -91,8 +91,9 @@ def _bias_cycles(g: _Gemm, rt: _Rates, m: int, n: int) -> int:
     """SIMD / reduction-engine cycles of bias add, dequantization and rounding of one job."""
     cyc = 0
     chunks = _cdiv(m, BIAS_ROWS)
-    if g.scaled:     # widen, (scale rows,) scale, (widen the bias tile, add it)
-        cyc += 2 * _cdiv(m * n, rt.simd) + (1 + chunks) * rt.simd_lat
+    if g.scaled:     # (widen an int32 accumulator,) (scale rows,) scale, (widen the bias tile, add it)
+        widen = g.acc_dtype != "fp32"
+        cyc += (1 + widen) * _cdiv(m * n, rt.simd) + (widen + chunks) * rt.simd_lat
         if g.row_scaled:
             cyc += m * _cdiv(n, rt.simd) + rt.simd_lat
         if g.has_bias:

@@ -497,12 +497,18 @@ class _Emitter:
             wait = None
 
     def _dequantize(self, pe, cb, m, n, dp, scale_ready, done, out_dtype, rows_ready):
-        """acc[m, n] (int32) -> fp32 (-> * s[m]) -> * d[n] (+ bias[n]) -> `out_dtype`, packed in
-        place."""
+        """acc[m, n] (int32 -> fp32; an fp8 GEMM's is fp32 already) (-> * s[m]) -> * d[n]
+        (+ bias[n]) -> `out_dtype`, packed in place."""
         g = self.g
         oes = ISA_ITEMSIZE[out_dtype]
-        pe.simd_unary("copy", cb, cb, m * n, dtype=g.acc_dtype, out_dtype="fp32", wait=dp)
+        acc_ready = dp
+        if g.acc_dtype != "fp32":
+            pe.simd_unary("copy", cb, cb, m * n, dtype=g.acc_dtype, out_dtype="fp32", wait=dp)
+            acc_ready = None
         if g.row_scaled:
+            if acc_ready is not None:
+                pe.nop(Engine.SIMD, wait=acc_ready)
+                acc_ready = None
             pe.simd_row_bcast("MUL", cb, self.buf.row_scale, cb, m, n, dtype="fp32", out_dtype="fp32",
                               wait=rows_ready)
         chunks = list(range(0, m, BIAS_ROWS))
@@ -511,6 +517,8 @@ class _Emitter:
             count = min(BIAS_ROWS, m - r0) * n
             src, dst = cb + r0 * n * 4, cb + r0 * n * oes
             wait = scale_ready if ci == 0 else None
+            if ci == 0 and acc_ready is not None:
+                pe.nop(Engine.SIMD, wait=acc_ready)
             if g.has_bias:
                 pe.simd_binary("MUL", src, self.buf.scale, src, count, dtype="fp32", out_dtype="fp32", wait=wait)
                 pe.simd_binary("ADD", src, self.buf.bias32, dst, count, dtype="fp32", out_dtype=out_dtype,

@@ -13,7 +13,7 @@ from ops.kernels.elementwise import tile_epilogue
 from simulator.isa import LUT_FNS, SimdFn
 
 
-ACC_DTYPE = {"fp32": "fp32", "bf16": "fp32", "fp16": "fp32", "int8": "int32"}
+ACC_DTYPE = {"fp32": "fp32", "bf16": "fp32", "fp16": "fp32", "int8": "int32", "fp8": "fp32"}
 ALIGN = 64
 BIAS_ROWS = 32          # rows of the replicated bias tile the epilogue adds per command
 

@@ -1,11 +1,12 @@
-"""Per-row (per-token) int8 quantization on the SIMD engines: the step the dtype pass puts before
-an int8 GEMM whose activation is quantized row by row at run time.
+"""Per-row (per-token) int8 or fp8 quantization on the SIMD engines: the step the dtype pass puts
+before a quantized GEMM whose activation is quantized row by row at run time.
 
 `quantize_rows` reads each row of x once and writes two results:
 
-* xq[r, c] = x[r, c] * (1 / s[r]), rounded half to even and saturated to int8;
-* s[r] = max(max |x[r, :]|, TINY) * (1 / 127), one fp32 per row (shape [..., 1]), which the
-  GEMM's epilogue multiplies row r of its accumulator by.
+* xq[r, c] = x[r, c] * (1 / s[r]), rounded half to even and saturated to int8 (or rounded to
+  nearest even and saturated to fp8 e4m3, whichever xq's dtype is);
+* s[r] = max(max |x[r, :]|, TINY) * (1 / TOP), one fp32 per row (shape [..., 1]), TOP = 127 for
+  int8 and 448 for fp8, which the GEMM's epilogue multiplies row r of its accumulator by.
 
 |x| comes from a row max and a row min (the SIMD engine has no abs). Rows stream through local
 memory like the other row-wise kernels (`rowwise.RowwiseKernel`), each tile's scales stored
@@ -21,33 +22,39 @@ import torch
 from ops.kernel import ISA_ITEMSIZE, register_kernel
 from ops.kernels.rowwise import TINY, Job, RowwiseKernel, Simd, _float_rows
 
-INT8_MAX = 127.0
+#: The magnitude a row's largest value maps to, per ISA dtype of the quantized rows.
+TOP = {"int8": 127.0, "fp8": 448.0}
 
 
-def scale_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def scale_rows(x: torch.Tensor, top: float = TOP["int8"]) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, 1 / s) per row of `x` (shape [..., 1], fp32), as the kernel computes them."""
     xf = x.float()
     amax = torch.maximum(xf.amax(-1, keepdim=True), xf.amin(-1, keepdim=True) * -1.0).clamp_min(TINY)
-    s = amax * torch.tensor(1.0 / INT8_MAX, dtype=torch.float32)
+    s = amax * torch.tensor(1.0 / top, dtype=torch.float32)
     return s, torch.tensor(1.0, dtype=torch.float32) / s
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(xq, s): int8 x row by row and the row scales, as the `quantize_rows` kernel computes them."""
-    s, inv = scale_rows(x)
-    return torch.clamp(torch.round(x.float() * inv), -128, 127).to(torch.int8), s
+def quantize_rows(x: torch.Tensor, dtype: torch.dtype = torch.int8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(xq, s): x row by row in int8 (or fp8 e4m3) and the row scales, as the `quantize_rows`
+    kernel computes them."""
+    fp8 = dtype == torch.float8_e4m3fn
+    s, inv = scale_rows(x, TOP["fp8" if fp8 else "int8"])
+    y = x.float() * inv
+    if fp8:
+        return torch.clamp(y, -TOP["fp8"], TOP["fp8"]).to(dtype), s
+    return torch.clamp(torch.round(y), -128, 127).to(torch.int8), s
 
 
-def _finish(hi: int, lo: int, scale: int, rows: int) -> list[Simd]:
-    """scale := max(hi, -lo, TINY) / 127: the row scale, from the row max and row min."""
+def _finish(hi: int, lo: int, scale: int, rows: int, top: float) -> list[Simd]:
+    """scale := max(hi, -lo, TINY) / top: the row scale, from the row max and row min."""
     return [Simd("scalar", "MUL", (lo, lo), rows, 1, imm=-1.0),
             Simd("binary", "MAX", (hi, lo, hi), rows, 1),
             Simd("scalar", "MAX", (hi, hi), rows, 1, imm=TINY),
-            Simd("scalar", "MUL", (hi, scale), rows, 1, imm=1.0 / INT8_MAX)]
+            Simd("scalar", "MUL", (hi, scale), rows, 1, imm=1.0 / top)]
 
 
 class RowQuantizeKernel(RowwiseKernel):
-    """`quantize_rows`: x (fp32 or bf16, [..., K]) -> int8 rows xq [..., K] (`output`) and
+    """`quantize_rows`: x (fp32 or bf16, [..., K]) -> int8 or fp8 rows xq [..., K] (`output`) and
     their fp32 scales s [..., 1] (`extra_outputs[0]`), x read once."""
     ops = ("quantize_rows",)
 
@@ -63,9 +70,10 @@ class RowQuantizeKernel(RowwiseKernel):
         dt = call.inputs[0].dtype
         x, scale, (hi, lo, inv) = lay["x"][slot], lay["out1"][slot], lay["vec"][:3]
         return ([Simd("reduce", "MAX", (x, hi), m, c, dtype=dt), Simd("reduce", "MIN", (x, lo), m, c, dtype=dt)]
-                + _finish(hi, lo, scale, m) + self.widen(call, lay, slot, m)
+                + _finish(hi, lo, scale, m, TOP[call.output.dtype]) + self.widen(call, lay, slot, m)
                 + [Simd("unary", "RECIP", (scale, inv), m, 1),
-                   Simd("bcast", "MUL", (self.work(call, lay, slot), inv, lay["out"][slot]), m, c, out_dtype="int8")])
+                   Simd("bcast", "MUL", (self.work(call, lay, slot), inv, lay["out"][slot]), m, c,
+                        out_dtype=call.output.dtype)])
 
     def row_jobs(self, call, lay, row, chunks):
         dt = call.inputs[0].dtype
@@ -83,14 +91,14 @@ class RowQuantizeKernel(RowwiseKernel):
                          Simd("reduce", "MIN", (x, clo), 1, n, dtype=dt), Simd("binary", "MIN", (lo, clo, lo), 1, 1)]
                 if j == last:
                     scale = lay["out1"][slot]
-                    s += _finish(hi, lo, scale, 1) + [Simd("unary", "RECIP", (scale, inv), 1, 1)]
+                    s += _finish(hi, lo, scale, 1, TOP[out.dtype]) + [Simd("unary", "RECIP", (scale, inv), 1, 1)]
                 return s
             return steps
 
-        def values(n: int):                 # pass 2: each chunk times 1 / s, to int8
+        def values(n: int):                 # pass 2: each chunk times 1 / s, to int8 / fp8
             def steps(slot: int) -> list[Simd]:
                 work, widen = self.chunk_work(call, lay, slot, n)
-                return widen + [Simd("bcast", "MUL", (work, inv, lay["x"][slot]), 1, n, out_dtype="int8")]
+                return widen + [Simd("bcast", "MUL", (work, inv, lay["x"][slot]), 1, n, out_dtype=out.dtype)]
             return steps
 
         item, s_item = ISA_ITEMSIZE[out.dtype], ISA_ITEMSIZE[scales.dtype]

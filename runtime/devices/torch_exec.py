@@ -128,10 +128,11 @@ class TorchExecutor:
             host_op = host_ops[step["host_call"]]
             device = self.device
             return lambda *xs: host_op([x for x in xs if x is not None], device)
-        if step["op"] == "quantize":
-            return _quantize(float(step["attrs"]["scale"]))
-        if step["op"] == "quantize_rows":       # two results: the int8 rows, their scales
-            return quantize_rows
+        if step["op"] in ("quantize", "quantize_rows"):   # to int8 or fp8 (quantize_rows: and the row scales)
+            out_type = DTYPE_TO_TORCH[self.tensors[results[0]]["dtype"]]
+            if step["op"] == "quantize_rows":
+                return lambda x: quantize_rows(x, out_type)
+            return _quantize(float(step["attrs"]["scale"]), out_type)
         if step["op"] == "rotary":
             out_type = DTYPE_TO_TORCH[self.tensors[results[0]]["dtype"]]
             return lambda x, cos, sin, _sign: (rotary(x, cos, sin).to(out_type),)
@@ -153,10 +154,10 @@ class TorchExecutor:
         return call
 
     def _int8_gemm(self, step: dict[str, Any]) -> bool:
-        """A linear/matmul the dtype pass quantized: int8 operands, then a dequantization vector."""
+        """A linear/matmul the dtype pass quantized: int8 (or fp8) operands, then a dequantization vector."""
         ops = step["operands"]
         return (step["op"] in ("linear", "matmul") and len(ops) >= 4 and ops[3] is not None
-                and self.tensors[ops[0]]["dtype"] == "i8")
+                and self.tensors[ops[0]]["dtype"] in ("i8", "f8E4M3FN"))
 
     def _rounding(self, step: dict[str, Any]) -> tuple[list[Any], list[Any]] | None:
         """Per operand and result, the narrower float type the chip holds it in (None: as is)."""
@@ -188,14 +189,18 @@ class TorchExecutor:
         return [env[v] for v in self.outputs]
 
 
-def _quantize(scale: float) -> Callable[..., Any]:
-    """The dtype pass's `quantize` step: x * scale, rounded half to even, saturated to int8."""
+def _quantize(scale: float, out_type: torch.dtype) -> Callable[..., Any]:
+    """The dtype pass's `quantize` step: x * scale, rounded half to even and saturated to int8,
+    or rounded to nearest even and saturated to fp8 e4m3."""
+    if out_type == torch.float8_e4m3fn:
+        top = torch.finfo(out_type).max
+        return lambda x: (torch.clamp(x.float() * scale, -top, top).to(out_type),)
     return lambda x: (torch.clamp(torch.round(x.float() * scale), -128, 127).to(torch.int8),)
 
 
 def _int8_gemm(op: str) -> Callable[..., Any]:
-    """An int8 x int8 GEMM as the chip runs it: an exact integer accumulator (float64 holds any
-    int8 dot product exactly), converted to fp32, times the per-row activation scales (if the
+    """An int8 x int8 (or fp8 x fp8) GEMM as the chip runs it: an exact accumulator (float64
+    holds any int8 dot product exactly; fp8 ones to float64's precision), converted to fp32, times the per-row activation scales (if the
     activation was quantized per row), times the per-output-column dequantization vector, plus
     the bias in fp32."""
     def run(xq, wq, bias=None, dequant=None, row_scale=None, **attrs):

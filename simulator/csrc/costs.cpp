@@ -22,7 +22,7 @@ Params Params::from_map(const std::map<std::string, int64_t>& m) {
     p.simd_width = g("simd_width"); p.simd_lut = g("simd_lut"); p.simd_latency = g("simd_latency");
     p.mlu_bpc = g("mlu_bpc"); p.mlu_latency = g("mlu_latency");
     p.re_width = g("re_width"); p.re_latency = g("re_latency");
-    p.macs[0] = g("macs_0"); p.macs[1] = g("macs_1"); p.macs[2] = g("macs_2"); p.macs[3] = g("macs_3");
+    for (int i = 0; i < kNumDtypes; ++i) p.macs[i] = g(("macs_" + std::to_string(i)).c_str());
     p.dram_num = g("dram_num"); p.dram_den = g("dram_den");
     p.sram_num = g("sram_num"); p.sram_den = g("sram_den");
     p.local_num = g("local_num"); p.local_den = g("local_den");
@@ -172,7 +172,7 @@ void Costs::cost(const Cmd& c, Usage& u) const {
             return;
         }
         case M_T: case M_CP: case M_CAT: {
-            static const int64_t esize[5] = {4, 2, 2, 1, 4};
+            static const int64_t esize[kNumDtypes] = {4, 2, 2, 1, 4, 1};
             int64_t nbytes;
             if (c.op == M_T) nbytes = a[2] * a[3] * esize[c.dtype];
             else if (c.op == M_CP) nbytes = a[2] * a[3];

@@ -15,7 +15,7 @@ struct Params {
     int64_t pe_rows, pe_cols, dma_latency, hop_latency, dram_channels, dram_interleave,
         sram_banks, sram_interleave, dpe_model, dpe_n_tile, dpe_rows, dpe_cols, dpe_overhead,
         simd_width, simd_lut, simd_latency, mlu_bpc, mlu_latency, re_width, re_latency,
-        macs[4], dram_num, dram_den, sram_num, sram_den, local_num, local_den, link_num,
+        macs[kNumDtypes], dram_num, dram_den, sram_num, sram_den, local_num, local_den, link_num,
         link_den, host_num, host_den;
     static Params from_map(const std::map<std::string, int64_t>& m);
 };

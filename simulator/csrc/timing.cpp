@@ -27,7 +27,7 @@ void check_command(const Cmd& c, int64_t i, const Params& p, int num_pes) {
     if (c.engine >= kNumEngines) bad("unknown engine");
     if (c.op > M_CAT) bad("unknown opcode");
     if (c.wait_tok < -1 || c.sig_tok < -1) bad("bad token");
-    if (c.dtype > 4 || (c.op == DPE && c.dtype > 3)) bad("bad dtype");
+    if (c.dtype >= kNumDtypes || c.dtype2 >= kNumDtypes || (c.op == DPE && p.macs[c.dtype] <= 0)) bad("bad dtype");
     for (int k = 0; k < 8; ++k)
         if (c.a[k] < 0 && !(c.op == S_SCA && k == 3)) bad("negative operand");  // a[3]: fp64 bits of the immediate
     if (c.op == DMA) {

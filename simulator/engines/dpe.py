@@ -1,4 +1,4 @@
-"""Dot-product engine: C (+)= A @ B; bf16/fp16/fp32 inputs accumulate in fp32, int8 in int32."""
+"""Dot-product engine: C (+)= A @ B; bf16/fp16/fp32/fp8 inputs accumulate in fp32, int8 in int32."""
 from __future__ import annotations
 
 import numpy as np

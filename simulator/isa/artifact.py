@@ -30,9 +30,13 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from simulator.isa.program import ChipProgram, RelocatedProgram
+
+#: Element types numpy files cannot hold, stored as their bits: the numpy dtype they are read back as.
+_RAW_DTYPES = {"bf16": np.dtype(ml_dtypes.bfloat16), "f8E4M3FN": np.dtype(ml_dtypes.float8_e4m3fn)}
 
 FORMAT = "ember-program"
 VERSION = 4     # 2: relocated kernels (base + deltas), base kernels' address slots; 3: mutated inputs
@@ -114,9 +118,8 @@ class Program:
             kernels.append(prog)
         constants = {int(name[len("const"):]): arr for name, arr in arrays.items() if name.startswith("const")}
         for tid, arr in constants.items():
-            if header["tensors"][str(tid)]["dtype"] == "bf16":
-                import ml_dtypes
-                constants[tid] = arr.view(ml_dtypes.bfloat16)
+            if (raw := _RAW_DTYPES.get(header["tensors"][str(tid)]["dtype"])) is not None:
+                constants[tid] = arr.view(raw)
         return cls(header["chip"], header["dtype"], {int(k): v for k, v in header["tensors"].items()},
                    header["inputs"], header["outputs"], header["steps"], kernels, constants, header["meta"],
                    header["mutated_inputs"])
@@ -141,8 +144,9 @@ class Program:
             header["kernels"].append(entry)
         members["header.json"] = json.dumps(header, sort_keys=True).encode()
         for tid, arr in self.constants.items():
-            # numpy files have no bf16: store its bits, the tensor table says what they are
-            members[f"arrays/const{tid}.npy"] = _npy(arr.view(np.uint16) if arr.dtype.name == "bfloat16" else arr)
+            # numpy files have no bf16 or fp8: store their bits, the tensor table says what they are
+            bits = {"bfloat16": np.uint16, "float8_e4m3fn": np.uint8}.get(arr.dtype.name)
+            members[f"arrays/const{tid}.npy"] = _npy(arr if bits is None else arr.view(bits))
         return members
 
 

@@ -28,7 +28,7 @@ class Op(enum.IntEnum):
     NOP = 0               # sync only (signal / wait), zero duration, on any engine
     DMA = 1               # strided 2D copy between host, DRAM, SRAM, local memory; multicast;
                           # gather / scatter at an address an index in local memory moves
-    DPE_MATMUL = 2        # C (+)= A @ B; bf16/fp16/fp32 -> fp32, int8 -> int32
+    DPE_MATMUL = 2        # C (+)= A @ B; bf16/fp16/fp32/fp8 -> fp32, int8 -> int32
     RE_ACC = 3            # dst += src (fp32 or int32)
     RE_SEND = 4           # forward partial sums to a neighbour PE (optionally accumulating)
     SIMD_UNARY = 5        # dst = fn(src), also casts (fn=COPY)
@@ -64,6 +64,7 @@ class DType(enum.IntEnum):
     FP16 = 2
     INT8 = 3
     INT32 = 4
+    FP8 = 5               # OCP fp8 e4m3 (no infinities; largest finite 448)
 
     @property
     def np(self) -> np.dtype:
@@ -88,7 +89,11 @@ class DType(enum.IntEnum):
 
 _NP = {DType.FP32: np.dtype(np.float32), DType.BF16: np.dtype(ml_dtypes.bfloat16),
        DType.FP16: np.dtype(np.float16), DType.INT8: np.dtype(np.int8),
-       DType.INT32: np.dtype(np.int32)}
+       DType.INT32: np.dtype(np.int32), DType.FP8: np.dtype(ml_dtypes.float8_e4m3fn)}
+
+#: The dtypes the dot-product engine multiplies, by their chip-file name (`dpe.macs_per_cycle`).
+DPE_DTYPES = {DType.FP32: "fp32", DType.BF16: "bf16", DType.FP16: "fp16", DType.INT8: "int8",
+              DType.FP8: "fp8"}
 
 
 class Mcast(enum.IntEnum):

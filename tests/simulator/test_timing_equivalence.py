@@ -4,7 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simulator import _core
-from simulator.isa import CMD_DTYPE, ENGINE_OF_OP, INDEXED_SHIFT, NUM_ENGINES, ChipProgram, Op, SimdFn, pack_index
+from simulator.isa import CMD_DTYPE, ENGINE_OF_OP, DType, INDEXED_SHIFT, NUM_ENGINES, ChipProgram, Op, SimdFn, pack_index
 from simulator.spec import load_chip
 from simulator.timing_params import timing_params
 from simulator.timing_ref import run_timing_ref
@@ -41,7 +41,9 @@ def random_program(seed: int, params) -> np.ndarray:
         rec = c[i]
         rec["pe"], rec["op"] = pe, int(op)
         rec["engine"] = int(rng.integers(0, NUM_ENGINES)) if op is Op.NOP else int(ENGINE_OF_OP[op])
-        rec["dtype"] = int(rng.integers(0, 4))
+        # element dtypes (int32 aside); a matmul only in one the chip's DPE multiplies (fp8 on tiny)
+        dtypes = [int(d) for d in DType if d is not DType.INT32 and (op is not Op.DPE_MATMUL or params[0][f"macs_{int(d)}"])]
+        rec["dtype"] = int(rng.choice(dtypes))
         rec["fn"] = int(rng.integers(0, len(SimdFn)))
         rec["peer"] = -1
         a = rng.integers(0, 2000, 8)
