@@ -8,6 +8,9 @@ the simulation.
 
     .venv/bin/python benchmarks/conv.py [--chip mtia2i] [--dtype bf16] [--functional] [--quick]
 
+--dtype int8 (or fp8, on chips that list it) times the quantized convolution the compiler makes:
+int8 input and weight, fp32 bias and per-channel dequantization vector, bf16 output.
+
 Targets: never faster than the roofline; predicted within 15% of simulated.
 """
 from __future__ import annotations
@@ -25,7 +28,9 @@ from ops.kernel import KernelCall, Placement
 from ops.pooling import _pool_reference
 from simulator import load_chip
 
-DTYPES = ("bf16", "fp16", "fp32")
+DTYPES = ("bf16", "fp16", "fp32", "int8", "fp8")
+#: Operand dtypes whose convolution is quantized: fp32 bias and dequantization vector, bf16 output.
+QUANTIZED = ("int8", "fp8")
 
 
 @dataclass(frozen=True)
@@ -70,23 +75,26 @@ QUICK = [0, 2, 4, 9]
 
 
 def build_call(case: Case, dtype: str) -> KernelCall:
-    """Placements packed one after another in the case's space."""
+    """Placements packed one after another in the case's space (a pool beside quantized
+    convolutions: bf16, as the compiler holds their results)."""
     if case.pool:
+        dtype = "bf16" if dtype in QUANTIZED else dtype
         x = Placement(case.space, 0, (case.N, case.C, case.H, case.H), dtype)
         out = Placement(case.space, -(-x.nbytes // 4096) * 4096, (case.N, case.C, case.out, case.out), dtype)
         return KernelCall("pool", (x,), out, {"kind": case.pool, "kernel": [case.k] * 2, "stride": [case.stride] * 2,
                                               "padding": [case.pad] * 2, "dilation": [1, 1], "ceil_mode": False,
                                               "count_include_pad": True, "divisor": 0})
-    shapes = [(case.N, case.C, case.H, case.H), (case.O, case.C // case.groups, case.k, case.k),
-              (case.O,) if case.bias else None]
+    quantized = dtype in QUANTIZED
+    shapes = [((case.N, case.C, case.H, case.H), dtype), ((case.O, case.C // case.groups, case.k, case.k), dtype),
+              ((case.O,), "fp32" if quantized else dtype) if case.bias else None] + [((case.O,), "fp32")] * quantized
     top, placements = 0, []
-    for shape in shapes:
-        if shape is None:
+    for spec in shapes:
+        if spec is None:
             placements.append(None)
             continue
-        placements.append(Placement(case.space, top, shape, dtype))
+        placements.append(Placement(case.space, top, *spec))
         top += -(-placements[-1].nbytes // 4096) * 4096
-    out = Placement(case.space, top, (case.N, case.O, case.out, case.out), dtype)
+    out = Placement(case.space, top, (case.N, case.O, case.out, case.out), "bf16" if quantized else dtype)
     attrs = {"stride": [case.stride] * 2, "padding": [case.pad] * 2, "dilation": [1, 1], "groups": case.groups}
     return KernelCall("conv", tuple(placements), out, attrs)
 
@@ -103,7 +111,10 @@ def run_case(case: Case, chip, dtype: str, functional: bool) -> dict:
             ref = _pool_reference(xs[0].numpy(), case.pool, [case.k] * 2, [case.stride] * 2, [case.pad] * 2,
                                   [1, 1], False, True, 0)
         else:
-            ref = torch.nn.functional.conv2d(xs[0], xs[1], xs[2], case.stride, case.pad, 1, case.groups).numpy()
+            ref = torch.nn.functional.conv2d(xs[0], xs[1], None, case.stride, case.pad, 1, case.groups)
+            if dtype in QUANTIZED:       # acc * d[o] (+ b[o])
+                ref = ref * xs[3].reshape(1, -1, 1, 1)
+            ref = (ref if xs[2] is None else ref + xs[2].reshape(1, -1, 1, 1)).numpy()
         r["num_err"] = float(np.abs(r["output"] - ref).max() / np.abs(ref).max())
     return r
 

@@ -7,8 +7,9 @@ prediction against the simulation.
 
     .venv/bin/python benchmarks/gemm.py [--chip mtia2i] [--functional] [--quick]
 
-Targets: 2048^3 bf16 in SRAM >= 85% of peak; int8 and fp8 GEMMs >= 90% of their peak on the
-chips that have them (the largest compute-bound case of each dtype; `--chip mtia450` for fp8);
+Targets: 2048^3 bf16 in SRAM >= 85% of peak; int8, fp8 and MX GEMMs >= 90% of their peak on
+the chips that have them (the largest compute-bound case of each dtype; `--chip mtia450` for
+fp8, mxfp8 and mxfp4);
 the small-M GEMM streaming weights from DRAM >= 85% of DRAM bandwidth; never faster than the
 roofline; predicted within 15% of simulated. Cases in a dtype the chip lacks are listed as such.
 """
@@ -24,6 +25,7 @@ from rich.table import Table
 
 from ops.kernel import KernelCall, Placement
 from simulator import load_chip
+from simulator.isa.mx import FORMATS as MX_FORMATS
 
 
 @dataclass(frozen=True)
@@ -75,16 +77,25 @@ CASES = [
     Case("linear", 16, 8192, 8192, "fp8", "dram", dequant=True, row_scales=True),
     Case("matmul", 4096, 4096, 4096, "bf16", "sram"),
     Case("matmul", 4096, 4096, 4096, "int8", "sram"),
+    # OCP MX block formats (A[M, K] and W[N, K] rows of 32-element blocks; fp32 accumulator)
+    Case("linear", 4096, 4096, 4096, "mxfp8", "sram"),
+    Case("linear", 4096, 4096, 4096, "mxfp4", "sram"),
+    Case("linear", 8192, 8192, 4096, "mxfp4", "sram"),      # mxfp4 is 3x fp8: twice the work for the fill to hide
+    Case("linear", 2048, 4096, 4096, "mxfp4", "sram", weights="dram"),
+    Case("linear", 16, 8192, 8192, "mxfp8", "dram"),
+    Case("linear", 16, 8192, 8192, "mxfp4", "dram"),
 ]
 QUICK = [0, 1, 6, 10]
 
 
 def build_call(case: Case) -> tuple[KernelCall, dict]:
     """Placements packed one after another per space; random inputs (for functional runs)."""
-    out_dtype = ("fp32" if case.dequant else "int32" if case.dtype == "int8"
+    mx = MX_FORMATS.get(case.dtype)
+    out_dtype = ("fp32" if case.dequant or mx else "int32" if case.dtype == "int8"
                  else "bf16" if case.dtype == "fp8" else case.dtype)
-    a_shape = (*case.batch, case.M, case.K)
-    shapes = [a_shape, (*case.batch, case.K, case.N) if case.op == "matmul" else (case.N, case.K)]
+    k = mx.row_bytes(case.K) if mx else case.K      # an MX row of K values is K / 32 blocks of bytes
+    a_shape = (*case.batch, case.M, k)
+    shapes = [a_shape, (*case.batch, case.K, case.N) if case.op == "matmul" else (case.N, k)]
     dtypes = [case.dtype, case.dtype]
     if case.op == "linear":
         shapes.append((case.N,) if case.bias else None)
@@ -111,7 +122,10 @@ def run_case(case: Case, chip, functional: bool) -> dict:
     r = measure(call, chip, init)
     r["case"], r["num_err"] = case, None
     if functional:       # check the numbers against a float64 / int64 reference
-        xs = [None if p is None else init[(p.space, p.addr)].astype(np.float64) for p in call.inputs]
+        xs = [None if p is None else init[(p.space, p.addr)] for p in call.inputs]
+        xs = [x if x is None or p.dtype not in MX_FORMATS else MX_FORMATS[p.dtype].decode(x)
+              for x, p in zip(xs, call.inputs)]
+        xs = [None if x is None else x.astype(np.float64) for x in xs]
         ref = np.matmul(xs[0], xs[1]) if case.op == "matmul" else xs[0] @ xs[1].T
         if case.dequant:
             ref = ref * (xs[4] if case.row_scales else 1.0) * xs[3]

@@ -10,18 +10,23 @@ import numpy as np
 
 from ops.kernel import KernelCall, kernel_for, roofline_cycles
 from simulator import ProgramBuilder, simulate
+from simulator.isa.mx import FORMATS as MX_FORMATS
 
 NP = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16, "fp16": np.float16, "int8": np.int8, "int32": np.int32,
       "fp8": ml_dtypes.float8_e4m3fn}
 
 
 def random_inputs(call: KernelCall, rng) -> dict:
-    """Memory contents for the call's operands: int8 uniform over its range, floats normal."""
+    """Memory contents for the call's operands: int8 uniform over its range, floats normal (an
+    MX operand: normal values encoded in its format)."""
     init = {}
     for p in call.inputs:
         if p is None:
             continue
-        if p.dtype == "int8":
+        if p.dtype in MX_FORMATS:
+            fmt = MX_FORMATS[p.dtype]
+            x = fmt.encode(rng.standard_normal((*p.shape[:-1], fmt.row_values(p.shape[-1]))))
+        elif p.dtype == "int8":
             x = rng.integers(-128, 128, p.shape).astype(np.int8)
         else:
             x = rng.standard_normal(p.shape).astype(NP[p.dtype])

@@ -106,6 +106,7 @@ FORMS: dict[Op, CommandForm] = {f.op: f for f in (
     CommandForm(Op.MLU_TRANSPOSE, ("src", "dst", "rows", "cols"), ("dtype",)),
     CommandForm(Op.MLU_COPY2D, ("src", "dst", "rows", "row_bytes", "src_stride", "dst_stride")),
     CommandForm(Op.MLU_CONCAT, ("a", "b", "dst", "rows", "a_row_bytes", "b_row_bytes")),
+    CommandForm(Op.SIMD_MX_QUANT, ("src", "dst", "rows", "cols"), ("dtype", "out_dtype")),
 )}
 assert set(FORMS) == set(Op), "every opcode needs a lowered op"
 FORM_OF_NAME = {f"ember.{form.name}": form for form in FORMS.values()}

@@ -35,6 +35,7 @@ from compiler.passes.broadcast_operands import MaterializeBroadcasts
 from compiler.passes.calibrate_activations import CalibrateActivations
 from compiler.passes.capture import Capture
 from compiler.passes.dtype import ACTIVATION_SCALES, QUANTIZED, DtypeLowering
+from compiler.passes.dtype_mx import MX_DTYPES
 from compiler.passes.emit_program import EmitProgram
 from compiler.passes.fusion import FuseEpilogues
 from compiler.passes.gqa_heads import FoldKVHeadExpansion
@@ -48,7 +49,7 @@ from compiler.resident import layout_digest
 from compiler.state import CompileState
 
 PHASES = ("graph", "tiled", "program")
-DTYPES = ("fp32", "bf16", "int8", "fp8")
+DTYPES = ("fp32", "bf16", "int8", "fp8", "mxfp8", "mxfp4")
 
 #: The passes, phase by phase, in the order they run.
 PIPELINE: tuple[tuple[str, tuple[Any, ...]], ...] = (
@@ -89,6 +90,9 @@ class CompileOptions:
     # int8 only: how GEMM activations are scaled, "per-row" (at run time) or "per-tensor"
     # (calibrated on the example inputs); see compiler/passes/dtype.py
     int8_activations: str = "per-row"
+    # quantized dtypes: whether a GEMM producing a model output (the LM head, a classifier) is
+    # quantized too; by default it stays in bf16 (see compiler/passes/dtype.py)
+    quantize_head: bool = False
     # digest of the resident layout (weights' and device state's places) taken from another
     # Program, so that both run in one session on one copy of them (see `resident_layout`)
     share: str = ""
@@ -199,6 +203,8 @@ def compile_model(model: torch.nn.Module, example_inputs: Any, options: CompileO
         raise ValueError("options.share must be the digest of the resident layout given")
     if (scheme := QUANTIZED.get(options.dtype)) is not None:
         chip.require_dtype(scheme.chip_dtype)       # before the capture: it names the chip field
+    elif options.dtype in MX_DTYPES:
+        chip.require_dtype(options.dtype)
     state = CompileState(model, check_inputs(model, example_inputs), options, chip, resident)
     ir_after: dict[str, str] = {}
     key = None

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from simulator.isa.mx import FORMATS as MX_FORMATS
+
 
 @dataclass
 class CheckReport:
@@ -81,7 +83,10 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _itemsize(dtype: str) -> int:
+def _itemsize(dtype: str) -> float:
+    """Bytes per weight in `dtype` (an MX format's per value: its block's bytes over 32)."""
+    if dtype in MX_FORMATS:
+        return MX_FORMATS[dtype].block_bytes / 32
     return {"fp32": 4, "bf16": 2, "int8": 1, "fp8": 1}[dtype]
 
 

@@ -31,7 +31,7 @@ def dialect(irdl: Path = typer.Option(..., "--irdl", help="write the IRDL defini
 @app.command()
 def compile(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:factory"),
             chip: str = typer.Option("mtia2i", help="chip name or YAML path"),
-            dtype: str = typer.Option("bf16", help="fp32 | bf16 | int8 | fp8 (on chips with fp8)"),
+            dtype: str = typer.Option("bf16", help="fp32 | bf16 | int8 | fp8 | mxfp8 | mxfp4 (the last three on chips that list them)"),
             to: str = typer.Option("graph", help="graph | tiled | program"),
             output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the IR (or Program) here"),
             print_ir_after_all: bool = typer.Option(False, "--print-ir-after-all", help="dump the IR after every pass"),
@@ -40,7 +40,9 @@ def compile(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py
             disable_pass: list[str] = typer.Option([], "--disable-pass", help="skip this pass (repeatable)"),
             allow_unsupported: bool = typer.Option(False, "--allow-unsupported", help="keep unsupported ops on the host"),
             int8_activations: str = typer.Option("per-row", help="int8: per-row (at run time) | per-tensor "
-                                                                 "(calibrated on the example inputs)")) -> None:
+                                                                 "(calibrated on the example inputs)"),
+            quantize_head: bool = typer.Option(False, "--quantize-head", help="quantized dtypes: quantize the "
+                                               "GEMMs producing model outputs (LM head) too")) -> None:
     """Compile a model and print a summary of what came out."""
     import ember
     from ember.report import op_summary_table, unsupported_table
@@ -49,7 +51,8 @@ def compile(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py
         t0 = time.perf_counter()
         cm = ember.compile(model, args, chip=chip, dtype=dtype, to=to, allow_unsupported=allow_unsupported,
                            print_ir_after_all=print_ir_after_all, print_ir_after=print_ir_after,
-                           disable_passes=disable_pass, int8_activations=int8_activations)
+                           disable_passes=disable_pass, int8_activations=int8_activations,
+                           quantize_head=quantize_head)
     except (ValueError, TypeError, ember.EmberError, NotImplementedError) as e:
         _fail(str(e))
     seconds = time.perf_counter() - t0
@@ -127,7 +130,7 @@ def simulate(program: Path = typer.Argument(..., help="a Program file written by
 def run(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:factory"),
         device: str = typer.Option("reference", help="reference | sim | cpu | cuda"),
         chip: str = typer.Option("tiny", help="chip name or YAML path"),
-        dtype: str = typer.Option("fp32", help="fp32 | bf16 | int8 | fp8 (on chips with fp8)")) -> None:
+        dtype: str = typer.Option("fp32", help="fp32 | bf16 | int8 | fp8 | mxfp8 | mxfp4 (the last three on chips that list them)")) -> None:
     """Compile a model, run it on fresh random inputs, and compare with PyTorch."""
     import ember
     from ember.demo import compare_with_torch
@@ -140,7 +143,7 @@ def run(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:fac
 @app.command()
 def generate(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:factory (a decoder)"),
              chip: str = typer.Option("mtia2i", help="chip name or YAML path"),
-             dtype: str = typer.Option("bf16", help="fp32 | bf16 | int8 | fp8 (on chips with fp8)"),
+             dtype: str = typer.Option("bf16", help="fp32 | bf16 | int8 | fp8 | mxfp8 | mxfp4 (the last three on chips that list them)"),
              prompt_len: Optional[int] = typer.Option(None, "--prompt-len", help="text tokens of the random prompt"),
              new_tokens: int = typer.Option(16, "--new-tokens", help="tokens to generate"),
              batch: Optional[int] = typer.Option(None, "--batch", help="sequences generated together"),
@@ -187,7 +190,7 @@ def sweep(path: Path = typer.Argument(..., help="a sweep file (YAML: base, vary,
 @app.command()
 def check(spec: str = typer.Argument(..., help="models:NAME or path/to/file.py:factory"),
           chip: str = typer.Option("mtia2i", help="chip name or YAML path"),
-          dtype: str = typer.Option("bf16", help="fp32 | bf16 | int8 | fp8 (on chips with fp8)"),
+          dtype: str = typer.Option("bf16", help="fp32 | bf16 | int8 | fp8 | mxfp8 | mxfp4 (the last three on chips that list them)"),
           format: str = typer.Option("text", "--format", help="text | json | html"),
           simulate: bool = typer.Option(True, help="also run on the simulated chip (error and latency)")) -> None:
     """Compatibility report: what runs on the accelerator, the error against PyTorch, latency, memory fit."""

@@ -223,7 +223,7 @@ def compile(model: torch.nn.Module, example_inputs: Any, *, chip: Any = "mtia2i"
             to: str = "program", allow_unsupported: bool = False,
             print_ir_after_all: bool = False, print_ir_after: Any = (), disable_passes: Any = (),
             cache: Any = None, fuse: bool | None = None, int8_activations: str = "per-row",
-            share: CompiledModel | None = None) -> CompiledModel:
+            quantize_head: bool = False, share: CompiledModel | None = None) -> CompiledModel:
     """Compile `model` for `chip`, computing in `dtype`, up to phase `to` ("graph" | "tiled" | "program").
 
     `print_ir_after`: pass names (`ember passes`) after which the IR is printed to stderr
@@ -235,7 +235,9 @@ def compile(model: torch.nn.Module, example_inputs: Any, *, chip: Any = "mtia2i"
     and chip is loaded instead of rebuilt. `fuse=False` keeps elementwise epilogues out of the
     contractions (default: on, unless the environment sets EMBER_FUSE=0). `int8_activations`
     (dtype="int8" or "fp8"): "per-row" scales each row of a GEMM's input at run time; "per-tensor" uses
-    one scale per input, calibrated on `example_inputs`. `share`: a compiled model this one is
+    one scale per input, calibrated on `example_inputs`. `quantize_head` (the quantized dtypes):
+    quantize the GEMMs that produce a model output (an LM head, a classifier) too; by default
+    they stay in bf16, as quantization toolkits leave `lm_head` out. `share`: a compiled model this one is
     served with in one session (a prefill for this decode): the weights and device state the two
     have in common (by weight name and input name) take `share`'s places in device memory.
     """
@@ -256,6 +258,6 @@ def compile(model: torch.nn.Module, example_inputs: Any, *, chip: Any = "mtia2i"
     options = CompileOptions(chip=chip_key, dtype=dtype, to=to, allow_unsupported=allow_unsupported,
                              print_ir_after_all=print_ir_after_all, print_ir_after=names(print_ir_after),
                              disable_passes=names(disable_passes), int8_activations=int8_activations,
-                             share=layout_digest(resident), **({} if fuse is None else {"fuse": fuse}))
+                             quantize_head=quantize_head, share=layout_digest(resident), **({} if fuse is None else {"fuse": fuse}))
     return CompiledModel(compile_model(model, example_inputs, options, spec, cache=as_cache(cache), resident=resident),
                          chip=spec)

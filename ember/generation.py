@@ -24,11 +24,12 @@ import torch
 from compiler.errors import DeviceMemoryError, EmberError, format_bytes
 from ember.compiled import compile as ember_compile
 from models.serving import ServingGraphs, prompt_positions, serving_graphs
+from simulator.isa.mx import FORMATS as MX_FORMATS
 
 #: kernel ops whose time is the weights' (GEMMs: in decode they stream every weight once)
 GEMM_OPS = frozenset({"linear", "matmul"})
 #: bytes per element of the weights and the KV cache per compile dtype (contraction operands)
-_NARROW_BYTES = {"fp32": 4, "bf16": 2, "int8": 1, "fp8": 1}
+_NARROW_BYTES = {"fp32": 4, "bf16": 2, "int8": 1, "fp8": 1, **{n: f.block_bytes / 32 for n, f in MX_FORMATS.items()}}
 
 
 class CacheTooShortError(EmberError, ValueError):

@@ -9,7 +9,7 @@ registered where `transformers` (a test extra) is installed.
 import importlib.util
 
 # Imported for their registrations.
-from models import cnn, multimodal  # noqa: F401
+from models import cnn, multimodal, trained_lm  # noqa: F401
 from models.registry import list_models, load_model, register_model
 
 # Looked up, not imported: importing transformers takes seconds, paid only when an hf model is built.

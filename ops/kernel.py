@@ -24,7 +24,9 @@ import numpy as np
 
 #: `ember` element types -> the ISA's dtype names.
 ISA_DTYPE = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "i32": "int32", "f8E4M3FN": "fp8"}
-ISA_ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int32": 4, "fp8": 1}
+#: Bytes per element; a value in an MX block format ("mxfp8", "mxfp4") is held as rows of bytes
+#: (simulator/isa/mx.py), so its elements are bytes.
+ISA_ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int32": 4, "fp8": 1, "mxfp8": 1, "mxfp4": 1}
 #: Local memory per PE assumed when a template is asked whether it runs an op without being told
 #: the chip: that of the smallest chip shipped ("tiny").
 MIN_LOCAL_BYTES = 64 * 1024

@@ -90,7 +90,7 @@ class SimResult:
 _UNTIMED_SLOTS = {Op.DPE_MATMUL: (0, 1, 2), Op.RE_ACC: (0, 1), Op.RE_SEND: (0, 1),
                   Op.SIMD_UNARY: (0, 1), Op.SIMD_BINARY: (0, 1, 2), Op.SIMD_SCALAR: (0, 1, 3),
                   Op.SIMD_ROW_REDUCE: (0, 1), Op.SIMD_ROW_BCAST: (0, 1, 2), Op.MLU_TRANSPOSE: (0, 1),
-                  Op.MLU_COPY2D: (0, 1), Op.MLU_CONCAT: (0, 1, 2)}
+                  Op.MLU_COPY2D: (0, 1), Op.MLU_CONCAT: (0, 1, 2), Op.SIMD_MX_QUANT: (0, 1)}
 
 
 class TimingCache:

@@ -31,7 +31,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
 CHIPS_DIR = Path(__file__).parent / "chips"
 DTYPES = ("fp32", "bf16", "fp16", "int8")
 #: Narrow formats a chip may have or not: a chip file lists the ones its DPE multiplies.
-OPTIONAL_DTYPES = ("fp8",)
+OPTIONAL_DTYPES = ("fp8", "mxfp8", "mxfp4")
 
 
 class ChipSpecError(ValueError):
@@ -73,13 +73,15 @@ class _Section(BaseModel):
 
 
 class PerDtype(_Section):
-    """One number per accelerator dtype: every chip has the first four; fp8 (OCP e4m3) only
-    where the chip file lists it."""
+    """One number per accelerator dtype: every chip has the first four; fp8 (OCP e4m3) and the
+    OCP MX block formats mxfp8 and mxfp4 (simulator/isa/mx.py) only where the chip file lists them."""
     fp32: float = Field(ge=0)
     bf16: float = Field(ge=0)
     fp16: float = Field(ge=0)
     int8: float = Field(ge=0)
     fp8: float | None = Field(default=None, ge=0)
+    mxfp8: float | None = Field(default=None, ge=0)
+    mxfp4: float | None = Field(default=None, ge=0)
 
     def __getitem__(self, dtype: str) -> float:
         value = self.get(dtype)

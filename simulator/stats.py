@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.isa import DPE_DTYPES, FLAG_ACCUMULATE, Engine, Op, Space
+from simulator.isa import DPE_DTYPES, FLAG_ACCUMULATE, DType, Engine, Op, Space
 from simulator.spec import ChipSpec
 from simulator.validate import extents
 
@@ -65,7 +65,8 @@ def program_counts(cmds: np.ndarray, chip: ChipSpec) -> dict:
     for o, cols_fn in ((Op.SIMD_UNARY, lambda a: a[:, 2]), (Op.SIMD_SCALAR, lambda a: a[:, 2]),
                        (Op.SIMD_BINARY, lambda a: a[:, 3]),
                        (Op.SIMD_ROW_REDUCE, lambda a: a[:, 2] * a[:, 3]),
-                       (Op.SIMD_ROW_BCAST, lambda a: a[:, 3] * a[:, 4])):
+                       (Op.SIMD_ROW_BCAST, lambda a: a[:, 3] * a[:, 4]),
+                       (Op.SIMD_MX_QUANT, lambda a: 2 * a[:, 2] * a[:, 3])):   # a max pass, a scale pass
         if o in sel:
             out["simd_elems"] += _sum(cols_fn(cmds["a"][sel[o]]))
     for o in (Op.RE_ACC, Op.RE_SEND):
@@ -74,12 +75,12 @@ def program_counts(cmds: np.ndarray, chip: ChipSpec) -> dict:
             out["reduce_elems"] += n
             if o is Op.RE_SEND:
                 out["noc_byte_hops"] += 4 * n
-    esize = np.array([4, 2, 2, 1, 4])
+    esize = np.array([d.itemsize for d in DType])
     for o in (Op.MLU_TRANSPOSE, Op.MLU_COPY2D, Op.MLU_CONCAT):
         if o in sel:
             a = cmds["a"][sel[o]]
             if o is Op.MLU_TRANSPOSE:
-                b = a[:, 2] * a[:, 3] * esize[np.minimum(cmds["dtype"][sel[o]], 4)]
+                b = a[:, 2] * a[:, 3] * esize[np.minimum(cmds["dtype"][sel[o]], len(esize) - 1)]
             elif o is Op.MLU_COPY2D:
                 b = a[:, 2] * a[:, 3]
             else:

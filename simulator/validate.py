@@ -9,9 +9,12 @@ from simulator.errors import AddressOutOfRange, InvalidCommand, LocalMemoryOverf
 from simulator.isa import (DPE_DTYPES, ENGINE_OF_OP, INDEXED_SHIFT, NUM_ENGINES, ChipProgram, DType, Indexed, Op, Space,
                            format_command)
 from simulator.isa.encoding import INDEX_ADDR_BITS, INDEX_ADDR_MASK
+from simulator.isa.mx import BLOCK as MX_BLOCK
 from simulator.spec import ChipSpec
 
 _ESIZE = np.array([d.itemsize for d in DType], np.int64)
+#: Bytes of one 32-element block per dtype (0: not an MX format).
+_MX_BLOCK_BYTES = np.array([d.mx.block_bytes if d.mx else 0 for d in DType], np.int64)
 _LAST_DTYPE = max(DType)
 HOST_BYTES = 1 << 40        # the host's memory as the chip sees it
 
@@ -50,8 +53,11 @@ def extents(cmds: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, 
                 out.append((idx[indexed], loc[indexed], a[indexed, 6] & INDEX_ADDR_MASK,
                             np.full(int(indexed.sum()), 4, np.int64), "dma index"))
         elif o is Op.DPE_MATMUL:
-            add(loc, a[:, 0], a[:, 3] * a[:, 4] * es, "matmul A")
-            add(loc, a[:, 1], a[:, 4] * a[:, 5] * es, "matmul B")
+            # an MX operand is M (A) or N (B) rows of K / 32 blocks
+            blk = _MX_BLOCK_BYTES[np.minimum(cmds["dtype"][idx], _LAST_DTYPE)]
+            k_bytes = np.where(blk > 0, a[:, 4] // MX_BLOCK * blk, a[:, 4] * es)
+            add(loc, a[:, 0], a[:, 3] * k_bytes, "matmul A")
+            add(loc, a[:, 1], np.where(blk > 0, a[:, 5] * k_bytes, a[:, 4] * a[:, 5] * es), "matmul B")
             add(loc, a[:, 2], a[:, 3] * a[:, 5] * 4, "matmul C")
         elif o is Op.RE_ACC:
             add(loc, a[:, 0], a[:, 2] * 4, "reduce dst")
@@ -79,6 +85,10 @@ def extents(cmds: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, 
         elif o is Op.MLU_COPY2D:
             add(loc, a[:, 0], span(a[:, 2], a[:, 3], a[:, 4]), "copy src")
             add(loc, a[:, 1], span(a[:, 2], a[:, 3], a[:, 5]), "copy dst")
+        elif o is Op.SIMD_MX_QUANT:
+            blk = _MX_BLOCK_BYTES[np.minimum(cmds["dtype2"][idx], _LAST_DTYPE)]
+            add(loc, a[:, 0], a[:, 2] * a[:, 3] * es, "mx quantize src")
+            add(loc, a[:, 1], a[:, 2] * (a[:, 3] // MX_BLOCK) * blk, "mx quantize dst")
         elif o is Op.MLU_CONCAT:
             add(loc, a[:, 0], a[:, 3] * a[:, 4], "concat a")
             add(loc, a[:, 1], a[:, 3] * a[:, 5], "concat b")
@@ -138,6 +148,16 @@ def validate(prog: ChipProgram, chip: ChipSpec) -> None:
     if (bad := is_mm & ((c["a"][:, 3:6] <= 0).any(axis=1) | ~np.isin(c["dtype"], has))).any():
         _fail(InvalidCommand, prog, bad, "matmul needs M, K, N > 0 and an input dtype the chip's DPE multiplies "
               f"(dpe.macs_per_cycle of {chip.name}: {', '.join(DPE_DTYPES[DType(d)] for d in has)})")
+    is_mx = _MX_BLOCK_BYTES[np.minimum(c["dtype"], _LAST_DTYPE)] > 0
+    is_mx_out = _MX_BLOCK_BYTES[np.minimum(c["dtype2"], _LAST_DTYPE)] > 0
+    is_mxq = op == Op.SIMD_MX_QUANT
+    if (bad := is_mm & is_mx & (c["a"][:, 4] % MX_BLOCK != 0)).any():
+        _fail(InvalidCommand, prog, bad, f"an MX matmul's K is a whole number of {MX_BLOCK}-element blocks")
+    if (bad := is_mxq & (~is_mx_out | is_mx | (c["a"][:, 3] % MX_BLOCK != 0))).any():
+        _fail(InvalidCommand, prog, bad, "MX quantization reads float rows of whole 32-element blocks and writes "
+              "an MX format (mxfp8, mxfp4)")
+    if (bad := ~is_mm & ~is_mxq & ~is_dma & (is_mx | is_mx_out)).any():
+        _fail(InvalidCommand, prog, bad, "MX formats are read only by the DPE and written only by MX quantization")
     is_re = (op == Op.RE_ACC) | is_send
     if (bad := is_re & (c["dtype"] != 0) & (c["dtype"] != 4)).any():
         _fail(InvalidCommand, prog, bad, "reduction engine works on fp32 or int32")

@@ -107,3 +107,17 @@ def scaled_linear(xq, wq, bias: bool, rng, dtype: str):
     if bias:
         init[("sram", pl[2].addr)] = b
     return call, init, (s, d, b if bias else None)
+
+
+def sim_error_checked(cm, model, x, tmp_path) -> float:
+    """Run `x` on the sim and on the cpu device (which must agree to fp32 rounding), save and load
+    the Program (which must give the same numbers); returns the sim's relative error against eager."""
+    import ember
+    with torch.no_grad():
+        ref = model(x)
+    sim = cm.run(x, device="sim")
+    torch.testing.assert_close(sim, cm.run(x, device="cpu"), rtol=1e-5, atol=1e-5)
+    path = tmp_path / "model.ember"
+    cm.save(str(path))
+    torch.testing.assert_close(ember.CompiledModel.load(str(path)).run(x, device="sim"), sim, rtol=0, atol=0)
+    return float((sim - ref).norm() / ref.norm())

@@ -74,7 +74,9 @@ def test_bf16_matches_eager(spec, chip):
 @pytest.mark.parametrize("spec", ["multimodal-tiny", "multimodal-tiny-decode"])
 def test_int8_matches_eager(spec):
     model, example, fresh, ref = _fresh(spec)
-    cm = ember.compile(model, example, chip="tiny", dtype="int8", to="program", allow_unsupported=True)
+    # quantize_head: every linear, the LM head too, is checked to be an int8 GEMM below
+    cm = ember.compile(model, example, chip="tiny", dtype="int8", to="program", allow_unsupported=True,
+                       quantize_head=True)
     out = cm.run(*(x.clone() for x in fresh), device="sim")
     err = rel_err(out, ref)
     agree, agree_clear = _argmax_agreement(out, ref)
@@ -99,7 +101,7 @@ def test_int8_matches_eager(spec):
     # quantizes two rows per GEMM (one token per sequence), so one scale costs less there: 1.25x
     # (clipping, as its two example tokens do not span the fresh ones' range)
     static = ember.compile(model, example, chip="tiny", dtype="int8", to="program", allow_unsupported=True,
-                           int8_activations="per-tensor")
+                           int8_activations="per-tensor", quantize_head=True)
     static_err = rel_err(static.run(*(x.clone() for x in fresh), device="sim"), ref)
     print(f"per-tensor: rel err {static_err:.2e}")
     assert static_err > (1.1 if spec.endswith("-decode") else 1.5) * err
@@ -141,7 +143,8 @@ def test_int8_gemm_is_the_quantized_product(kind, activations):
     rows = torch.logspace(-2, 1, 24)[:, None]           # rows 1000x apart in magnitude
     example = (torch.randn(3, 24, 96) * rows,)
     fresh = (torch.randn(3, 24, 96) * rows,)
-    cm = ember.compile(model, example, chip="tiny", dtype="int8", to="program", int8_activations=activations)
+    cm = ember.compile(model, example, chip="tiny", dtype="int8", to="program", int8_activations=activations,
+                       quantize_head=True)
     out = cm.run(*fresh, device="sim").double().numpy()
 
     w = model.fc.weight.detach().double().numpy()

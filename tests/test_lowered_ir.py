@@ -136,6 +136,8 @@ def _every_opcode_program() -> Program:
     p0.simd_binary("select", 0, 0x40, 0x80, 16, dtype="int32")
     p0.simd_row_reduce("min", 0, 0x40, 4, 8, out_dtype="bf16")
     p1.simd_row_bcast("sub", 0, 0x40, 0x80, 4, 8)
+    p1.simd_mx_quant(0, 0x100, 2, 64, dtype="bf16", out_dtype="mxfp4")
+    p0.dpe_matmul(0, 0x100, 0x200, 4, 64, 8, dtype="mxfp8")
     with p1.repeat(2) as loop:
         p1.mlu_transpose(loop.step(0, 64), 0x100, 4, 4, dtype="int8")
     p1.mlu_copy2d(0, 0x100, 4, 16, src_stride=32)

@@ -60,7 +60,8 @@ def test_int8_program_on_cpu_computes_what_the_chip_does(activations, steps):
     torch.manual_seed(0)
     model = Mlp().eval()
     rows = torch.logspace(-1, 1, 8)[:, None]        # rows of different magnitudes
-    cm = ember.compile(model, (torch.randn(8, 32) * rows,), chip="tiny", dtype="int8", int8_activations=activations)
+    cm = ember.compile(model, (torch.randn(8, 32) * rows,), chip="tiny", dtype="int8", int8_activations=activations,
+                       quantize_head=True)
     ops = [s["op"] for s in cm.program.steps]
     assert all(ops.count(op) == 2 for op in steps)
     x = torch.randn(8, 32) * rows

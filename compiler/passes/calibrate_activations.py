@@ -1,6 +1,10 @@
-"""calibrate: for int8 with per-tensor activation scales, the largest magnitude each GEMM input
-takes on the example inputs (the graph run by the reference interpreter, `Calibrate`), from
-which dtype-lowering picks the input's one scale. Nothing to do in any other compile."""
+"""calibrate: for int8 (and fp8), the largest magnitude each input whose scale is calibrated takes
+on the example inputs (the graph run by the reference interpreter, `Calibrate`), from which
+dtype-lowering picks the input's one scale: every GEMM input with per-tensor activation scales,
+and every convolution input with either. Nothing to do in any other compile.
+
+With per-row scales only the convolutions need it: there the pass may be disabled, and they stay
+bf16 (see compiler/passes/dtype.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,20 +14,23 @@ from ops.registry import to_numpy
 
 @dataclass(frozen=True)
 class CalibrateActivations:
-    """Largest |x| of every int8 GEMM input over the example inputs (int8, per-tensor only)."""
+    """Largest |x| over the example inputs of every quantized GEMM input (per-tensor scales) and
+    of every quantized convolution input."""
     name: str = "calibrate"
     required_by = "dtype-lowering takes its per-tensor int8 scales from these magnitudes"
 
     def enabled(self, options) -> bool:
+        """Quantized compiles; a per-row one may do without (its convolutions then stay bf16),
+        so disabling it there is no refusal but the pass not running."""
         from compiler.passes.dtype import QUANTIZED
-        return options.dtype in QUANTIZED and options.int8_activations == "per-tensor"
+        return options.dtype in QUANTIZED and (options.int8_activations == "per-tensor"
+                                               or self.name not in options.disable_passes)
 
     def run(self, state) -> dict[int, float]:
         from compiler.passes.calibrate import Calibrate
         from compiler.passes.dtype import DtypeLowering
         graph, inputs = state.ops, state.example_inputs
-        wanted = {op.operands[0] for op in graph.ops
-                  if op.target == "accelerator" and DtypeLowering._weight_axis(graph, op) is not None}
+        wanted = DtypeLowering.calibrated_inputs(graph, state.options.int8_activations == "per-tensor")
         constants = state.constants()
         state.amax = {}
         if wanted and not any(x.is_meta for x in inputs) and all(v in constants for v in graph.weights):

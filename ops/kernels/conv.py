@@ -32,6 +32,10 @@ Shape of the schedule (one plan):
   1x1 convolutions with stride 1 and no padding skip the MLU: the slab is the patch matrix.
 * The DPE accumulates in fp32 into [mt, nr*OW]; the epilogue on the SIMD engine adds the bias
   per output channel and rounds to the output dtype in place; a strided DMA stores the tile.
+  A quantized convolution (int8 or fp8 input and weight, and a fourth operand, the fp32
+  dequantization vector d[O]) accumulates in int32 (fp8: fp32); its epilogue widens the
+  accumulator to fp32, multiplies output channel o (a row of the tile) by d[o] and adds the
+  bias, read in fp32. Both vectors are loaded whole once per PE.
   ``cbufs`` accumulators let the next job's DPE run while the epilogue and store drain.
 * Full K steps are emitted as `PEStream.repeat` blocks, so a program grows with the jobs, not
   with C.
@@ -57,7 +61,7 @@ from ops.kernels.matmul_tiles import _cdiv
 
 class ConvTemplate(KernelTemplate):
     """Implicit GEMM convolution: weight tiles and input slabs by DMA, patches by the MLU, MACs
-    on the DPE, bias and rounding on the SIMD engine."""
+    on the DPE, dequantization, bias and rounding on the SIMD engine."""
     ops = ("conv",)
 
     def accepts(self, op: str, operands, result, attrs, chip=None) -> bool:

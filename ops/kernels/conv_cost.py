@@ -7,7 +7,7 @@ from typing import Any
 from ops.kernel import ISA_ITEMSIZE, KernelCall, streaming_dma_cycles
 from ops.kernels.conv_tiles import ConvPlan, _Buffers, _Geom, _clears, _im2col, _inits, _jobs_of, _row_tile
 from ops.kernels.matmul_cost import _Rates
-from ops.kernels.matmul_tiles import ACC_DTYPE, _cdiv
+from ops.kernels.matmul_tiles import _cdiv
 from ops.kernels.window_tiles import RowTile
 
 
@@ -26,6 +26,17 @@ def _mlu_cycles(geo: _Geom, t: RowTile, ccs: int, rt: _Rates) -> int:
         if a < e:
             cyc += min(ccs, t.rows) * geo.kh * copy(max(ccs, t.rows) * (e - a) * es)
     return cyc
+
+
+def _epilogue_cycles(geo: _Geom, m: int, nt: int, rt: _Rates) -> int:
+    """SIMD cycles of one job's epilogue (`conv_emit.emit_epilogue`): an int32 accumulator widened,
+    the per-channel dequantization and bias passes (one row broadcast each), or a rounding copy."""
+    flat = _cdiv(m * nt, rt.simd) + rt.simd_lat
+    per_row = m * _cdiv(nt, rt.simd) + rt.simd_lat
+    passes = int(geo.scaled) + int(geo.has_bias)
+    if passes:
+        return passes * per_row + (flat if geo.acc_dtype != "fp32" else 0)
+    return flat if geo.has_epilogue else 0
 
 
 def _slab_dmas(geo: _Geom, t: RowTile, ccs: int) -> list[int]:
@@ -72,13 +83,14 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
     def dma(nbytes, space):
         return streaming_dma_cycles(nbytes, space, active, chip)
 
-    def job_cost(m: int, pi: int | None) -> tuple[float, float, float, float, dict]:
-        """(steady time of the job's steps, its first step's chain, epilogue, store, and the
-        bytes of this PE's part of its weight tiles)."""
+    def job_cost(m: int, pi: int | None) -> tuple[float, float, float, float, dict, float]:
+        """(steady time of the job's steps, its first step's chain, epilogue, store, the bytes of
+        this PE's part of its weight tiles, and its loads' time on the DMA queue, latencies left
+        out: queued behind each other, they overlap)."""
         key = (m, pi)
         if key in memo:
             return memo[key]
-        total, first = 0.0, (0.0, 0.0)
+        total, first, loads = 0.0, (0.0, 0.0), 0.0
         by = {"dram": 0, "sram": 0}
         part = _cdiv(m, p.share)
         t = None if pi is None else _row_tile(geo, p.nr, pi)
@@ -92,16 +104,14 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
                 mlu = 0 if geo.direct else _mlu_cycles(geo, t, ccs, rt)
                 dpe = rt.dpe(m, k, nt, geo.dtype)
                 total += count * max(d, mlu, dpe, (d + mlu + dpe) / p.nbuf)
+                loads += count * (d - (1 + len(slab)) * lat)
                 if gi == 0:
                     first = (d, mlu)
         epi = store = 0.0
         if t is not None:
-            if geo.has_bias:
-                epi = m * _cdiv(nt, rt.simd) + rt.simd_lat
-            elif geo.out_dtype != ACC_DTYPE[geo.dtype]:
-                epi = _cdiv(m * nt, rt.simd) + rt.simd_lat
+            epi = _epilogue_cycles(geo, m, nt, rt)
             store = dma(m * t.rows * geo.OW * oes, o.space)
-        memo[key] = (total, first, epi, store, by)
+        memo[key] = (total, first, epi, store, by, loads)
         return memo[key]
 
     # before the first step: the zero tile, the buffers cleared with it (the slabs and, 1x1
@@ -133,12 +143,14 @@ def _predict(call: KernelCall, geo: _Geom, p: ConvPlan, chip: Any, rt: _Rates | 
         tm = 0.0
         lead = _jobs_of(geo, p, R, C, q)
         for idx, (_, oi, _, pi) in enumerate(lead):
-            steady, first, epi, store, _ = job_cost(min(p.mt, geo.Og - oi * p.mt), pi)
-            tm += steady
+            steady, first, epi, store, _, loads = job_cost(min(p.mt, geo.Og - oi * p.mt), pi)
             if idx == 0:
-                tm += first_chain(first)
+                tm += steady + first_chain(first)
             elif p.cbufs == 1:       # the DPE waits for the previous accumulator to drain
-                tm += epi + store
+                tm += steady + epi + store
+            else:     # the previous accumulator drains meanwhile: its epilogue (SIMD engine) or
+                # the loads and its store (DMA queue) may set the pace
+                tm += max(steady, epi, loads + store)
         worst = max(worst, tm + epi + store)
     # bytes: every job's weights (shared: once per column and unit) and slab, and the output
     by = {"dram": 0.0, "sram": 0.0}

@@ -1,12 +1,13 @@
 """The convolution kernel's command emission: per PE, weight tiles and input slabs by DMA,
-patches by the MLU, the DPE's K loop, the bias and rounding epilogue and the store."""
+patches by the MLU, the DPE's K loop, the epilogue (dequantization, bias, rounding) and the
+store."""
 from __future__ import annotations
 
 from ops.kernel import ISA_ITEMSIZE, KernelCall
 from ops.kernels.conv_tiles import (ConvPlan, _Buffers, _Geom, _clears, _im2col, _inits, _jobs_of, _k_steps,
                                     _row_tile)
 from ops.kernels.matmul_emit import _lin
-from ops.kernels.matmul_tiles import ACC_DTYPE, _cdiv
+from ops.kernels.matmul_tiles import _cdiv
 from ops.kernels.window_tiles import emit_fill_tile
 from simulator.isa import Engine
 
@@ -42,7 +43,7 @@ class _Emitter:
     def emit_pe(self, q: int, jobs) -> None:
         b, p = self.b, self.p
         pe = b.pe(q)
-        tok = {name: b.token() for name in ("zero", "bias", "dp", "ep", "st")}
+        tok = {name: b.token() for name in ("zero", "bias", "scale", "dp", "ep", "st")}
         for name in ("ld_s", "mlu", "dpe"):
             tok[name] = [b.token() for _ in range(p.nbuf)]
         self.tok = tok
@@ -58,7 +59,7 @@ class _Emitter:
         if real:
             self.emit_epilogue(pe, real)
 
-    # --- setup: the zero tile, cleared patch buffers, the bias in fp32 ------------------------
+    # --- setup: the zero tile, cleared patch buffers, the bias in fp32, the dequantization ----
     def emit_setup(self, pe) -> None:
         geo, buf, tok, p = self.geo, self.buf, self.tok, self.p
         x = self.call.inputs[0]
@@ -79,11 +80,20 @@ class _Emitter:
         if geo.direct and init_patch or init_slab:   # the DMA writes these buffers next
             pe.nop(Engine.MLU, signal=tok["zero"])
             pe.nop(Engine.DMA, wait=(tok["zero"], 3))
+        # the epilogue's per-channel vectors, whole; the SIMD engine (in order) waits for them here
         if geo.has_bias:
             bias = self.call.inputs[2]
-            pe.dma(bias.space, bias.addr, "local", buf.bias_raw, nbytes=geo.O * es, signal=tok["bias"])
-            pe.simd_unary("copy", buf.bias_raw, buf.bias32, geo.O, dtype=geo.dtype, out_dtype="fp32",
-                          wait=(tok["bias"], 1))
+            pe.dma(bias.space, bias.addr, "local", buf.bias_raw, nbytes=geo.O * ISA_ITEMSIZE[geo.bias_dtype],
+                   signal=tok["bias"])
+            if buf.bias32 == buf.bias_raw:
+                pe.nop(Engine.SIMD, wait=(tok["bias"], 1))
+            else:
+                pe.simd_unary("copy", buf.bias_raw, buf.bias32, geo.O, dtype=geo.bias_dtype, out_dtype="fp32",
+                              wait=(tok["bias"], 1))
+        if geo.scaled:
+            d = self.call.inputs[3]
+            pe.dma(d.space, d.addr, "local", buf.scale, nbytes=geo.O * 4, signal=tok["scale"])
+            pe.nop(Engine.SIMD, wait=(tok["scale"], 1))
 
     # --- helpers ----------------------------------------------------------------------------
     def m_of(self, oi: int) -> int:
@@ -198,8 +208,7 @@ class _Emitter:
         t = self.tiles[pi]
         o = self.call.output
         oes = ISA_ITEMSIZE[geo.out_dtype]
-        has_epi = geo.has_bias or geo.out_dtype != ACC_DTYPE[geo.dtype]
-        wait = (tok["ep"], i + 1) if has_epi else (tok["dp"], i + 1)
+        wait = (tok["ep"], i + 1) if geo.has_epilogue else (tok["dp"], i + 1)
         plane = geo.OH * geo.OW
         dst = o.addr + ((n * geo.O + g * geo.Og + oi * p.mt) * plane + t.oh0 * geo.OW) * oes
         pe.dma("local", buf.acc[i % p.cbufs], o.space, dst, rows=self.m_of(oi), row_bytes=t.rows * geo.OW * oes,
@@ -271,16 +280,28 @@ class _Emitter:
 
     # --- epilogue (SIMD) ----------------------------------------------------------------------
     def emit_epilogue(self, pe, jobs) -> None:
+        """Per job, in place on the accumulator [m, nt] (rows are output channels): widen an int32
+        one to fp32, times d[o] per row (quantized), + bias[o] per row, round to the output dtype."""
         geo, p, buf, tok = self.geo, self.p, self.buf, self.tok
-        if not (geo.has_bias or geo.out_dtype != ACC_DTYPE[geo.dtype]):
+        if not geo.has_epilogue:
             return
+        nt = self.nt
         for i, job in enumerate(jobs):
             m = self.m_of(job[1])
             cb = buf.acc[i % p.cbufs]
+            o_abs = job[0] * geo.Og + job[1] * p.mt
+            wait = (tok["dp"], i + 1)
+            if geo.acc_dtype != "fp32" and (geo.scaled or geo.has_bias):
+                pe.simd_unary("copy", cb, cb, m * nt, dtype=geo.acc_dtype, out_dtype="fp32", wait=wait)
+                wait = None
+            if geo.scaled:
+                out = "fp32" if geo.has_bias else geo.out_dtype
+                pe.simd_row_bcast("MUL", cb, buf.scale + o_abs * 4, cb, m, nt, dtype="fp32", out_dtype=out,
+                                  wait=wait, signal=None if geo.has_bias else tok["ep"])
+                wait = None
             if geo.has_bias:
-                o_abs = job[0] * geo.Og + job[1] * p.mt
-                pe.simd_row_bcast("add", cb, buf.bias32 + o_abs * 4, cb, m, self.nt, dtype="fp32",
-                                  out_dtype=geo.out_dtype, wait=(tok["dp"], i + 1), signal=tok["ep"])
-            else:
-                pe.simd_unary("copy", cb, cb, m * self.nt, dtype="fp32", out_dtype=geo.out_dtype,
-                              wait=(tok["dp"], i + 1), signal=tok["ep"])
+                pe.simd_row_bcast("add", cb, buf.bias32 + o_abs * 4, cb, m, nt, dtype="fp32",
+                                  out_dtype=geo.out_dtype, wait=wait, signal=tok["ep"])
+            elif not geo.scaled:
+                pe.simd_unary("copy", cb, cb, m * nt, dtype=geo.acc_dtype, out_dtype=geo.out_dtype,
+                              wait=wait, signal=tok["ep"])

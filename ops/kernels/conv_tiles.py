@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ops.kernel import ISA_ITEMSIZE, KernelCall, LocalArena
-from ops.kernels.matmul_tiles import _cdiv
+from ops.kernels.matmul_tiles import ACC_DTYPE, _cdiv
 from ops.kernels.window_tiles import RowTile, Window
 
 
@@ -33,7 +33,8 @@ class ConvPlan:
 @dataclass(frozen=True)
 class _Geom(Window):
     """The call's convolution in 2-D terms (a 1-D convolution is one with H = kh = 1): N images
-    of C channels in, O out, in G groups."""
+    of C channels in, O out, in G groups. A quantized convolution (int8 or fp8 operands) has a
+    dequantization vector d[O] (fp32) that scales output channel o, and an fp32 bias."""
     N: int
     C: int
     O: int
@@ -41,6 +42,17 @@ class _Geom(Window):
     dtype: str
     out_dtype: str
     has_bias: bool
+    bias_dtype: str = "fp32"
+    scaled: bool = False
+
+    @property
+    def acc_dtype(self) -> str:
+        return ACC_DTYPE[self.dtype]
+
+    @property
+    def has_epilogue(self) -> bool:
+        """Whether the accumulator is changed before its store: bias, dequantization, rounding."""
+        return self.has_bias or self.scaled or self.out_dtype != self.acc_dtype
 
     @property
     def Cg(self) -> int:
@@ -93,7 +105,9 @@ def _geom(call: KernelCall) -> _Geom:
     window = Window.of(x.shape, w.shape[2:], a["stride"], a["padding"], a["dilation"], call.output.shape)
     has_bias = len(call.inputs) > 2 and call.inputs[2] is not None
     return _Geom(**window, N=x.shape[0], C=x.shape[1], O=w.shape[0], G=int(a["groups"]), dtype=x.dtype,
-                 out_dtype=call.output.dtype, has_bias=has_bias)
+                 out_dtype=call.output.dtype, has_bias=has_bias,
+                 bias_dtype=call.inputs[2].dtype if has_bias else x.dtype,
+                 scaled=len(call.inputs) > 3 and call.inputs[3] is not None)
 
 
 def _row_tile(geo: _Geom, nr: int, pi: int) -> RowTile:
@@ -200,10 +214,12 @@ class _Buffers:
         self.zero_elems = self.zero_elems_of(geo, p)
         self.zero = arena.take(self.zero_elems * es)
         self.zero_raw = arena.take(self.zero_elems)          # int8 scratch it is made from
-        self.bias_raw = self.bias32 = 0
-        if geo.has_bias:
-            self.bias_raw = arena.take(geo.O * es)
-            self.bias32 = arena.take(geo.O * 4)
+        self.bias_raw = self.bias32 = self.scale = 0
+        if geo.has_bias:      # as loaded, and widened to fp32 (the same buffer when it is fp32)
+            self.bias_raw = arena.take(geo.O * ISA_ITEMSIZE[geo.bias_dtype])
+            self.bias32 = self.bias_raw if geo.bias_dtype == "fp32" else arena.take(geo.O * 4)
+        if geo.scaled:
+            self.scale = arena.take(geo.O * 4)
         self.total = arena.end
 
     @staticmethod

@@ -48,7 +48,7 @@ from ops.kernel import KernelCall, KernelTemplate, register_kernel
 from ops.kernels.elementwise import tile_epilogue
 from ops.kernels.matmul_cost import _Rates, _predict
 from ops.kernels.matmul_emit import _Emitter
-from ops.kernels.matmul_tiles import MatmulPlan, _Buffers, _cdiv, _gemm
+from ops.kernels.matmul_tiles import MX_BLOCK, MatmulPlan, _Buffers, _cdiv, _gemm
 
 
 class MatmulTemplate(KernelTemplate):
@@ -64,11 +64,13 @@ class MatmulTemplate(KernelTemplate):
         """Whether the epilogue can apply `step` (an `epilogue` entry: ("unary", kind, alpha,
         beta) or ("binary", kind, position, side)) to each output tile of this instance
         (operand/result TensorSpecs; `other`: a binary step's other operand). The epilogue
-        computes in fp32, so an int32 accumulator must be dequantized first (operand 3)."""
+        computes in fp32, so an int32 accumulator must be dequantized first (operand 3); an MX
+        GEMM (its operands rows of bytes, "ui8") accumulates in fp32."""
         if tile_epilogue(step[0], step[1]) is None:
             return False
         x = operands[0]
-        if x is not None and not x.is_float and not (len(operands) > 3 and operands[3] is not None):
+        if (x is not None and not x.is_float and x.dtype != "ui8"
+                and not (len(operands) > 3 and operands[3] is not None)):
             return False
         if step[0] == "binary":
             return other is not None and other.is_float and tuple(other.shape) == tuple(result.shape)
@@ -79,6 +81,8 @@ class MatmulTemplate(KernelTemplate):
         R, C = chip.pe_grid.rows, chip.pe_grid.cols
         ntile = chip.dpe.n_tile
         ktile = int(chip.dpe.macs_per_cycle[g.dtype]) // ntile
+        if g.mx:            # an MX K step is whole 32-element blocks
+            ktile = _cdiv(ktile, MX_BLOCK) * MX_BLOCK
         cap = chip.local_mem.bytes
         layouts = [("rows", d) for d in range(1, R + 1) if R % d == 0]
         layouts += [("cols", d) for d in range(1, C) if C % d == 0]

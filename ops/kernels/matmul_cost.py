@@ -158,12 +158,12 @@ def _fetch_bases(call: KernelCall, g: _Gemm, L: _Layout) -> list[tuple[str, int,
                 key = ("row", r) if L.a_shared else (r, c)
                 if key not in seen_a:
                     seen_a.add(key)
-                    out.append((x.space, x.addr + g.a_offsets[b] + m0 * g.K * es, m, 0))
+                    out.append((x.space, x.addr + g.a_offsets[b] + m0 * g.kbytes(g.K), m, 0))
             if n and (m or L.b_shared):
                 key = ("col", c) if L.b_shared else (r, c)
                 if key not in seen_b:
                     seen_b.add(key)
-                    base = w.addr + (n0 * g.K * es if g.transposed_b else g.b_offsets[b] + n0 * es)
+                    base = w.addr + (n0 * g.kbytes(g.K) if g.transposed_b else g.b_offsets[b] + n0 * es)
                     out.append((w.space, base, n, 1))
     return out
 
@@ -255,15 +255,15 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
 
     def step(m, k, n):
         t = rt.dpe(m, k, n, g.dtype)
-        if g.transposed_b:
+        if g.mlu_transposes:
             t = max(t, _cdiv(k * n * es, rt.mlu) + rt.mlu_lat)
-        a_b, b_b = mt_full * k * es, k * nt_full * es
+        a_b, b_b = mt_full * g.kbytes(k), nt_full * g.kbytes(k)
         mem = {"dram": 0.0, "sram": 0.0}
         mem[a_sp] += len(fa) * a_b
         mem[b_sp] += len(fb) * b_b
         mem_t = max(mem["dram"] / rt.dram, mem["sram"] / rt.sram,
                     (col_a * a_b + col_b * b_b) / rt.link,
-                    channel_time(k * es))
+                    channel_time(g.kbytes(k)))
         # throughput: the busiest queue at the rates its DMAs get alone; latency: each DMA of
         # that queue waits behind the step's other fetches on the shared servers (FCFS)
         qa = rt.dma_alone(a_b, a_sp, R - 1) if fa else 0.0
@@ -325,7 +325,7 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
     s0 = step(first[0], kg[0][0], first[1])
     b_first = busy[first][0] - s0[0] + s0[4]
     q_first = queue[first] - s0[2]
-    if g.transposed_b:     # the queue goes on while the MLU transposes the first W tile
+    if g.mlu_transposes:   # the queue goes on while the MLU transposes the first W tile
         q_first -= _cdiv(kg[0][0] * nt_full * es, rt.mlu) + rt.mlu_lat
     if params and not params_reload:
         q_first += params + widen
@@ -344,15 +344,15 @@ def _predict(call: KernelCall, g: _Gemm, p: MatmulPlan, chip, rt: _Rates | None 
         else:
             path += max(0.0, epi[jobs[t]] + store[jobs[t]] - period[jobs[t + 1]])
     fill = step(mt_full, kg[0][0], nt_full)[5]
-    if g.transposed_b:
+    if g.mlu_transposes:
         fill += _cdiv(kg[0][0] * nt_full * es, rt.mlu) + rt.mlu_lat
     # after many jobs, or with each PE fetching its own tiles, PEs finish at staggered times and
     # about half of the pile-up shows; after one job on multicast operands (which every PE of a
     # row or column receives at once), all of it
     drain = epi[jobs[-1]] + max(store[jobs[-1]], (1.0 if len(jobs) == 1 and shared else 0.5) * final_stores)
     # memory-bound floor: every byte over its memory once per fetch
-    a_bytes = g.batch * g.M * g.K * es * ((R // L.pm) * L.QN if L.a_shared else L.Tn)
-    b_bytes = g.batch * g.N * g.K * es * ((C // L.pn) * L.QM if L.b_shared else L.Tm)
+    a_bytes = g.batch * g.M * g.kbytes(g.K) * ((R // L.pm) * L.QN if L.a_shared else L.Tn)
+    b_bytes = g.batch * g.N * g.kbytes(g.K) * ((C // L.pn) * L.QM if L.b_shared else L.Tm)
     o_bytes = g.batch * g.M * g.N * oes
     by = {"dram": 0, "sram": 0}
     for x, s in ((a_bytes, a_sp), (b_bytes, b_sp), (o_bytes, o_sp)):

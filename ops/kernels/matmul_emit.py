@@ -91,7 +91,7 @@ class _Emitter:
             na += self.nk if has_a[t] else 0
             nb_ += self.nk if has_b[t] else 0
         self.emit_dma(pe, r, c, jobs, real, has_a, has_b, qa, qb, fetch_a, fetch_b, ka, kb, a_cons, b_cons)
-        if g.transposed_b:
+        if g.mlu_transposes:
             self.emit_mlu(pe, jobs, real, has_a, has_b, qb, kb)
         self.emit_dpe(pe, jobs, real, has_a, has_b, qa, qb, ka, kb)
         if any(real):
@@ -115,10 +115,9 @@ class _Emitter:
         g, p = self.g, self.p
         bi, mi, _ = job
         m0, m = self.m_tile(mi)
-        es = g.es
-        x = self.call.inputs[0]
-        src = x.addr + g.a_offsets[bi] + (m0 * g.K + s * p.kt) * es
-        self._load_tile(pe, x, src, nbuf_iter * p.kt * es, self.buf.a, m, self.steps[s] * es, g.K * es,
+        x, kb = self.call.inputs[0], g.kbytes
+        src = x.addr + g.a_offsets[bi] + m0 * kb(g.K) + kb(s * p.kt)
+        self._load_tile(pe, x, src, kb(nbuf_iter * p.kt), self.buf.a, m, kb(self.steps[s]), kb(g.K),
                         q, self.a_free[ka], self.a_full[ka], a_cons, looped, "row" if self.L.a_shared else "none")
 
     def _load_b(self, pe, job, s, q, kb, b_cons, looped, nbuf_iter):
@@ -129,9 +128,11 @@ class _Emitter:
         k = self.steps[s]
         es = g.es
         w = self.call.inputs[1]
-        if g.transposed_b:
-            src, step, dst = w.addr + (n0 * g.K + s * p.kt) * es, nbuf_iter * p.kt * es, self.buf.w
-            rows, row_bytes, stride = n, k * es, g.K * es
+        if g.transposed_b:      # W[n0:n0+n, k0:k0+k]: into the MLU's slot, or the DPE's for MX
+            nb = g.kbytes
+            src, step = w.addr + n0 * nb(g.K) + nb(s * p.kt), nb(nbuf_iter * p.kt)
+            dst = self.buf.w if g.mlu_transposes else self.buf.b
+            rows, row_bytes, stride = n, nb(k), nb(g.K)
         else:
             src = w.addr + g.b_offsets[bi] + (s * p.kt * g.N + n0) * es
             step, dst = nbuf_iter * p.kt * g.N * es, self.buf.b
@@ -350,7 +351,7 @@ class _Emitter:
                         q = qa[t] + s
                         pe.nop(Engine.DPE, wait=(self.a_full[ka][q % p.nbuf], _lin(q // p.nbuf + 1, 1, looped)),
                                signal=self.a_free[ka][q % p.nbuf])
-                    if has_b[t] and not g.transposed_b:
+                    if has_b[t] and not g.mlu_transposes:
                         q = qb[t] + s
                         pe.nop(Engine.DPE, wait=(self.b_full[kb][q % p.nbuf], _lin(q // p.nbuf + 1, 1, looped)),
                                signal=self.b_free[kb][q % p.nbuf])
@@ -384,7 +385,7 @@ class _Emitter:
         qa, qb = qa0 + s, qb0 + s
         sa, ua = qa % p.nbuf, qa // p.nbuf
         pe.nop(Engine.DPE, wait=(self.a_full[ka][sa], _lin(ua + 1, 1, looped)))
-        if g.transposed_b:
+        if g.mlu_transposes:
             q = nw0 + s
             sb, ub = q % p.nbuf, q // p.nbuf
             full, free = tok["wt_full"][sb], tok["wt_free"][sb]

@@ -11,9 +11,11 @@ import numpy as np
 from ops.kernel import ISA_ITEMSIZE, KernelCall
 from ops.kernels.elementwise import tile_epilogue
 from simulator.isa import LUT_FNS, SimdFn
+from simulator.isa.mx import BLOCK as MX_BLOCK, FORMATS as MX_FORMATS, MxFormat
 
 
-ACC_DTYPE = {"fp32": "fp32", "bf16": "fp32", "fp16": "fp32", "int8": "int32", "fp8": "fp32"}
+ACC_DTYPE = {"fp32": "fp32", "bf16": "fp32", "fp16": "fp32", "int8": "int32", "fp8": "fp32", "mxfp8": "fp32",
+             "mxfp4": "fp32"}
 ALIGN = 64
 BIAS_ROWS = 32          # rows of the replicated bias tile the epilogue adds per command
 
@@ -102,6 +104,21 @@ class _Gemm:
         return ISA_ITEMSIZE[self.dtype]
 
     @property
+    def mx(self) -> MxFormat | None:
+        """The MX block format of both operands, or None. An MX GEMM is always given as A[M, K]
+        and W[N, K], each row K / 32 blocks (the DPE reads both K-major: no MLU transposes)."""
+        return MX_FORMATS.get(self.dtype)
+
+    def kbytes(self, k: int) -> int:
+        """Bytes of k consecutive values of an operand row (A, or W of a linear)."""
+        return self.mx.row_bytes(k) if self.mx else k * self.es
+
+    @property
+    def mlu_transposes(self) -> bool:
+        """Whether the MLU turns each W tile [nt, kt] into the DPE's [kt, nt] operand."""
+        return self.transposed_b and self.mx is None
+
+    @property
     def residuals(self) -> tuple[_EpilogueStep, ...]:
         return tuple(st for st in self.epilogue if st.form == "binary")
 
@@ -109,10 +126,11 @@ class _Gemm:
 def _gemm(call: KernelCall) -> _Gemm:
     dt = call.compute_dtype
     es = ISA_ITEMSIZE[dt]
-    if call.op == "linear":
+    mx = MX_FORMATS.get(dt)
+    if call.op == "linear" or mx is not None:     # an MX matmul's constant B was stored as W[N, K]
         x, w = call.inputs[0], call.inputs[1]
-        bias = call.inputs[2] if len(call.inputs) > 2 else None
-        K = x.shape[-1]
+        bias = call.inputs[2] if call.op == "linear" and len(call.inputs) > 2 else None
+        K = mx.row_values(x.shape[-1]) if mx else x.shape[-1]
         N = w.shape[0]
         M = int(np.prod(x.shape[:-1], dtype=np.int64))
         return _Gemm(1, M, K, N, (0,), (0,), True, dt, call.output.dtype, ACC_DTYPE[dt],
@@ -229,15 +247,15 @@ class _Buffers:
 
     def __init__(self, g: _Gemm, p: MatmulPlan):
         es = g.es
-        a = _align(p.mt * p.kt * es)
-        b = _align(p.kt * p.nt * es)
+        a = _align(p.mt * g.kbytes(p.kt))
+        b = _align(p.nt * g.kbytes(p.kt))
         c = _align(p.mt * p.nt * 4)
         self.a = [i * a for i in range(p.nbuf)]
         base = p.nbuf * a
         self.b = [base + i * b for i in range(p.nbuf)]
         base += p.nbuf * b
         self.w = []
-        if g.transposed_b:          # W tiles [nt, kt] before the MLU transposes them
+        if g.mlu_transposes:        # W tiles [nt, kt] before the MLU transposes them
             self.w = [base + i * b for i in range(p.nbuf)]
             base += p.nbuf * b
         self.c = [base + i * c for i in range(p.cbufs)]

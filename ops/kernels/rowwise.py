@@ -47,7 +47,7 @@ MIN_CHUNK = 64
 @dataclass(frozen=True)
 class Simd:
     """One SIMD command on local-memory addresses; knows its own cost (simulator timing model)."""
-    op: str                     # "unary" | "binary" | "scalar" | "reduce" | "bcast"
+    op: str                     # "unary" | "binary" | "scalar" | "reduce" | "bcast" | "mx" (MX quantization)
     fn: str
     addrs: tuple[int, ...]      # unary/scalar/reduce: (src, dst); binary/bcast: (a, b, dst)
     rows: int
@@ -62,6 +62,8 @@ class Simd:
             vec = math.ceil(self.rows * self.cols / w)
         else:
             vec = self.rows * math.ceil(self.cols / w)
+        if self.op == "mx":         # a pass for the blocks' largest magnitudes, one for the elements
+            return 2 * vec + chip.simd.latency_cycles
         cost = chip.simd.lut_cycles if self.op != "reduce" and self.fn in LUT_FNS else 1
         return vec * cost + chip.simd.latency_cycles
 
@@ -76,6 +78,8 @@ class Simd:
             pe.simd_scalar(self.fn, a[0], a[1], n, self.imm, **kw)
         elif self.op == "reduce":
             pe.simd_row_reduce(self.fn, a[0], a[1], self.rows, self.cols, **kw)
+        elif self.op == "mx":
+            pe.simd_mx_quant(a[0], a[1], self.rows, self.cols, **kw)
         else:
             pe.simd_row_bcast(self.fn, a[0], a[1], a[2], self.rows, self.cols, **kw)
 

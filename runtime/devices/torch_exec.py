@@ -28,6 +28,7 @@ from ops.registry import DTYPE_TO_TORCH, op as lookup_op, to_torch
 from ops.kernels.quantize import quantize_rows
 from ops.kernels.rotary import rotary
 from runtime.host import HostOp, decode_host_call, host_op_of
+from simulator.isa.mx import FORMATS as MX_FORMATS, MxFormat
 
 #: ISA element types of the Program's tensor table, as torch dtypes (floating ones only: the
 #: rounding a kernel step applies).
@@ -133,6 +134,8 @@ class TorchExecutor:
             if step["op"] == "quantize_rows":
                 return lambda x: quantize_rows(x, out_type)
             return _quantize(float(step["attrs"]["scale"]), out_type)
+        if step["op"] == "quantize_mx":
+            return _mx_quantize(MX_FORMATS[self.tensors[results[0]]["isa_dtype"]])
         if step["op"] == "rotary":
             out_type = DTYPE_TO_TORCH[self.tensors[results[0]]["dtype"]]
             return lambda x, cos, sin, _sign: (rotary(x, cos, sin).to(out_type),)
@@ -142,6 +145,8 @@ class TorchExecutor:
         impl, attrs = opdef.torch_impl, _attrs(step["attrs"])
         if self._int8_gemm(step):
             impl = _int8_gemm(step["op"])
+        elif step["op"] in ("linear", "matmul") and (mx := self._mx_format(step["operands"][0])) is not None:
+            impl = _mx_gemm(mx)
         epilogue = _epilogue(attrs.pop("epilogue", None))
         out_types = [DTYPE_TO_TORCH[self.tensors[r]["dtype"]] for r in results]
         if epilogue:
@@ -154,10 +159,14 @@ class TorchExecutor:
         return call
 
     def _int8_gemm(self, step: dict[str, Any]) -> bool:
-        """A linear/matmul the dtype pass quantized: int8 (or fp8) operands, then a dequantization vector."""
+        """A linear/matmul/conv the dtype pass quantized: int8 (or fp8) operands, then a dequantization vector."""
         ops = step["operands"]
-        return (step["op"] in ("linear", "matmul") and len(ops) >= 4 and ops[3] is not None
+        return (step["op"] in ("linear", "matmul", "conv") and len(ops) >= 4 and ops[3] is not None
                 and self.tensors[ops[0]]["dtype"] in ("i8", "f8E4M3FN"))
+
+    def _mx_format(self, v: Any) -> MxFormat | None:
+        """The MX block format value `v` is held in, or None."""
+        return MX_FORMATS.get(self.tensors[v].get("isa_dtype", "")) if isinstance(v, int) else None
 
     def _rounding(self, step: dict[str, Any]) -> tuple[list[Any], list[Any]] | None:
         """Per operand and result, the narrower float type the chip holds it in (None: as is)."""
@@ -202,14 +211,37 @@ def _int8_gemm(op: str) -> Callable[..., Any]:
     """An int8 x int8 (or fp8 x fp8) GEMM as the chip runs it: an exact accumulator (float64
     holds any int8 dot product exactly; fp8 ones to float64's precision), converted to fp32, times the per-row activation scales (if the
     activation was quantized per row), times the per-output-column dequantization vector, plus
-    the bias in fp32."""
+    the bias in fp32. A conv's output channels are its dimension 1."""
     def run(xq, wq, bias=None, dequant=None, row_scale=None, **attrs):
         x, w = xq.to(torch.float64), wq.to(torch.float64)
-        acc = torch.nn.functional.linear(x, w) if op == "linear" else torch.matmul(x, w)
+        if op == "conv":
+            acc = lookup_op("conv").torch_impl(x, w, None, **attrs)
+            per_channel = (-1,) + (1,) * (acc.dim() - 2)
+            dequant = dequant.reshape(per_channel)
+            bias = None if bias is None else bias.reshape(per_channel)
+        else:
+            acc = torch.nn.functional.linear(x, w) if op == "linear" else torch.matmul(x, w)
         y = acc.to(torch.float32)
         if row_scale is not None:
             y = y * row_scale
         y = y * dequant
+        return y if bias is None else y + bias.to(torch.float32)
+    return run
+
+
+def _mx_quantize(fmt: MxFormat) -> Callable[..., Any]:
+    """The dtype pass's `quantize_mx` step: x's rows in the MX format, bytes as the chip writes them."""
+    return lambda x: (torch.from_numpy(fmt.encode(x.float().cpu().numpy())).to(x.device),)
+
+
+def _mx_gemm(fmt: MxFormat) -> Callable[..., Any]:
+    """An MX GEMM (A[..., K] and W[N, K] rows in the format) as the chip runs it: the blocks'
+    values are exact in fp32, their products summed in float64 and rounded to fp32, plus the bias."""
+    def values(q: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(fmt.decode(q.cpu().numpy())).to(device=q.device, dtype=torch.float64)
+
+    def run(xq, wq, bias=None, **attrs):
+        y = torch.nn.functional.linear(values(xq), values(wq)).to(torch.float32)
         return y if bias is None else y + bias.to(torch.float32)
     return run
 

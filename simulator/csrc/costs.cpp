@@ -171,8 +171,11 @@ void Costs::cost(const Cmd& c, Usage& u) const {
             u.fixed = vec * cost + p_.simd_latency;
             return;
         }
+        case S_MXQ:   // two passes over the rows: each block's largest magnitude, then the scaled elements
+            u.fixed = 2 * a[2] * ceil_div(a[3], p_.simd_width) + p_.simd_latency;
+            return;
         case M_T: case M_CP: case M_CAT: {
-            static const int64_t esize[kNumDtypes] = {4, 2, 2, 1, 4, 1};
+            static const int64_t esize[kNumDtypes] = {4, 2, 2, 1, 4, 1, 1, 1};
             int64_t nbytes;
             if (c.op == M_T) nbytes = a[2] * a[3] * esize[c.dtype];
             else if (c.op == M_CP) nbytes = a[2] * a[3];

@@ -148,3 +148,14 @@ def simd_row_bcast(m, c, a, pe, what):
     with np.errstate(all="ignore"):
         z = _fn(BINARY, c, what)(x, v)
     m.defer(m.local[pe], a[2], store_cast(z, dt2), what)
+
+
+@register(Op.SIMD_MX_QUANT)
+def simd_mx_quant(m, c, a, pe, what):
+    dt, dt2 = _dtypes(c)
+    fmt = dt2.mx
+    if fmt is None or dt.mx is not None:
+        from simulator.errors import InvalidCommand
+        raise InvalidCommand(f"{what}: MX quantization writes an MX format (mxfp8, mxfp4) from a float input")
+    x = _load(m, pe, a[0], (a[2], a[3]), dt, what)
+    m.defer(m.local[pe], a[1], fmt.encode(x), what)

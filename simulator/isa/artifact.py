@@ -39,8 +39,9 @@ from simulator.isa.program import ChipProgram, RelocatedProgram
 _RAW_DTYPES = {"bf16": np.dtype(ml_dtypes.bfloat16), "f8E4M3FN": np.dtype(ml_dtypes.float8_e4m3fn)}
 
 FORMAT = "ember-program"
-VERSION = 4     # 2: relocated kernels (base + deltas), base kernels' address slots; 3: mutated inputs
+VERSION = 5     # 2: relocated kernels (base + deltas), base kernels' address slots; 3: mutated inputs
 #          4: indexed DMAs (gathers / scatters, DMA flags bits 3-4, a[6], a[7]), SIMD functions 18-28
+#          5: fp8 and the MX block formats (dtypes 5-7), SIMD_MX_QUANT (opcode 13)
 
 
 class ProgramFileError(ValueError):

@@ -19,6 +19,7 @@ SIMD_ROW_BCAST     src, vec, dst, rows, cols
 MLU_TRANSPOSE      src, dst, rows, cols
 MLU_COPY2D         src, dst, rows, row_bytes, src_stride, dst_stride
 MLU_CONCAT         a, b, dst, rows, a_row_bytes, b_row_bytes
+SIMD_MX_QUANT      src, dst, rows, cols          (dtype2: the MX format written)
 =================  ===================================================================
 
 DMA flags: bits 1-2 the multicast mode (Mcast), bits 3-4 which address an index moves
@@ -130,6 +131,8 @@ def format_command(c: np.void, index: int | None = None) -> str:
         body = f"mlu.copy2d [{a[0]:#x}] -> [{a[1]:#x}] {a[2]}x{a[3]}B stride {a[4]}/{a[5]}"
     elif op is Op.MLU_CONCAT:
         body = f"mlu.concat [{a[2]:#x}] = [{a[0]:#x}] | [{a[1]:#x}] rows={a[3]} {a[4]}B+{a[5]}B"
+    elif op is Op.SIMD_MX_QUANT:
+        body = f"simd.mx_quant.{dt}->{dt2} [{a[1]:#x}] = [{a[0]:#x}] {a[2]}x{a[3]}"
     else:  # pragma: no cover - every opcode is listed above
         body = op.name
     sync = ""

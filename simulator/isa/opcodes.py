@@ -10,6 +10,8 @@ import enum
 import ml_dtypes
 import numpy as np
 
+from simulator.isa.mx import FORMATS as MX_FORMATS, MxFormat
+
 
 class Engine(enum.IntEnum):
     """The in-order command queues of one PE."""
@@ -39,6 +41,7 @@ class Op(enum.IntEnum):
     MLU_TRANSPOSE = 10    # dst = src.T (2D)
     MLU_COPY2D = 11       # strided 2D copy inside local memory (slice, reshape)
     MLU_CONCAT = 12       # dst = concat([a, b], axis=1)
+    SIMD_MX_QUANT = 13    # dst = rows of src in an MX block format (simulator/isa/mx.py)
 
 
 ENGINE_OF_OP = {
@@ -46,6 +49,7 @@ ENGINE_OF_OP = {
     Op.RE_SEND: Engine.REDUCE, Op.SIMD_UNARY: Engine.SIMD, Op.SIMD_BINARY: Engine.SIMD,
     Op.SIMD_SCALAR: Engine.SIMD, Op.SIMD_ROW_REDUCE: Engine.SIMD, Op.SIMD_ROW_BCAST: Engine.SIMD,
     Op.MLU_TRANSPOSE: Engine.MLU, Op.MLU_COPY2D: Engine.MLU, Op.MLU_CONCAT: Engine.MLU,
+    Op.SIMD_MX_QUANT: Engine.SIMD,
 }
 
 
@@ -65,6 +69,13 @@ class DType(enum.IntEnum):
     INT8 = 3
     INT32 = 4
     FP8 = 5               # OCP fp8 e4m3 (no infinities; largest finite 448)
+    MXFP8 = 6             # OCP MX block formats (simulator/isa/mx.py): rows of 32-element
+    MXFP4 = 7             # blocks, e4m3 / e2m1 elements sharing one e8m0 scale; stored as bytes
+
+    @property
+    def mx(self) -> "MxFormat | None":
+        """The MX block format of an MX dtype, None for the others."""
+        return MX_FORMATS.get(DPE_DTYPES.get(self, ""))
 
     @property
     def np(self) -> np.dtype:
@@ -82,18 +93,19 @@ class DType(enum.IntEnum):
             return cls[x.upper()]
         dt = np.dtype(x)
         for k, v in _NP.items():
-            if v == dt:
+            if v == dt and k.mx is None:     # MX rows are bytes, not a numpy element type
                 return k
         raise ValueError(f"no accelerator dtype for {x!r}")
 
 
 _NP = {DType.FP32: np.dtype(np.float32), DType.BF16: np.dtype(ml_dtypes.bfloat16),
        DType.FP16: np.dtype(np.float16), DType.INT8: np.dtype(np.int8),
-       DType.INT32: np.dtype(np.int32), DType.FP8: np.dtype(ml_dtypes.float8_e4m3fn)}
+       DType.INT32: np.dtype(np.int32), DType.FP8: np.dtype(ml_dtypes.float8_e4m3fn),
+       DType.MXFP8: np.dtype(np.uint8), DType.MXFP4: np.dtype(np.uint8)}
 
 #: The dtypes the dot-product engine multiplies, by their chip-file name (`dpe.macs_per_cycle`).
 DPE_DTYPES = {DType.FP32: "fp32", DType.BF16: "bf16", DType.FP16: "fp16", DType.INT8: "int8",
-              DType.FP8: "fp8"}
+              DType.FP8: "fp8", DType.MXFP8: "mxfp8", DType.MXFP4: "mxfp4"}
 
 
 class Mcast(enum.IntEnum):

@@ -303,7 +303,11 @@ class PEStream:
     # --- DPE ------------------------------------------------------------------------------
     def dpe_matmul(self, a_addr: int, b_addr: int, c_addr: int, m: int, k: int, n: int, *,
                    dtype="bf16", accumulate: bool = False, wait=None, signal=None) -> int:
-        """C[M,N] (+)= A[M,K] @ B[K,N], row-major in local memory. C is fp32 (int32 for int8)."""
+        """C[M,N] (+)= A[M,K] @ B[K,N], row-major in local memory. C is fp32 (int32 for int8).
+
+        In an MX dtype ("mxfp8", "mxfp4"; K a multiple of 32) both operands are rows of K values
+        in that block format (simulator/isa/mx.py): A is M rows, B is N rows (C = A @ B^T), and the
+        DPE applies each pair of blocks' scales to their 32 products."""
         return self._emit(Op.DPE_MATMUL, [a_addr, b_addr, c_addr, m, k, n], dtype=DType.of(dtype),
                           flags=FLAG_ACCUMULATE if accumulate else 0, wait=wait, signal=signal)
 
@@ -352,6 +356,14 @@ class PEStream:
         """dst[r, c] = fn(src[r, c], vec[r]); vec has the dtype of src."""
         return self._emit(Op.SIMD_ROW_BCAST, [src, vec, dst, rows, cols], fn=_fn(fn),
                           dtype=DType.of(dtype), dtype2=out_dtype, wait=wait, signal=signal)
+
+    def simd_mx_quant(self, src: int, dst: int, rows: int, cols: int, *, dtype="fp32", out_dtype="mxfp8",
+                      wait=None, signal=None) -> int:
+        """dst = the rows [rows, cols] of src (fp32 or bf16) in an MX block format ("mxfp8" or
+        "mxfp4"; cols a multiple of 32): per 32-element block, the largest magnitude gives the
+        shared e8m0 scale, and every element is scaled, rounded and saturated."""
+        return self._emit(Op.SIMD_MX_QUANT, [src, dst, rows, cols], dtype=DType.of(dtype),
+                          dtype2=DType.of(out_dtype), wait=wait, signal=signal)
 
     # --- MLU ------------------------------------------------------------------------------
     def mlu_transpose(self, src: int, dst: int, rows: int, cols: int, *, dtype="fp32",
