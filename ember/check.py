@@ -86,7 +86,7 @@ def _size(n: int) -> str:
 def _itemsize(dtype: str) -> float:
     """Bytes per weight in `dtype` (an MX format's per value: its block's bytes over 32)."""
     if dtype in MX_FORMATS:
-        return MX_FORMATS[dtype].block_bytes / 32
+        return MX_FORMATS[dtype].value_bytes
     return {"fp32": 4, "bf16": 2, "int8": 1, "fp8": 1}[dtype]
 
 

@@ -29,7 +29,7 @@ from simulator.isa.mx import FORMATS as MX_FORMATS
 #: kernel ops whose time is the weights' (GEMMs: in decode they stream every weight once)
 GEMM_OPS = frozenset({"linear", "matmul"})
 #: bytes per element of the weights and the KV cache per compile dtype (contraction operands)
-_NARROW_BYTES = {"fp32": 4, "bf16": 2, "int8": 1, "fp8": 1, **{n: f.block_bytes / 32 for n, f in MX_FORMATS.items()}}
+_NARROW_BYTES = {"fp32": 4, "bf16": 2, "int8": 1, "fp8": 1, **{n: f.value_bytes for n, f in MX_FORMATS.items()}}
 
 
 class CacheTooShortError(EmberError, ValueError):

@@ -36,11 +36,11 @@ def quantize_mx(graph: GraphOps, constants: dict[int, Any], dtype: str,
     ops: list[GraphOp] = []
     for op in graph.ops:
         axis = weight_axis(graph, op)
-        if axis is None or graph.specs[op.operands[0]].shape[-1] % BLOCK:
+        k = graph.specs[op.operands[0]].shape[-1] if axis is not None else 0
+        if axis is None or k % BLOCK:
             ops.append(op)
             continue
         x, w = op.operands[0], op.operands[1]
-        k = graph.specs[x].shape[-1]
         if x not in encoded:
             spec = graph.specs[x]
             xq = graph.new_value(TensorSpec((*spec.shape[:-1], fmt.row_bytes(k)), MX_ELEMENT))
@@ -56,8 +56,8 @@ def quantize_mx(graph: GraphOps, constants: dict[int, Any], dtype: str,
         else:       # no numbers (meta weights): the plan and its timing only
             graph.weights[wq] = f"{graph.weights.get(w, f'_{dtype}.{w}')}.{dtype}"
             scales = np.ones(n, np.float64)
-        bias = op.operands[2] if op.name == "linear" and len(op.operands) > 2 else None
-        op.operands = [encoded[x], wq] + ([bias] if op.name == "linear" else [])
+        bias = op.operands[2:3] if op.name == "linear" else []     # matmul has none
+        op.operands = [encoded[x], wq, *bias]
         op.quant = quant_params(None, None, scales.reshape(-1).astype(np.float32), dtype, "mx-blocks")
         ops.append(op)
     for i, op in enumerate(ops):

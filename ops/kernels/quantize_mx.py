@@ -31,18 +31,20 @@ class MxQuantizeKernel(RowwiseKernel):
         rows, cols = self.matrix(call)
         return rows * cols * 2          # the block maxima, the scaled elements
 
-    def tile(self, call, lay, slot, m, row0):
-        _, c = self.matrix(call)
-        return [Simd("mx", "COPY", (lay["x"][slot], lay["out"][slot]), m, c, dtype=call.inputs[0].dtype,
+    @staticmethod
+    def _quantize(call, lay, slot: int, rows: int, cols: int) -> list[Simd]:
+        return [Simd("mx", "COPY", (lay["x"][slot], lay["out"][slot]), rows, cols, dtype=call.inputs[0].dtype,
                      out_dtype=call.output.dtype)]
+
+    def tile(self, call, lay, slot, m, row0):
+        return self._quantize(call, lay, slot, m, self.matrix(call)[1])
 
     def row_jobs(self, call, lay, row, chunks):
         out, fmt = call.output, FORMATS[call.output.dtype]
         row_bytes = self.out_cols(call)
 
         def steps(n: int):
-            return lambda slot: [Simd("mx", "COPY", (lay["x"][slot], lay["out"][slot]), 1, n,
-                                      dtype=call.inputs[0].dtype, out_dtype=out.dtype)]
+            return lambda slot: self._quantize(call, lay, slot, 1, n)
         return [Job((self.chunk_load(call, row, c0, n),), steps(n),
                     (("out", out.space, out.addr + row * row_bytes + fmt.row_bytes(c0), fmt.row_bytes(n)),))
                 for c0, n in chunks]

@@ -40,6 +40,11 @@ class MxFormat:
         return 1 + BLOCK * self.bits // 8
 
     @property
+    def value_bytes(self) -> float:
+        """Bytes per value, its share of the block's scale included."""
+        return self.block_bytes / BLOCK
+
+    @property
     def top(self) -> float:
         return float(ml_dtypes.finfo(self.element).max)
 
