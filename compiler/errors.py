@@ -51,6 +51,14 @@ class DeviceMemoryError(EmberError, MemoryError):
     names the sizes (weights, device state, activations) and the capacities."""
 
 
+def source_of(location: str | None) -> str:
+    """The source line of an MLIR location as a step records it: `loc("x"("m.py":12:0))` ->
+    `m.py:12`; "" when it has none."""
+    import re
+    m = re.search(r'"([^"]+)":(\d+)', location or "")
+    return f"{m.group(1)}:{m.group(2)}" if m else ""
+
+
 def format_bytes(n: float) -> str:
     """A size in the binary unit that reads best: `24.6 MiB`, `1.07 GiB`."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):

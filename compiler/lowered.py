@@ -34,6 +34,7 @@ inverse for kernels), `chip_program_from_lowered(func)` one kernel function's.
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Iterable
 
@@ -47,7 +48,7 @@ from compiler.importer import HOST_TARGET_ATTR, host_function_name
 from compiler.lowered_dialect import (BOOL_FIELDS, BUFFER, DELTAS_ATTR, ENUM_FIELDS, FLOAT_FIELDS,
                                       FORM_OF_NAME, FORMS, INT_FIELDS, KERNEL_INDEX_ATTR, KERNEL_NAME_ATTR,
                                       LOOP_ATTR, NUM_PES_ATTR, PE_ATTR, RAW_FIELDS, RELOCATABLE_ATTR,
-                                      CommandForm)
+                                      VECTOR_KERNELS_ATTR, CommandForm)
 from ops.registry import TensorSpec, op as lookup_op
 from simulator.isa import (CMD_DTYPE, ENGINE_OF_OP, INDEXED_SHIFT, NUM_ARGS, ChipProgram, DType, Engine, Indexed,
                           Op, RelocatedProgram, SimdFn, Space, unpack_index)
@@ -175,8 +176,29 @@ def _attr_text(value: Any) -> str:
     if isinstance(value, float):
         return f"0x{_imm_bits(value) & (2**64 - 1):016X} : f64"      # exact bits; printed as decimal
     if isinstance(value, str):
-        return '"' + value + '"'
+        return '"' + "".join(c if c.isprintable() and c not in '"\\' else f"\\{ord(c):02X}" for c in value) + '"'
     raise TypeError(value)
+
+
+def _vector_kernels_text(program: ChipProgram) -> str:
+    """The kernel function's vector-kernel table attribute (VECTOR_KERNELS_ATTR)."""
+    entries = []
+    for k in program.vector_kernels:
+        d = k.to_json()
+        spec = json.dumps({key: d[key] for key in ("regions", "trips", "vlen_bytes", "fault")}, sort_keys=True)
+        entries.append(f"{{name = {_attr_text(k.name)}, llvm = {_attr_text(k.ir)}, rvv = {_attr_text(k.rvv_asm())}, "
+                       f"spec = {_attr_text(spec)}}}")
+    return f"{VECTOR_KERNELS_ATTR} = [{', '.join(entries)}]"
+
+
+def _vector_kernels_of(attr) -> list:
+    """The VectorKernels of a kernel function's table attribute."""
+    from simulator.isa.vector import VectorKernel
+    out = []
+    for entry in attr:
+        spec = json.loads(entry["spec"].value)
+        out.append(VectorKernel.from_json({"name": entry["name"].value, "ir": entry["llvm"].value, **spec}))
+    return out
 
 
 def _records(commands: np.ndarray) -> Iterable[dict[str, Any]]:
@@ -227,6 +249,8 @@ def kernel_function_text(program: ChipProgram, symbol: str, arg_types: list[str]
     attrs = [f'{KERNEL_NAME_ATTR} = "{program.name}"', f"{NUM_PES_ATTR} = {program.num_pes}"]
     if program.addr_slots is not None:
         attrs.append(RELOCATABLE_ATTR)
+    if program.vector_kernels:
+        attrs.append(_vector_kernels_text(program))
     args = ", ".join(f"%arg{i}: {t}" for i, t in enumerate(arg_types))
     lines = [f"func.func private @{symbol}({args}) -> ({', '.join(result_types)}) "
              f"attributes {{{', '.join(attrs)}}} {{"]
@@ -450,7 +474,8 @@ def chip_program_from_lowered(kernel: Any) -> ChipProgram:
     commands = np.array(recs, dtype=CMD_DTYPE) if recs else np.zeros(0, CMD_DTYPE)
     program = ChipProgram(commands, int(attrs[NUM_PES_ATTR].value), attrs[KERNEL_NAME_ATTR].value,
                           np.array([loop for _, loop in sorted(loops)], LOOP_DTYPE),
-                          np.array(strides, np.int64).reshape(len(recs), NUM_STRIDES))
+                          np.array(strides, np.int64).reshape(len(recs), NUM_STRIDES),
+                          _vector_kernels_of(attrs[VECTOR_KERNELS_ATTR]) if VECTOR_KERNELS_ATTR in attrs else ())
     if RELOCATABLE_ATTR in attrs:
         program.addr_slots = np.array(slots, np.int16).reshape(len(recs), 2)
     return program

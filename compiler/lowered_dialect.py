@@ -107,6 +107,7 @@ FORMS: dict[Op, CommandForm] = {f.op: f for f in (
     CommandForm(Op.MLU_COPY2D, ("src", "dst", "rows", "row_bytes", "src_stride", "dst_stride")),
     CommandForm(Op.MLU_CONCAT, ("a", "b", "dst", "rows", "a_row_bytes", "b_row_bytes")),
     CommandForm(Op.SIMD_MX_QUANT, ("src", "dst", "rows", "cols"), ("dtype", "out_dtype")),
+    CommandForm(Op.VEC_KERNEL, ("kernel", "region0", "region1", "region2", "rows", "param"), ("dtype",)),
 )}
 assert set(FORMS) == set(Op), "every opcode needs a lowered op"
 FORM_OF_NAME = {f"ember.{form.name}": form for form in FORMS.values()}
@@ -119,6 +120,10 @@ RELOCATABLE_ATTR = "ember.relocatable"    # ... it has address slots (others rel
 KERNEL_INDEX_ATTR = "ember.kernel"    # on a func.call of @main: the Program's kernel index
 DELTAS_ATTR = "ember.deltas"          # ... a relocated kernel: one address delta per operand
 LOOP_ATTR = "ember.loop"              # on an scf.for, when needed: its position in the loops array
+#: on a kernel function that calls the vector core: its kernel table, one dictionary per kernel
+#: (`ember.vec_kernel {kernel = k}` runs entry k): `name`, `llvm` (the module's text), `rvv` (the
+#: assembly the simulator times) and `spec` (regions, block trip counts, vector length, as JSON)
+VECTOR_KERNELS_ATTR = "ember.vector_kernels"
 
 
 # ----------------------------------------------------------------------------- verification

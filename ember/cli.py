@@ -92,7 +92,9 @@ def simulate(program: Path = typer.Argument(..., help="a Program file written by
              timing_only: bool = typer.Option(False, "--timing-only", help="time the run, compute no numbers"),
              trace: Optional[Path] = typer.Option(None, "--trace", help="write a Chrome/Perfetto trace here"),
              per_op: bool = typer.Option(False, "--per-op", help="list every accelerator op: predicted, simulated "
-                                                                  "and roofline cycles")) -> None:
+                                                                  "and roofline cycles"),
+             asm: bool = typer.Option(False, "--asm", help="print the RVV assembly of every vector-core kernel "
+                                                           "the Program runs")) -> None:
     """Run a Program on the simulator (random inputs) and show where the time goes."""
     import torch
 
@@ -103,6 +105,8 @@ def simulate(program: Path = typer.Argument(..., help="a Program file written by
         cm = ember.load(str(program))
     except (ValueError, OSError) as e:
         _fail(str(e))
+    if asm:
+        _print_vector_asm(cm.program)
     gen = torch.Generator().manual_seed(0)
     inputs = []
     for spec in cm.input_specs:
@@ -124,6 +128,21 @@ def simulate(program: Path = typer.Argument(..., help="a Program file written by
     if trace is not None:
         cm.last_run.write_trace(str(trace))
         console.print(f"trace: {trace}")
+
+
+def _print_vector_asm(program) -> None:
+    """The RVV assembly of the vector-core kernels of each kernel step, once per Program kernel."""
+    from compiler.errors import source_of
+    done = set()
+    for step in program.steps:
+        k = step.get("kernel")
+        if step.get("kind") != "kernel" or k is None or k in done or not program.kernels[k].vector_kernels:
+            continue
+        done.add(k)
+        print(f"# ember.{step['op']} at {source_of(step.get('location')) or '?'}: kernel {k}")
+        print(program.kernels[k].asm())
+    if not done:
+        print("# no vector-core kernels in this Program")
 
 
 @app.command()

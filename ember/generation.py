@@ -1,10 +1,11 @@
 """Greedy generation with the KV cache in device memory: what `ember.generate` runs.
 
-One session holds the weights (loaded once) and the caches (made on the device, zeros). The
-prompt goes up, the prefill writes the caches and returns the last position's logits, which
-come down for the host to pick the token (argmax over the vocabulary: modelled host time);
-then each decode step puts one token id per sequence and the position, runs, and brings the
-logits of that token down. Nothing else crosses the host link.
+One session holds the weights (loaded once) and the caches (made on the device, zeros). Both
+graphs end in the greedy pick (`GreedyHead`: argmax over the vocabulary, on the vector core), so
+logits never leave the chip. The prompt goes up, the prefill writes the caches and picks the
+first token; each decode step takes the token the step before picked (it stays on the device)
+and the position (up), runs, and sends its token down to the host. Nothing else crosses the host
+link: per step, a token id per sequence each way and the position.
 
 Reported times are the session's modelled seconds:
 - `ttft_s`: from the prompt's upload to the first token on the host;
@@ -30,6 +31,17 @@ from simulator.isa.mx import FORMATS as MX_FORMATS
 GEMM_OPS = frozenset({"linear", "matmul"})
 #: bytes per element of the weights and the KV cache per compile dtype (contraction operands)
 _NARROW_BYTES = {"fp32": 4, "bf16": 2, "int8": 1, "fp8": 1, **{n: f.value_bytes for n, f in MX_FORMATS.items()}}
+
+
+class GreedyHead(torch.nn.Module):
+    """A serving graph (logits (B, 1, vocab)) followed by the greedy pick: token ids (B, 1)."""
+
+    def __init__(self, graph: torch.nn.Module):
+        super().__init__()
+        self.lm = graph
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.lm(*args)[:, -1].argmax(dim=-1, keepdim=True)
 
 
 class CacheTooShortError(EmberError, ValueError):
@@ -123,41 +135,32 @@ def generate(model: torch.nn.Module, prompt: Any, max_new_tokens: int = 16, *, c
     token = torch.zeros(graphs.batch, 1, dtype=torch.int64, device=where)
     position = torch.tensor([positions], dtype=torch.int64, device=where)
     prompt_in = tuple(t.to(where) if t.is_meta != meta else t for t in graphs.prompt)
-    cm_prefill = ember_compile(graphs.prefill, (*prompt_in, *caches), chip=chip, dtype=dtype, cache=cache)
-    cm_decode = ember_compile(graphs.decode, (token, position, *caches), chip=chip, dtype=dtype, cache=cache,
-                              share=cm_prefill)
+    cm_prefill = ember_compile(GreedyHead(graphs.prefill).eval(), (*prompt_in, *caches), chip=chip, dtype=dtype,
+                               cache=cache)
+    cm_decode = ember_compile(GreedyHead(graphs.decode).eval(), (token, position, *caches), chip=chip, dtype=dtype,
+                              cache=cache, share=cm_prefill)
     del caches
     with cm_prefill.session(device) as sess:
         dsess = cm_decode.session(device, share=sess)
         state = [sess.zeros(s, graphs.cache_dtype) for s in graphs.cache_shapes]
-        host_step = chip.host.step_seconds(graphs.batch * graphs.vocab_size, graphs.batch * graphs.vocab_size * 4)
-
-        def sample(session: Any, logits: Any) -> torch.Tensor:
-            host = session.get(logits)
-            session.totals["host"] += host_step
-            if meta:
-                return torch.empty(graphs.batch, 1, dtype=torch.int64, device="meta")
-            return host[:, -1, :].argmax(dim=-1, keepdim=True)
 
         start = sess.seconds
-        first = sess.run(*(sess.put(t) for t in prompt_in), *state, timing_only=meta)
-        tokens = [sample(sess, first)]
+        picked = sess.run(*(sess.put(t) for t in prompt_in), *state, timing_only=meta)
+        tokens = [sess.get(picked)]
         ttft = sess.seconds - start
         runs = {"prefill": sess.last_run}
         prefill_where = _where(sess.last_run)
-        prefill_where["host_link"] += ttft - sess.last_run.seconds - host_step
-        prefill_where["host"] += host_step
+        prefill_where["host_link"] += ttft - sess.last_run.seconds
         steps, step_where = [], {}
         for i in range(1, max_new_tokens):
             start = dsess.seconds
             pos = torch.tensor([positions + i - 1], dtype=torch.int64, device=where)
-            logits = dsess.run(dsess.put(tokens[-1]), dsess.put(pos), *state, timing_only=meta)
-            tokens.append(sample(dsess, logits))
+            picked = dsess.run(picked, dsess.put(pos), *state, timing_only=meta)
+            tokens.append(dsess.get(picked))
             steps.append(dsess.seconds - start)
             runs["step"] = dsess.last_run
             w = _where(dsess.last_run)
-            w["host_link"] += steps[-1] - dsess.last_run.seconds - host_step
-            w["host"] += host_step
+            w["host_link"] += steps[-1] - dsess.last_run.seconds
             for k, v in w.items():
                 step_where[k] = step_where.get(k, 0.0) + v / (max_new_tokens - 1)
     out = None if meta else torch.cat(tokens, dim=1)

@@ -5,6 +5,8 @@ from collections import Counter
 
 from rich.table import Table
 
+from compiler.errors import source_of
+
 
 def op_summary_table(counts: Counter, title: str) -> Table:
     """Graph-level op counts, most frequent first."""
@@ -80,10 +82,8 @@ def per_op_table(run, limit: int | None = None) -> Table:
 
 
 def _short_location(location: str) -> str:
-    """`loc("file.py":12:3)` -> `file.py:12`."""
-    import re
-    m = re.search(r'"([^"]+)":(\d+)', location or "")
-    return f"{m.group(1).rsplit('/', 1)[-1]}:{m.group(2)}" if m else ""
+    """`loc("file.py":12:3)` -> `file.py:12` (the file's name only)."""
+    return source_of(location).rsplit("/", 1)[-1]
 
 
 def generation_tables(gen, title: str) -> list[Table]:

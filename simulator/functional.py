@@ -28,6 +28,7 @@ class Machine:
                       for i in range(chip.num_pes)]
         self.cols = chip.pe_grid.cols
         self.rows = chip.pe_grid.rows
+        self.vector_kernels: tuple = ()     # the running program's (simulate sets them)
         self._pending: list = []
 
     def mem(self, space: "Space | str", pe: int | None = None) -> Memory:

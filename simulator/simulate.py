@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from simulator.errors import DeadlockError
+from simulator.errors import DeadlockError, InvalidCommand
 from simulator.functional import Machine
 from simulator.isa import NUM_ARGS, ChipProgram, Engine, Op, RelocatedProgram, Space, format_command
 from simulator.spec import ChipSpec, load_chip
@@ -26,7 +26,7 @@ def run_timing(program: ChipProgram, chip: ChipSpec, engine: str = "cpp",
     Raises DeadlockError when commands are left that can never issue.
     """
     params = timing_params(chip)
-    program = program.expand()
+    program = with_vector_cycles(program.expand(), chip)
     cmds = program.commands
     if engine == "cpp":
         from simulator import _core
@@ -39,6 +39,26 @@ def run_timing(program: ChipProgram, chip: ChipSpec, engine: str = "cpp",
     if res.blocked:
         raise _deadlock(program, chip, res)
     return res
+
+
+def with_vector_cycles(program: ChipProgram, chip: ChipSpec) -> ChipProgram:
+    """The (expanded) program with each VEC_KERNEL's a[7] set to its cycles on ``chip``, counted
+    from its kernel's RVV code (simulator/isa/vector.py); the program itself when it has none."""
+    cmds = program.commands
+    calls = np.flatnonzero(cmds["op"] == int(Op.VEC_KERNEL))
+    if len(calls) == 0:
+        return program
+    cmds = cmds.copy()
+    a = cmds["a"]
+    which = a[calls, 0]
+    if (bad := (which < 0) | (which >= len(program.vector_kernels))).any():
+        i = int(calls[np.flatnonzero(bad)[0]])
+        raise InvalidCommand(f"command #{i} ({format_command(cmds[i], i)}): calls vector kernel k{int(a[i, 0])}, "
+                             f"but the program has {len(program.vector_kernels)}")
+    terms = np.array([k.cost_terms(chip) for k in program.vector_kernels], np.int64).reshape(-1, 2)
+    a[calls, 7] = terms[which, 0] + terms[which, 1] * a[calls, 4]
+    cmds["a"] = a
+    return ChipProgram(cmds, program.num_pes, program.name, vector_kernels=program.vector_kernels)
 
 
 def _deadlock(program: ChipProgram, chip: ChipSpec, res: TimingResult) -> DeadlockError:
@@ -90,7 +110,8 @@ class SimResult:
 _UNTIMED_SLOTS = {Op.DPE_MATMUL: (0, 1, 2), Op.RE_ACC: (0, 1), Op.RE_SEND: (0, 1),
                   Op.SIMD_UNARY: (0, 1), Op.SIMD_BINARY: (0, 1, 2), Op.SIMD_SCALAR: (0, 1, 3),
                   Op.SIMD_ROW_REDUCE: (0, 1), Op.SIMD_ROW_BCAST: (0, 1, 2), Op.MLU_TRANSPOSE: (0, 1),
-                  Op.MLU_COPY2D: (0, 1), Op.MLU_CONCAT: (0, 1, 2), Op.SIMD_MX_QUANT: (0, 1)}
+                  Op.MLU_COPY2D: (0, 1), Op.MLU_CONCAT: (0, 1, 2), Op.SIMD_MX_QUANT: (0, 1),
+                  Op.VEC_KERNEL: (1, 2, 3, 5)}
 
 
 class TimingCache:
@@ -145,6 +166,9 @@ class TimingCache:
         cmds["a"] = a
         h = hashlib.blake2b(digest_size=20)
         h.update(np.int64(program.num_pes).tobytes())
+        for k in program.vector_kernels:          # a call's cycles are its kernel's
+            h.update(k.ir.encode())
+            h.update(repr(k.trips).encode())
         for arr in (cmds, program.loops, strides):
             h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()
@@ -220,6 +244,7 @@ def simulate(program: ChipProgram, chip: "str | ChipSpec" = "mtia2i", memory_ini
             return hit
     program = program.expand()      # compact loops -> plain commands
     validate(program, chip)
+    program = with_vector_cycles(program, chip)
     timing = run_timing(program, chip, engine)
     if key is not None:
         res = SimResult(program, chip, timing, None)
@@ -228,6 +253,7 @@ def simulate(program: ChipProgram, chip: "str | ChipSpec" = "mtia2i", memory_ini
     machine = None
     if not timing_only:
         machine = Machine(chip)
+        machine.vector_kernels = program.vector_kernels
         if memory_init is not None:
             _init_memory(machine, memory_init)
         _execute(program, machine, timing)

@@ -176,6 +176,39 @@ class Reduce(_Section):
     energy_pj_per_elem: Energy = 0.3
 
 
+class VectorCycles(_Section):
+    """Cycles per instruction of the vector core, by instruction class (simulator/isa/vector.py
+    sorts RVV assembly into these). One instruction of a class issues per that many cycles; a
+    vector instruction works on a whole register (`vlen_bytes`) at once."""
+    scalar: PosInt = 1                  # integer ALU, moves, address arithmetic
+    scalar_mem: PosInt = 2              # scalar loads and stores (local memory)
+    branch: PosInt = 2                  # taken or not: an in-order core without prediction
+    vector_config: PosInt = 1           # vsetvli / vsetivli
+    vector_alu: PosInt = 1              # elementwise integer and float ops, moves, compares, merges
+    vector_mem: PosInt = 2              # unit-stride vector loads and stores (local memory)
+    vector_indexed: PosInt = 8          # indexed (gather / scatter) vector loads and stores
+    vector_reduce: PosInt = 4           # reductions across a register, slides, permutes, moves to scalars
+    divide: PosInt = 8                  # divides, remainders, square roots (scalar or vector)
+
+
+class VectorCore(_Section):
+    """The PE's RISC-V scalar core with its vector unit (RVV 1.0), which runs kernels compiled
+    from LLVM IR for what the fixed-function engines cannot do (arg reductions, scans, gathers
+    within local memory, sampling). Its time is its instructions' cycles (`cycles`), counted per
+    loop body from the RVV assembly, plus `launch_cycles` per kernel call."""
+    vlen_bytes: PosInt = 64             # the vector register length (VLEN / 8)
+    launch_cycles: NonNegInt = 16       # the command processor hands a kernel to the core
+    cycles: VectorCycles = VectorCycles()
+    energy_pj_per_cycle: Energy = 2.0
+
+    @field_validator("vlen_bytes")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"must be a power of two of at least 16 bytes (RVV's VLEN >= 128 bits), got {v}")
+        return v
+
+
 class Sram(_Section):
     """On-chip SRAM reached over the NoC; banks are independent bandwidth servers."""
     bytes: Size
@@ -268,6 +301,7 @@ class ChipSpec(BaseModel):
     simd: Simd
     mlu: Mlu
     reduce: Reduce
+    vector_core: VectorCore = VectorCore()
     sram: Sram
     dram: Dram
     noc: Noc

@@ -23,7 +23,7 @@ def program_counts(cmds: np.ndarray, chip: ChipSpec) -> dict:
     op = cmds["op"]
     out: dict = {"commands": int(len(cmds)), "dram_read": 0, "dram_write": 0, "sram_read": 0,
                  "sram_write": 0, "host_read": 0, "host_write": 0, "noc_byte_hops": 0, "simd_elems": 0, "reduce_elems": 0,
-                 "mlu_bytes": 0, "macs": {d: 0 for d in DPE_DTYPES.values()}}
+                 "mlu_bytes": 0, "vector_cycles": 0, "macs": {d: 0 for d in DPE_DTYPES.values()}}
     local = 0
     for idx, space, lo, n, name in extents(cmds):
         if name == "dma destination":
@@ -86,6 +86,8 @@ def program_counts(cmds: np.ndarray, chip: ChipSpec) -> dict:
             else:
                 b = a[:, 3] * (a[:, 4] + a[:, 5])
             out["mlu_bytes"] += _sum(b)
+    if Op.VEC_KERNEL in sel:          # a[7]: the call's cycles (simulate sets them)
+        out["vector_cycles"] = _sum(cmds["a"][sel[Op.VEC_KERNEL]][:, 7])
     out["local"] = local
     return out
 
@@ -98,6 +100,7 @@ def energy_joules(counts: dict, chip: ChipSpec, seconds: float) -> dict:
         "simd": counts["simd_elems"] * chip.simd.energy_pj_per_elem * pj,
         "reduce": counts["reduce_elems"] * chip.reduce.energy_pj_per_elem * pj,
         "mlu": counts["mlu_bytes"] * chip.mlu.energy_pj_per_byte * pj,
+        "vector": counts["vector_cycles"] * chip.vector_core.energy_pj_per_cycle * pj,
         "local_mem": counts["local"] * chip.local_mem.energy_pj_per_byte * pj,
         "sram": (counts["sram_read"] + counts["sram_write"]) * chip.sram.energy_pj_per_byte * pj,
         "dram": (counts["dram_read"] + counts["dram_write"]) * chip.dram.energy_pj_per_byte * pj,

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NUM_ENGINES = 5
+NUM_ENGINES = 6
 # opcodes and enums, by value (see simulator/isa/opcodes.py)
-NOP, DMA, DPE, RE_ACC, RE_SEND, S_UN, S_BIN, S_SCA, S_RED, S_BC, M_T, M_CP, M_CAT, S_MXQ = range(14)
+NOP, DMA, DPE, RE_ACC, RE_SEND, S_UN, S_BIN, S_SCA, S_RED, S_BC, M_T, M_CP, M_CAT, S_MXQ, VEC = range(15)
 DRAM, SRAM, LOCAL, HOST = 0, 1, 2, 3
 ESIZE = (4, 2, 2, 1, 4, 1, 1, 1)
 INDEXED_SHIFT = 3         # DMA flags bits 3-4: an index moves the source or the destination
@@ -196,6 +196,8 @@ class Costs:
             return {}, vec * cost + p["simd_latency"]
         if op == S_MXQ:   # two passes over the rows: each block's largest magnitude, then the scaled elements
             return {}, 2 * a[2] * ceil_div(a[3], p["simd_width"]) + p["simd_latency"]
+        if op == VEC:     # a vector-core kernel: a[7] holds its cycles, counted from its RVV code
+            return {}, a[7]
         if op == M_T:
             nbytes = a[2] * a[3] * ESIZE[dtype]
         elif op == M_CP:

@@ -178,6 +178,34 @@ def validate(prog: ChipProgram, chip: ChipSpec) -> None:
                        f"{names[s]} ({limit} bytes)")
                 _fail(LocalMemoryOverflow if s == Space.LOCAL else AddressOutOfRange, prog, full, why)
     _check_indexed_ranges(prog, is_indexed, side, sizes, names)
+    _check_vector_calls(prog, chip, op == Op.VEC_KERNEL)
+
+
+def _check_vector_calls(prog: ChipProgram, chip: ChipSpec, is_vec: np.ndarray) -> None:
+    """A VEC_KERNEL names a kernel of the program's table, built for the chip's vector length,
+    runs at least one row, and its regions lie inside local memory."""
+    if not is_vec.any():
+        return
+    c = prog.commands
+    a = c["a"]
+    kernels = prog.vector_kernels
+    if (bad := is_vec & (a[:, 0] >= len(kernels))).any():
+        _fail(InvalidCommand, prog, bad, f"calls a vector kernel the program does not have ({len(kernels)} in its table)")
+    if (bad := is_vec & (a[:, 4] < 1)).any():
+        _fail(InvalidCommand, prog, bad, "a vector kernel runs at least one row")
+    vlen = chip.vector_core.vlen_bytes
+    for k, kernel in enumerate(kernels):
+        mine = is_vec & (a[:, 0] == k)
+        if not mine.any():
+            continue
+        if kernel.vlen_bytes != vlen:
+            _fail(InvalidCommand, prog, mine, f"vector kernel {kernel.name} is built for {kernel.vlen_bytes}-byte "
+                  f"vectors, but {chip.name}'s vector_core.vlen_bytes is {vlen}")
+        for j, region in enumerate(kernel.regions):
+            n = region.row_bytes * a[:, 4] if region.per_row else region.row_bytes
+            if (bad := mine & (a[:, 1 + j] + n > chip.local_mem.bytes)).any():
+                _fail(LocalMemoryOverflow, prog, bad, f"region {j} of vector kernel {kernel.name} is past the end of "
+                      f"local memory ({chip.local_mem.bytes} bytes)")
 
 
 def _check_indexed_ranges(prog: ChipProgram, is_indexed: np.ndarray, side: np.ndarray,

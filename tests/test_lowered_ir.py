@@ -14,6 +14,7 @@ from torch_mlir import ir
 import ember
 from compiler import lowered
 from compiler.lowered import chip_program_from_lowered, kernels_from_lowered, lowered_text
+from ops.kernels.vector_scan import scan_kernel
 from simulator.isa import ChipProgram, Engine, Op, ProgramBuilder, RelocatedProgram
 from simulator.isa.artifact import Program
 from simulator.simulate import simulate
@@ -40,6 +41,7 @@ def _assert_same_kernels(original: list, rebuilt: list) -> None:
         assert np.array_equal(a.commands, b.commands), a.name
         assert np.array_equal(a.loops, b.loops), a.name
         assert np.array_equal(a.strides, b.strides), a.name
+        assert [k.to_json() for k in a.vector_kernels] == [k.to_json() for k in b.vector_kernels], a.name
         if isinstance(a, RelocatedProgram):
             assert np.array_equal(a.deltas, b.deltas)
             assert np.array_equal(a.base.addr_slots, b.base.addr_slots)
@@ -86,6 +88,19 @@ def test_mlp_round_trips_and_simulates_alike(mlp):
     stored = sum(len(k) for k in _stored(mlp.program))
     assert stored < sum(k.num_commands for k in _stored(mlp.program))     # it has loops to keep
     for original, again in zip(mlp.program.kernels, rebuilt):
+        assert simulate(again, "tiny", timing_only=True).cycles == simulate(original, "tiny", timing_only=True).cycles
+
+
+def test_vector_kernels_round_trip_with_their_assembly():
+    # each kernel's table of vector-core modules is an attribute of its function: the LLVM text
+    # the simulator builds from, and the RVV assembly it times
+    model = torch.nn.Module()
+    model.forward = lambda x: (x.cumsum(-1), x.argmax(-1))
+    x = torch.randn(4, 64)
+    cm = ember.compile(model, (x,), chip="tiny", dtype="fp32", to="program")
+    text, rebuilt = _round_trip(cm.program)
+    assert text.count("ember.vector_kernels = [") == 2 and "vsetvli" in text and "define i64 @" in text
+    for original, again in zip(cm.program.kernels, rebuilt):
         assert simulate(again, "tiny", timing_only=True).cycles == simulate(original, "tiny", timing_only=True).cycles
 
 
@@ -143,6 +158,7 @@ def _every_opcode_program() -> Program:
     p1.mlu_copy2d(0, 0x100, 4, 16, src_stride=32)
     p1.mlu_concat(0, 0x40, 0x80, 4, 16, 16)
     p1.nop(Engine.REDUCE, wait=(t, 2))
+    p1.vec_kernel(scan_kernel("int32", 8, "sum", 64), (0x40, 0x80), 2, param=7)
     prog = b.build()
     cmds = prog.commands
     odd = np.flatnonzero(cmds["op"] == int(Op.MLU_CONCAT))[0]

@@ -21,11 +21,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from compiler.errors import EmberError
+from compiler.errors import EmberError, source_of
 from ops.registry import DTYPE_TO_TORCH, TensorSpec, as_dtype, dtype_of_numpy, op as lookup_op, to_numpy, to_torch
 from runtime.host_cost import host_step_seconds
 from runtime.session import describe
 from simulator import simulate
+from simulator.errors import AddressOutOfRange
 from simulator.simulate import TIMING_CACHE
 from simulator.trace import DeferredEvents
 from simulator.isa import DType
@@ -302,8 +303,11 @@ class _Run:
             memory_init = {(tensors[t]["space"], tensors[t]["addr"]):
                            _device_array(self.store[t], tensors[t]["isa_dtype"], f"value {t} of {step['op']}")
                            for t in reads if t is not None}
-        res = simulate(self.program.kernels[step["kernel"]], self.chip, memory_init=memory_init,
-                       timing_only=self.timing_only, cache=TIMING_CACHE if self.timing_only else None)
+        try:
+            res = simulate(self.program.kernels[step["kernel"]], self.chip, memory_init=memory_init,
+                           timing_only=self.timing_only, cache=TIMING_CACHE if self.timing_only else None)
+        except AddressOutOfRange as e:   # a fault of the data (an index out of range): name the op
+            raise type(e)(f"ember.{step['op']} at {source_of(step['location']) or 'an unknown source line'}: {e}") from e
         if not self.timing_only:
             for out in results:            # a kernel may write several results (int8 rows and their scales)
                 entry = tensors[out]

@@ -174,6 +174,9 @@ void Costs::cost(const Cmd& c, Usage& u) const {
         case S_MXQ:   // two passes over the rows: each block's largest magnitude, then the scaled elements
             u.fixed = 2 * a[2] * ceil_div(a[3], p_.simd_width) + p_.simd_latency;
             return;
+        case VEC:     // a vector-core kernel: a[7] holds its cycles, counted from its RVV code
+            u.fixed = a[7];
+            return;
         case M_T: case M_CP: case M_CAT: {
             static const int64_t esize[kNumDtypes] = {4, 2, 2, 1, 4, 1, 1, 1};
             int64_t nbytes;

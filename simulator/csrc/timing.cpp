@@ -25,7 +25,7 @@ void check_command(const Cmd& c, int64_t i, const Params& p, int num_pes) {
     };
     if (c.pe < 0 || c.pe >= num_pes) bad("PE out of range");
     if (c.engine >= kNumEngines) bad("unknown engine");
-    if (c.op > S_MXQ) bad("unknown opcode");
+    if (c.op > VEC) bad("unknown opcode");
     if (c.wait_tok < -1 || c.sig_tok < -1) bad("bad token");
     if (c.dtype >= kNumDtypes || c.dtype2 >= kNumDtypes || (c.op == DPE && p.macs[c.dtype] <= 0)) bad("bad dtype");
     for (int k = 0; k < 8; ++k)

@@ -4,6 +4,6 @@ Each entry is ``fn(machine, cmd, a, pe, what)``: it reads its inputs from ``mach
 hands its outputs to ``machine.defer`` / ``machine.defer2d`` (written at completion).
 """
 from simulator.engines.registry import FUNCTIONAL, register
-from simulator.engines import dma, dpe, mlu, reduce, simd  # noqa: F401  (they register)
+from simulator.engines import dma, dpe, mlu, reduce, simd, vec  # noqa: F401  (they register)
 
 __all__ = ["FUNCTIONAL", "register"]

@@ -12,7 +12,8 @@ torch. A Program holds:
   `inputs`), whose new contents are the last outputs, in that order;
 - steps in order: `kernel` steps (an `ember` op run on the chip: its per-PE `ChipProgram`) and
   `host` steps (an op run on the host: the op name and attributes);
-- kernels as command arrays, or as another kernel's commands relocated (`RelocatedProgram`:
+- kernels as command arrays with the LLVM modules their vector-core calls run (their table, in
+  the header), or as another kernel's commands relocated (`RelocatedProgram`:
   the base kernel's index and one address delta per operand; the base stores its address
   slots), so a model's repeated layers are stored once;
 - a SHA-256 checksum over everything else.
@@ -34,14 +35,16 @@ import ml_dtypes
 import numpy as np
 
 from simulator.isa.program import ChipProgram, RelocatedProgram
+from simulator.isa.vector import VectorKernel, parse
 
 #: Element types numpy files cannot hold, stored as their bits: the numpy dtype they are read back as.
 _RAW_DTYPES = {"bf16": np.dtype(ml_dtypes.bfloat16), "f8E4M3FN": np.dtype(ml_dtypes.float8_e4m3fn)}
 
 FORMAT = "ember-program"
-VERSION = 5     # 2: relocated kernels (base + deltas), base kernels' address slots; 3: mutated inputs
+VERSION = 6     # 2: relocated kernels (base + deltas), base kernels' address slots; 3: mutated inputs
 #          4: indexed DMAs (gathers / scatters, DMA flags bits 3-4, a[6], a[7]), SIMD functions 18-28
 #          5: fp8 and the MX block formats (dtypes 5-7), SIMD_MX_QUANT (opcode 13)
+#          6: vector-core kernels (engine VEC, VEC_KERNEL opcode 14, a kernel's table of LLVM modules)
 
 
 class ProgramFileError(ValueError):
@@ -113,7 +116,8 @@ class Program:
                 kernels.append(RelocatedProgram(kernels[k["base"]], k["deltas"], name=k["name"]))
                 continue
             prog = ChipProgram(arrays[f"kernel{i}.commands"], int(k["num_pes"]), k["name"],
-                               arrays[f"kernel{i}.loops"], arrays[f"kernel{i}.strides"])
+                               arrays[f"kernel{i}.loops"], arrays[f"kernel{i}.strides"],
+                               _vector_kernels(path, k["name"], k.get("vector_kernels", [])))
             if f"kernel{i}.addr_slots" in arrays:
                 prog.addr_slots = arrays[f"kernel{i}.addr_slots"]
             kernels.append(prog)
@@ -142,6 +146,8 @@ class Program:
                 members[f"arrays/kernel{i}.strides.npy"] = _npy(k.strides)
                 if k.addr_slots is not None:
                     members[f"arrays/kernel{i}.addr_slots.npy"] = _npy(k.addr_slots)
+                if k.vector_kernels:
+                    entry["vector_kernels"] = [vk.to_json() for vk in k.vector_kernels]
             header["kernels"].append(entry)
         members["header.json"] = json.dumps(header, sort_keys=True).encode()
         for tid, arr in self.constants.items():
@@ -149,6 +155,19 @@ class Program:
             bits = {"bfloat16": np.uint16, "float8_e4m3fn": np.uint8}.get(arr.dtype.name)
             members[f"arrays/const{tid}.npy"] = _npy(arr if bits is None else arr.view(bits))
         return members
+
+
+def _vector_kernels(path: str, kernel: str, entries: list[dict]) -> list[VectorKernel]:
+    """A kernel's vector-core table, each module parsed now: a bad one refuses the file."""
+    out = []
+    for j, e in enumerate(entries):
+        try:
+            vk = VectorKernel.from_json(e)
+            parse(vk.ir)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ProgramFileError(f"{path}: kernel {kernel}: vector kernel {j} cannot be used: {err}") from err
+        out.append(vk)
+    return out
 
 
 def _npy(arr: np.ndarray) -> bytes:

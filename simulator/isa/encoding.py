@@ -20,6 +20,9 @@ MLU_TRANSPOSE      src, dst, rows, cols
 MLU_COPY2D         src, dst, rows, row_bytes, src_stride, dst_stride
 MLU_CONCAT         a, b, dst, rows, a_row_bytes, b_row_bytes
 SIMD_MX_QUANT      src, dst, rows, cols          (dtype2: the MX format written)
+VEC_KERNEL         kernel (index into the program's vector_kernels), region0, region1,
+                   region2 (local addresses; 0 when unused), rows, param, 0,
+                   cycles (set by the simulator from the kernel's RVV code when it times it)
 =================  ===================================================================
 
 DMA flags: bits 1-2 the multicast mode (Mcast), bits 3-4 which address an index moves
@@ -133,6 +136,8 @@ def format_command(c: np.void, index: int | None = None) -> str:
         body = f"mlu.concat [{a[2]:#x}] = [{a[0]:#x}] | [{a[1]:#x}] rows={a[3]} {a[4]}B+{a[5]}B"
     elif op is Op.SIMD_MX_QUANT:
         body = f"simd.mx_quant.{dt}->{dt2} [{a[1]:#x}] = [{a[0]:#x}] {a[2]}x{a[3]}"
+    elif op is Op.VEC_KERNEL:
+        body = f"vec.call k{a[0]} [{a[1]:#x}], [{a[2]:#x}], [{a[3]:#x}] rows={a[4]} param={a[5]}"
     else:  # pragma: no cover - every opcode is listed above
         body = op.name
     sync = ""

@@ -20,6 +20,7 @@ class Engine(enum.IntEnum):
     REDUCE = 2
     SIMD = 3
     MLU = 4
+    VEC = 5               # the RISC-V core's vector unit, running compiled kernels
 
 
 NUM_ENGINES = len(Engine)
@@ -42,6 +43,7 @@ class Op(enum.IntEnum):
     MLU_COPY2D = 11       # strided 2D copy inside local memory (slice, reshape)
     MLU_CONCAT = 12       # dst = concat([a, b], axis=1)
     SIMD_MX_QUANT = 13    # dst = rows of src in an MX block format (simulator/isa/mx.py)
+    VEC_KERNEL = 14       # run a kernel of the program's vector-kernel table on the vector core
 
 
 ENGINE_OF_OP = {
@@ -49,7 +51,7 @@ ENGINE_OF_OP = {
     Op.RE_SEND: Engine.REDUCE, Op.SIMD_UNARY: Engine.SIMD, Op.SIMD_BINARY: Engine.SIMD,
     Op.SIMD_SCALAR: Engine.SIMD, Op.SIMD_ROW_REDUCE: Engine.SIMD, Op.SIMD_ROW_BCAST: Engine.SIMD,
     Op.MLU_TRANSPOSE: Engine.MLU, Op.MLU_COPY2D: Engine.MLU, Op.MLU_CONCAT: Engine.MLU,
-    Op.SIMD_MX_QUANT: Engine.SIMD,
+    Op.SIMD_MX_QUANT: Engine.SIMD, Op.VEC_KERNEL: Engine.VEC,
 }
 
 

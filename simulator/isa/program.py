@@ -34,13 +34,17 @@ class ChipProgram:
     """
 
     def __init__(self, commands: np.ndarray, num_pes: int, name: str = "program",
-                 loops: np.ndarray | None = None, strides: np.ndarray | None = None):
+                 loops: np.ndarray | None = None, strides: np.ndarray | None = None,
+                 vector_kernels: Sequence = ()):
         if commands.dtype != CMD_DTYPE:
             raise TypeError(f"commands must have dtype CMD_DTYPE, got {commands.dtype}")
         self.commands = np.ascontiguousarray(commands)
         self.num_pes = num_pes
         self.name = name
         self.loops = np.zeros(0, LOOP_DTYPE) if loops is None else np.asarray(loops, LOOP_DTYPE)
+        #: the vector-core kernels (simulator/isa/vector.py VectorKernel) VEC_KERNEL commands
+        #: run, by their a[0]
+        self.vector_kernels = tuple(vector_kernels)
         self.strides = (np.zeros((len(commands), NUM_STRIDES), np.int64) if strides is None
                         else np.asarray(strides, np.int64))
         #: int16 [n, 2] or None: which operand's relocation delta moves a[0] / a[1] of each
@@ -80,7 +84,7 @@ class ChipProgram:
             pieces.append(rep)
             pos = first + length
         pieces.append(self.commands[pos:])
-        return ChipProgram(np.concatenate(pieces), self.num_pes, self.name)
+        return ChipProgram(np.concatenate(pieces), self.num_pes, self.name, vector_kernels=self.vector_kernels)
 
     def for_pe(self, pe: int) -> np.ndarray:
         """The command stream of one PE (a view in program order)."""
@@ -90,6 +94,7 @@ class ChipProgram:
         """Readable text, one command per line, grouped by PE; loops as ``loop xN {...}``."""
         lines = [f"# {self.name}: {len(self)} records, {self.num_commands} commands on "
                  f"{self.num_pes} PEs"]
+        lines += [f"# vector kernel k{k}: {vk.name}" for k, vk in enumerate(self.vector_kernels)]
         starts = {int(f): (int(n), int(c)) for f, n, c in self.loops.tolist()}
         ends: dict[int, int] = {}
         order = np.argsort(self.commands["pe"], kind="stable")
@@ -111,14 +116,24 @@ class ChipProgram:
             lines.append(f"... {len(order) - limit} more")
         return "\n".join(lines)
 
+    def asm(self) -> str:
+        """The RVV assembly of each vector-core kernel the program calls (what `vec k` runs)."""
+        return "\n".join(f"# vector kernel {k}: {vk.name}\n{vk.rvv_asm()}" for k, vk in enumerate(self.vector_kernels))
+
     def save(self, path: str) -> None:
+        import json
         np.savez_compressed(path, commands=self.commands, num_pes=self.num_pes, name=self.name,
-                            loops=self.loops, strides=self.strides)
+                            loops=self.loops, strides=self.strides,
+                            vector_kernels=json.dumps([k.to_json() for k in self.vector_kernels]))
 
     @classmethod
     def load(cls, path: str) -> "ChipProgram":
+        import json
+        from simulator.isa.vector import VectorKernel
         z = np.load(path)
-        return cls(z["commands"], int(z["num_pes"]), str(z["name"]), z["loops"], z["strides"])
+        kernels = [VectorKernel.from_json(k) for k in json.loads(str(z["vector_kernels"]))] \
+            if "vector_kernels" in z else []
+        return cls(z["commands"], int(z["num_pes"]), str(z["name"]), z["loops"], z["strides"], kernels)
 
 
 class RelocatedProgram(ChipProgram):
@@ -145,6 +160,7 @@ class RelocatedProgram(ChipProgram):
         self.name = base.name if name is None else name
         self.loops = base.loops
         self.strides = base.strides
+        self.vector_kernels = base.vector_kernels
         self.addr_slots = None
 
     @property
@@ -162,7 +178,8 @@ class RelocatedProgram(ChipProgram):
 
     def expand(self) -> ChipProgram:
         """Plain commands, loops unrolled (materialized once, not per access)."""
-        return ChipProgram(self.commands, self.num_pes, self.name, self.loops, self.strides).expand()
+        return ChipProgram(self.commands, self.num_pes, self.name, self.loops, self.strides,
+                           self.vector_kernels).expand()
 
 
 class Strided(int):
@@ -199,6 +216,8 @@ class PEStream:
     _strides: list = field(default_factory=list)
     _loops: list = field(default_factory=list)
     _open_loop: "int | None" = None
+    #: the program's vector-kernel table (shared by the PEs of one ProgramBuilder)
+    vector_kernels: list = field(default_factory=list)
 
     def _emit(self, op: Op, args: Sequence[int] = (), *, engine: Engine | None = None,
               dtype: DType = DType.FP32, dtype2: DType | None = None, fn: int = 0,
@@ -388,6 +407,21 @@ class PEStream:
                           wait=wait, signal=signal)
 
 
+    # --- vector core ----------------------------------------------------------------------
+    def vec_kernel(self, kernel, regions: Sequence[int], rows: int, param: int = 0, *, wait=None,
+                   signal=None) -> int:
+        """Run a vector-core kernel (simulator/isa/vector.py VectorKernel) on ``rows`` rows:
+        ``regions`` are the local-memory addresses of its regions, in its order; ``param`` is
+        the kernel's integer parameter. The simulator times it from its RVV code."""
+        if len(regions) != len(kernel.regions):
+            raise ValueError(f"vector kernel {kernel.name} takes {len(kernel.regions)} regions, got {len(regions)}")
+        if kernel not in self.vector_kernels:
+            self.vector_kernels.append(kernel)
+        index = self.vector_kernels.index(kernel)
+        args = [index, *regions, *([0] * (3 - len(regions))), rows, param, 0, 0]
+        return self._emit(Op.VEC_KERNEL, args, dtype=DType.INT32, wait=wait, signal=signal)
+
+
 def _fn(fn: "SimdFn | str") -> int:
     return int(fn if isinstance(fn, SimdFn) else SimdFn[fn.upper()])
 
@@ -400,7 +434,9 @@ class ProgramBuilder:
         self.chip = load_chip(chip)
         self.rows, self.cols = self.chip.pe_grid.rows, self.chip.pe_grid.cols
         self.name = name
-        self._streams = [PEStream(i, self.rows, self.cols) for i in range(self.rows * self.cols)]
+        self._vector_kernels: list = []
+        self._streams = [PEStream(i, self.rows, self.cols, vector_kernels=self._vector_kernels)
+                         for i in range(self.rows * self.cols)]
         self._next_token = 0
 
     def pe(self, row: int, col: int | None = None) -> PEStream:
@@ -432,4 +468,5 @@ class ProgramBuilder:
             strides += s._strides
         arr = np.array(recs, dtype=CMD_DTYPE) if recs else np.zeros(0, CMD_DTYPE)
         st = np.array(strides, np.int64).reshape(len(recs), NUM_STRIDES)
-        return ChipProgram(arr, len(self._streams), self.name, np.array(loops, LOOP_DTYPE), st)
+        return ChipProgram(arr, len(self._streams), self.name, np.array(loops, LOOP_DTYPE), st,
+                           self._vector_kernels)

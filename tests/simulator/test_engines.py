@@ -126,7 +126,7 @@ def test_trace_stats_and_dump(tmp_path):
     assert len(x) == len(prog)
     assert {(e["pid"], e["tid"]) for e in x if e["name"] == "dma"} == {(p, 0) for p in range(4)}
     names = {e["args"]["name"] for e in events if e["name"] == "thread_name"}
-    assert names == {"dma", "dpe", "reduce", "simd", "mlu"}
+    assert names == {"dma", "dpe", "reduce", "simd", "mlu", "vec"}
     assert max(e["ts"] + e["dur"] for e in x) == pytest.approx(res.seconds * 1e6)
     s = res.stats
     assert s["bytes"]["dram_read"] == 4096 and s["bytes"]["noc_byte_hops"] == 1024 * (1 + 1 + 2 + 2)
