@@ -131,3 +131,13 @@ def test_program_files_keep_the_modules_and_refuse_bad_ones(tmp_path):
     p.save(path)
     with pytest.raises(ProgramFileError, match=r"kernel lookup: vector kernel 0 cannot be used: invalid LLVM IR"):
         Program.load(path)
+
+
+def test_the_chip_file_sets_the_vector_cores_speed():
+    slow = MTIA.with_(vector_core={"cycles": {"scalar_mem": 4}})
+    scan = scan_kernel("int32", 100, "sum", 64)
+    assert scan.cycles(slow, 8) - scan.cycles(MTIA, 8) == 8 * 100 * 2 * 2      # a load and a store per element
+    wide = MTIA.with_(vector_core={"vlen_bytes": 128})
+    narrow_k = select_kernel("fp32", 4096, 1, True, 64)
+    wide_k = select_kernel("fp32", 4096, 1, True, wide.vector_core.vlen_bytes)
+    assert 0.4 < wide_k.cycles(wide, 1) / narrow_k.cycles(MTIA, 1) < 0.6         # half the vectors a row
