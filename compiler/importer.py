@@ -30,6 +30,14 @@ MAX_FOLD_ELEMENTS = 1 << 24
 #: Constants with at most this many elements are written inline in the IR.
 MAX_INLINE_ELEMENTS = 16
 
+#: What to do about ops that have no lowering rule and a known way around them.
+_BATCHED_EXPERTS = ("transformers' grouped_mm experts loop over per-expert row counts on the host; "
+                    "config._experts_implementation = 'batched_mm' gives experts Ember runs on the chip")
+NO_RULE_HINTS = {
+    "transformers.grouped_mm_fallback.default": _BATCHED_EXPERTS,
+    "aten.histc.default": _BATCHED_EXPERTS + " (in a mixture-of-experts layer)",
+}
+
 
 @dataclass(frozen=True)
 class Value:
@@ -363,7 +371,7 @@ class Importer:
             return
         rule = rule_for(node.target)
         if rule is None:
-            self._unsupported(node, "")
+            self._unsupported(node, NO_RULE_HINTS.get(target_name(node.target), ""))
             return
         args = self._materialize(node.args)
         kwargs = self._materialize(node.kwargs)

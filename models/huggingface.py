@@ -194,6 +194,23 @@ def mixtral_grouped_mm(T):
     return _mixtral(T, "grouped_mm")
 
 
+def qwen2_moe(T):
+    """Qwen2-MoE: softmax top-k routing over experts plus a sigmoid-gated shared expert; its
+    experts as transformers' batched_mm (gathers and a batched matmul, on the chip)."""
+    cfg = T.Qwen2MoeConfig(**TEXT, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                           moe_intermediate_size=32, shared_expert_intermediate_size=48, use_cache=False)
+    cfg._experts_implementation = "batched_mm"
+    return T.Qwen2MoeForCausalLM(cfg), ("input_ids",), token_ids()
+
+
+def olmoe(T):
+    """OLMoE: top-k routing without renormalisation, QK norm; experts as batched_mm."""
+    cfg = T.OlmoeConfig(**TEXT, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, use_cache=False,
+                        eos_token_id=None, pad_token_id=None)
+    cfg._experts_implementation = "batched_mm"
+    return T.OlmoeForCausalLM(cfg), ("input_ids",), token_ids()
+
+
 def deberta_v2(T):
     """DeBERTa-v2 encoder: disentangled attention, relative position buckets (log, sign), gathers."""
     cfg = T.DebertaV2Config(**TEXT, relative_attention=True, position_buckets=8, pos_att_type=["p2c", "c2p"],
@@ -503,7 +520,8 @@ _TABLE = [
     HFModel("gpt2-sdpa", "text", gpt2_sdpa), HFModel("bert", "text", bert),
     HFModel("t5-encoder", "text", t5_encoder), HFModel("roberta", "text", roberta), HFModel("bloom", "text", bloom),
     HFModel("gemma2", "text", gemma2), HFModel("phi", "text", phi), HFModel("mixtral", "text", mixtral),
-    HFModel("mixtral-grouped-mm", "text", mixtral_grouped_mm), HFModel("deberta-v2", "text", deberta_v2),
+    HFModel("mixtral-grouped-mm", "text", mixtral_grouped_mm), HFModel("qwen2-moe", "text", qwen2_moe),
+    HFModel("olmoe", "text", olmoe), HFModel("deberta-v2", "text", deberta_v2),
     HFModel("mamba", "text", mamba), HFModel("bart", "text", bart), HFModel("t5", "text", t5),
     HFModel("xlnet", "text", xlnet),
     HFModel("vit", "vision", vit), HFModel("clip-vision", "vision", clip_vision),

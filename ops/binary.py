@@ -102,8 +102,14 @@ def emit_binary(b, kind: str, lhs, rhs):
     return b.emit(binary, b.scalar_or_value(lhs, dtype), b.scalar_or_value(rhs, dtype), kind=kind)
 
 
+#: Bitwise kinds on two booleans are the logical ones (the SIMD engine's AND / OR / XOR).
+_ON_BOOLS = {"bitwise_and": "and", "bitwise_or": "or", "bitwise_xor": "xor"}
+
+
 def _binary_rule(kind, swap=False):
     def rule(b, lhs, rhs, *, alpha=1):
+        if kind in _ON_BOOLS and all(getattr(v, "dtype", None) == "i1" for v in (lhs, rhs)):
+            return emit_binary(b, _ON_BOOLS[kind], lhs, rhs)
         if alpha != 1:
             rhs = emit_binary(b, "mul", rhs, alpha) if hasattr(rhs, "spec") else rhs * alpha
         return emit_binary(b, kind, rhs, lhs) if swap else emit_binary(b, kind, lhs, rhs)

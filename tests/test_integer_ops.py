@@ -85,11 +85,21 @@ def test_on_mtia2i_in_bf16(name):
     assert not [s.op for s in cm.last_run.steps if s.kind == "host"]
 
 
-def test_integer_ops_the_chip_cannot_run_stay_on_the_host():
-    # integer division rounds on the SIMD engine's fp32; it stays with torch on the host
+def test_integer_division_runs_on_the_vector_core():
+    # the SIMD engine computes in fp32, which rounds past 2^24: floor division runs on the vector core
     model = as_module(lambda i, j: i // (j.abs() + 1) + i)
     cm = ember.compile(model, (_ints(3, 5), _ints(3, 5)), chip="tiny", dtype="fp32")
     i, j = _ints(3, 5), _ints(3, 5)
+    _compare(cm.run(i, j, device="sim"), model(i, j))
+    assert not [s.op for s in cm.last_run.steps if s.kind == "host"]
+    assert cm.last_run.stats["engine_utilization"]["vec"] > 0
+
+
+def test_integer_ops_the_chip_cannot_run_stay_on_the_host():
+    # an integer power has no kernel on either engine: it stays with torch on the host
+    model = as_module(lambda i, j: torch.pow(i, j) + i)
+    cm = ember.compile(model, (_ints(3, 5, low=-9, high=9), _ints(3, 5, low=0, high=4)), chip="tiny", dtype="fp32")
+    i, j = _ints(3, 5, low=-9, high=9), _ints(3, 5, low=0, high=4)
     _compare(cm.run(i, j, device="sim"), model(i, j))
     steps = cm.last_run.steps
     assert any(s.kind == "host" and s.op == "binary" for s in steps)

@@ -1,8 +1,8 @@
 """Kernels on the PE's vector core (ops/kernels/vector_*.py), compiled models on the sim against
 eager PyTorch on fresh random inputs: argmax, argmin and topk over the last dim, exact (ties,
 NaN and all), in rows that fit local memory and in vocabulary-long rows that stream in chunks;
-cumsum and cumprod, bit-equal (fp32 accumulates in fp64 as PyTorch's CPU scan does); no step on
-the host."""
+cumsum and cumprod, bit-equal (fp32 accumulates in fp64 as PyTorch's CPU scan does); gathers
+along the last dim; no step on the host. An index out of range stops the run naming the op."""
 from __future__ import annotations
 
 import pytest
@@ -38,6 +38,12 @@ CASES = {
     "cumsum-mask": (lambda m: (m != 0).long().cumsum(-1) - 1, lambda: (torch.randint(0, 2, (2, 29)),)),
     "cumsum-fp32": (lambda x: x.cumsum(-1), lambda: (torch.randn(5, 300),)),
     "cumprod-fp32": (lambda x: x.cumprod(-1), lambda: (1 + 0.1 * torch.randn(3, 40),)),
+    # gathers along the last dim: random indices repeat and come in any order
+    "gather-fp32": (lambda x, i: x.gather(-1, i), lambda: (torch.randn(4, 6, 37), torch.randint(0, 37, (4, 6, 12)))),
+    "take-along-bf16": (lambda x, i: torch.take_along_dim(x, i, dim=-1),
+                        lambda: (torch.randn(5, 70).bfloat16(), torch.randint(0, 70, (5, 90)))),
+    "gather-int-positions": (lambda p, i: p.gather(1, i), lambda: (torch.randint(-99, 99, (2, 64)), torch.randint(0, 64, (2, 8)))),
+    "topk-values": (lambda x: x.topk(3, -1).values, lambda: (_distinct(16, 8),)),
     # a vocabulary row: 24k fp32 logits do not fit tiny's 64 KiB local memory, so it streams in chunks
     "argmax-vocab": (lambda x: x[:, -1].argmax(-1, keepdim=True), lambda: (_with_ties(2, 3, 24_001, nan=False),)),
 }
@@ -89,3 +95,24 @@ def test_an_index_out_of_range_stops_the_run_naming_the_op():
     from simulator import IndexOutOfRange
     with pytest.raises(IndexOutOfRange, match=r"ember\.\w+ at .*test_kernel_vector\.py:\d+.*index 50"):
         cm.run(ids, device="sim")
+
+
+class _Gather(torch.nn.Module):
+    def forward(self, x, i):
+        return x.gather(1, i) * 2
+
+
+def test_a_gather_index_out_of_range_stops_the_run_naming_the_op():
+    torch.manual_seed(1)
+    model = _Gather()
+    x, i = torch.randn(4, 30), torch.randint(0, 30, (4, 7))
+    cm = ember.compile(model, (x, i), chip="tiny", dtype="fp32")
+    assert torch.equal(cm.run(x, i, device="sim"), model(x, i))
+    from simulator import IndexOutOfRange
+    for bad in (30, -1):            # torch.gather does not wrap negative indices either
+        i[2, 3] = bad
+        with pytest.raises(IndexOutOfRange, match=r"ember\.gather at .*test_kernel_vector\.py:\d+.*gather_fp32_30_7 "
+                                                  r"stopped at element 3 .*index outside \[0, 30\)"):
+            cm.run(x, i, device="sim")
+        with pytest.raises(RuntimeError):
+            model(x, i)

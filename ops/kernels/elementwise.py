@@ -22,6 +22,9 @@ engine computes add, sub, mul, max and min of int32 exactly, in integers. Compar
 or integers) and logical and / or / xor give i1, held as int32 0 or 1. `where(c, x, y)` loads
 y's tile, then SELECT overwrites it with x where the predicate is nonzero (the predicate
 converted to x's dtype first when they differ), so -inf and NaN pass through untouched.
+
+Kinds the SIMD engine lacks (sqrt, floor and round, integer division and remainder, bitwise
+ops, integer neg / abs / sign) run on the vector core instead (ops/kernels/vector_elementwise.py).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import math
 from dataclasses import dataclass
 
 from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, register_kernel
+from ops.kernels.vector_elementwise import VECTOR
 from simulator.isa import Engine
 
 #: `ember.unary` kinds the SIMD engine computes exactly as the reference does.
@@ -179,6 +183,13 @@ class ElementwiseKernel(KernelTemplate):
     integer_operands = True
 
     def accepts(self, op: str, operands, result, attrs, chip=None) -> bool:
+        return self._simd_accepts(op, operands, result, attrs) or VECTOR.accepts(op, operands, result, attrs, chip)
+
+    def accepts_epilogue(self, op: str, operands, result, step: tuple, other=None, attrs=None) -> bool:
+        """A chain of steps after an op of the vector core (compiler/passes/fusion.py)."""
+        return VECTOR.accepts_epilogue(op, operands, result, step, other, attrs)
+
+    def _simd_accepts(self, op: str, operands, result, attrs) -> bool:
         if op == "quantize":
             return True
         if op == "unary":
@@ -224,6 +235,11 @@ class ElementwiseKernel(KernelTemplate):
                 and call.inputs[0].dtype != call.output.dtype)
 
     def plans(self, call: KernelCall, chip):
+        if VECTOR.handles(call):
+            return VECTOR.plans(call, chip)
+        return self._simd_plans(call, chip)
+
+    def _simd_plans(self, call: KernelCall, chip):
         n, _, _ = self._sizes(call)
         for tile in _useful_tiles(_periods(call)):
             if self._tile_bytes(call, tile) > chip.local_mem.bytes:
@@ -239,6 +255,8 @@ class ElementwiseKernel(KernelTemplate):
         return per_pe if not _periods(call) else min(n, math.ceil(per_pe / plan.tile) * plan.tile)
 
     def predict(self, call: KernelCall, plan: ElementwisePlan, chip) -> int:
+        if VECTOR.handles(call):
+            return VECTOR.predict(call, plan, chip)
         n, k, item = self._sizes(call)
         per_pe = self._per_pe(call, plan, n)
         tiles = math.ceil(per_pe / plan.tile)
@@ -265,11 +283,15 @@ class ElementwiseKernel(KernelTemplate):
         return len(unary_passes(kind, call.attrs["alpha"], call.attrs["beta"]))
 
     def flops(self, call: KernelCall) -> int:
+        if VECTOR.handles(call):
+            return VECTOR.flops(call)
         if call.op == "unary" and call.attrs["kind"] not in UNARY_FN:
             return self._sizes(call)[0] * self._passes(call, None)
         return self._sizes(call)[0]
 
     def emit(self, call: KernelCall, plan: ElementwisePlan, chip, builder) -> None:
+        if VECTOR.handles(call):
+            return VECTOR.emit(call, plan, chip, builder)
         n, k, item = self._sizes(call)
         if call.op == "ternary" and not call.inputs[1].dtype == call.inputs[2].dtype == call.output.dtype:
             raise ValueError(f"ember.ternary: selected operands held as {call.inputs[1].dtype}, "

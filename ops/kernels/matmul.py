@@ -60,7 +60,7 @@ class MatmulTemplate(KernelTemplate):
         return 2 * g.batch * g.M * g.K * g.N + len(g.epilogue) * g.batch * g.M * g.N
 
     def accepts_epilogue(self, op: str, operands: list[Any], result: Any, step: tuple,
-                         other: Any = None) -> bool:
+                         other: Any = None, attrs: Any = None) -> bool:
         """Whether the epilogue can apply `step` (an `epilogue` entry: ("unary", kind, alpha,
         beta) or ("binary", kind, position, side)) to each output tile of this instance
         (operand/result TensorSpecs; `other`: a binary step's other operand). The epilogue

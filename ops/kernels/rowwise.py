@@ -149,6 +149,20 @@ class RowwiseKernel(KernelTemplate):
     def params(self, call: KernelCall, lay: dict) -> list[ParamLoad]:
         return []
 
+    #: whether per-PE constants not in fp32 are widened to fp32 once they land (the SIMD engine
+    #: computes in fp32); the vector core reads them as they are
+    widen_params = True
+    #: the engine the tiles compute on, which waits for the constants to land
+    compute_engine = Engine.SIMD
+
+    def tile_operands(self, call: KernelCall) -> tuple[int, ...]:
+        """Operands besides the input loaded with every tile, row by row with it (a gather's
+        indices): operand i is [rows, `operand_cols(call, i)`]."""
+        return ()
+
+    def operand_cols(self, call: KernelCall, i: int) -> int:
+        return call.inputs[i].nbytes // ISA_ITEMSIZE[call.inputs[i].dtype] // self.matrix(call)[0]
+
     def param_bytes(self, call: KernelCall, m: int) -> int:
         """fp32 bytes (plus staging) of the per-PE constants for tiles of m rows."""
         return 0
@@ -218,18 +232,23 @@ class RowwiseKernel(KernelTemplate):
         tiles = math.ceil(per_pe / m)
         lay = self.layout(call, m)
         x = call.inputs[0]
-        in_bytes = m * cols * ISA_ITEMSIZE[x.dtype]
+        # (space, bytes) of what a tile loads: its rows of the input, then of each tile operand
+        loaded = [(x.space, m * cols * ISA_ITEMSIZE[x.dtype])]
+        loaded += [(call.inputs[i].space, m * self.operand_cols(call, i) * ISA_ITEMSIZE[call.inputs[i].dtype])
+                   for i in self.tile_operands(call)]
+        in_bytes = sum(n for _, n in loaded)
         # (space, bytes) of each result a tile stores: the output, then one value per row of each extra
         stored = [(call.output.space, m * self.out_cols(call) * ISA_ITEMSIZE[call.output.dtype])]
         stored += [(p.space, m * ISA_ITEMSIZE[p.dtype]) for p in call.extra_outputs]
-        load = self._dma_cycles(in_bytes, x.space, plan.pes, chip)
+        load = sum(self._dma_cycles(n, space, plan.pes, chip) for space, n in loaded)
         store = sum(self._dma_cycles(n, space, plan.pes, chip) for space, n in stored)
         simd = sum(s.cycles(chip) for s in self.tile(call, lay, 0, m, 0))
         chain = load + (tiles - 1) * max(simd, load + store) + simd + store
         # the shared servers: memory (per space) and each column's NoC port
         clk = chip.clock_hz
         moved = {"dram": 0.0, "sram": 0.0}
-        moved[x.space] += in_bytes * tiles * plan.pes
+        for space, n in loaded:
+            moved[space] += n * tiles * plan.pes
         for space, n in stored:
             moved[space] += n * tiles * plan.pes
         streams = max(moved["dram"] * clk / chip.dram_bytes_per_s, moved["sram"] * clk / chip.sram.bytes_per_s,
@@ -242,7 +261,7 @@ class RowwiseKernel(KernelTemplate):
             src = call.inputs[q.operand]
             setup += self._dma_cycles(src.nbytes * q.reps, src.space, plan.pes, chip)
         setup += sum(s.cycles(chip) for s in self.setup(call, lay, m))
-        if any(call.inputs[q.operand].dtype != "fp32" for q in params):
+        if self.widen_params and any(call.inputs[q.operand].dtype != "fp32" for q in params):
             setup += chip.simd.latency_cycles + 1
         return int(setup + max(chain, streams + (simd + lat) / 2))
 
@@ -270,26 +289,36 @@ class RowwiseKernel(KernelTemplate):
         """One PE's rows [start, end): constants, then tiles of m rows, double-buffered."""
         _, cols = self.matrix(call)
         x, out = call.inputs[0], call.output
-        item, out_item = ISA_ITEMSIZE[x.dtype], ISA_ITEMSIZE[out.dtype]
+        out_item = ISA_ITEMSIZE[out.dtype]
         oc = self.out_cols(call)
         params = self.params(call, lay)
         for q in params:
             src = call.inputs[q.operand]
-            dst = q.dst if src.dtype == "fp32" else q.staging
+            dst = q.dst if src.dtype == "fp32" or not self.widen_params else q.staging
             pe.dma(src.space, src.addr, "local", dst, rows=q.reps, row_bytes=src.nbytes,
                    src_stride=0, dst_stride=src.nbytes, signal=ready)
         if params:
-            pe.nop(Engine.SIMD, wait=(ready, len(params)))
+            pe.nop(self.compute_engine, wait=(ready, len(params)))
             for q in params:
                 src = call.inputs[q.operand]
-                if src.dtype != "fp32":
+                if src.dtype != "fp32" and self.widen_params:
                     n = q.reps * src.nbytes // ISA_ITEMSIZE[src.dtype]
                     pe.simd_unary("COPY", q.staging, q.dst, n, dtype=src.dtype, out_dtype="fp32")
             for s in self.setup(call, lay, m):
                 s.emit(pe)
         tiles = [(s, min(m, end - s)) for s in range(start, end, m)]
-        pe.dma(x.space, x.addr + start * cols * item, "local", lay["x"][0],
-               nbytes=tiles[0][1] * cols * item, signal=loaded)
+        # what each tile loads: (operand, its columns, local buffers); all signal `loaded`
+        sources = [(x, cols, lay["x"])] + [(call.inputs[i], self.operand_cols(call, i), lay[f"in{i}"])
+                                           for i in self.tile_operands(call)]
+
+        def load(s: int, n: int, slot: int, adv=lambda base, per_tile: base) -> None:
+            for src, c, bufs in sources:
+                it = ISA_ITEMSIZE[src.dtype]
+                pe.dma(src.space, adv(src.addr + s * c * it, m * c * it), "local", bufs[slot],
+                       nbytes=n * c * it, signal=loaded)
+
+        load(*tiles[0], 0)
+        per = len(sources)
 
         def tile(t: int, loop=None) -> None:
             """Load tile t+1, compute tile t, store it. In a compact loop whose iteration
@@ -299,12 +328,10 @@ class RowwiseKernel(KernelTemplate):
 
             s, n = tiles[t]
             if t + 1 < len(tiles):
-                s1, n1 = tiles[t + 1]
-                pe.dma(x.space, adv(x.addr + s1 * cols * item, m * cols * item), "local",
-                       lay["x"][(t + 1) % 2], nbytes=n1 * cols * item, signal=loaded)
+                load(*tiles[t + 1], (t + 1) % 2, adv)
             steps = self.tile(call, lay, t % 2, n, s)
             for i, step in enumerate(steps):
-                step.emit(pe, wait=(loaded, adv(t + 1, 1)) if i == 0 else None,
+                step.emit(pe, wait=(loaded, adv((t + 1) * per, per)) if i == 0 else None,
                           signal=computed if i == len(steps) - 1 else None)
             pe.dma("local", lay["out"][t % 2], out.space, adv(out.addr + s * oc * out_item, m * oc * out_item),
                    nbytes=n * oc * out_item, wait=(computed, adv(t + 1, 1)))

@@ -1,6 +1,7 @@
 """Row-wise reductions on the SIMD engines (`ember.reduce`: sum, mean, max, min over trailing
 dims), on the row-wise framework (`rowwise.RowwiseKernel`): one row reduction per tile, and
-rows too long for local memory reduced chunk by chunk into a running result.
+rows too long for local memory reduced chunk by chunk into a running result. Reductions over
+leading or middle dims run on the vector core (ops/kernels/vector_reduce.py).
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 
 from ops.kernel import ISA_ITEMSIZE, register_kernel
 from ops.kernels.rowwise import Job, RowwiseKernel, Simd, _float_rows
+from ops.kernels.vector_reduce import VECTOR_REDUCE
 
 REDUCE_FN = {"sum": "ADD", "mean": "ADD", "max": "MAX", "min": "MIN"}
 
@@ -27,9 +29,26 @@ class ReduceKernel(RowwiseKernel):
 
     def accepts(self, op, operands, result, attrs, chip=None) -> bool:
         x = operands[0]
+        if VECTOR_REDUCE.accepts(op, operands, result, attrs, chip):
+            return True
         if not _float_rows(operands, result) or attrs["kind"] not in REDUCE_FN:
             return False
         return _first_reduced(x.rank, attrs["dims"]) is not None
+
+    def plans(self, call, chip):
+        if VECTOR_REDUCE.handles(call):
+            return VECTOR_REDUCE.plans(call, chip)
+        return super().plans(call, chip)
+
+    def predict(self, call, plan, chip):
+        if VECTOR_REDUCE.handles(call):
+            return VECTOR_REDUCE.predict(call, plan, chip)
+        return super().predict(call, plan, chip)
+
+    def emit(self, call, plan, chip, builder) -> None:
+        if VECTOR_REDUCE.handles(call):
+            return VECTOR_REDUCE.emit(call, plan, chip, builder)
+        return super().emit(call, plan, chip, builder)
 
     def matrix(self, call):
         shape = call.inputs[0].shape

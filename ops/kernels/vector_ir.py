@@ -89,13 +89,55 @@ class KernelIR:
 
     def load(self, b: ir.IRBuilder, region: int, dtype: str, index):
         """One element, widened to its lane type."""
-        return self._widen(b, b.load(self.elem_ptr(b, region, dtype, index)), dtype)
+        return self.widen(b, b.load(self.elem_ptr(b, region, dtype, index)), dtype)
 
     def store(self, b: ir.IRBuilder, region: int, dtype: str, index, value) -> None:
         """Store a lane-type value as ``dtype`` (fp32 / int32 only: kernels write those)."""
         if dtype not in ("fp32", "int32"):
             raise ValueError(f"vector kernels store fp32 or int32, not {dtype}")
         b.store(value, self.elem_ptr(b, region, dtype, index))
+
+    def narrow(self, b: ir.IRBuilder, value, dtype: str):
+        """A lane-type value (or vector) in ``dtype``'s stored form: bf16 and fp16 rounded to
+        nearest even (a NaN stays NaN), int8 wrapped as int32 -> int8 does."""
+        vector = isinstance(value.type, ir.VectorType)
+        wrap = (lambda t: ir.VectorType(t, value.type.count)) if vector else (lambda t: t)
+        if dtype == "bf16":
+            bits = b.bitcast(value, wrap(I32))
+            lsb = b.and_(b.lshr(bits, _splat_like(bits, I32, 16)), _splat_like(bits, I32, 1))
+            rounded = b.add(bits, b.add(lsb, _splat_like(bits, I32, 0x7FFF)))
+            quiet = b.or_(bits, _splat_like(bits, I32, 0x400000))
+            nan = b.fcmp_unordered("uno", value, value)
+            return b.trunc(b.lshr(b.select(nan, quiet, rounded), _splat_like(bits, I32, 16)), wrap(I16))
+        if dtype == "fp16":
+            return b.fptrunc(value, wrap(ir.HalfType()))
+        if dtype == "int8":
+            return b.trunc(value, wrap(ir.IntType(8)))
+        return value
+
+    def store_masked(self, b: ir.IRBuilder, region: int, dtype: str, index, value, mask) -> None:
+        """Store a lane-type vector as ``dtype`` at element ``index``, in lanes where ``mask`` is set."""
+        self.store_raw(b, region, dtype, index, self.narrow(b, value, dtype), mask)
+
+    def gather_raw(self, b: ir.IRBuilder, region: int, dtype: str, base, idx, mask):
+        """The stored elements ``base + idx[l]`` (i64 base, <lanes x i32> idx) of a region, in
+        lanes where ``mask`` is set (a masked gather: indexed loads)."""
+        st = _storage(dtype)
+        vt, pt = self.vec(st), ir.VectorType(st.as_pointer(), self.lanes)
+        start = b.ptrtoint(self.elem_ptr(b, region, dtype, base), I64)
+        offs = b.mul(b.sext(idx, self.vec(I64)), ir.Constant(self.vec(I64), [_size(dtype)] * self.lanes))
+        ptrs = b.inttoptr(b.add(broadcast(b, start, self.vec(I64)), offs), pt)
+        fn = self.intrinsic(f"llvm.masked.gather.v{self.lanes}{_suffix(st)}.v{self.lanes}p0", vt,
+                            [pt, I32, self.vec(I1), vt])
+        return b.call(fn, [ptrs, const(I32, _size(dtype)), mask, ir.Constant(vt, ir.Undefined)])
+
+    def store_raw(self, b: ir.IRBuilder, region: int, dtype: str, index, value, mask) -> None:
+        """Store stored-type lanes at element ``index`` where ``mask`` is set."""
+        vt = value.type
+        ptr = b.bitcast(self.elem_ptr(b, region, dtype, index), vt.as_pointer())
+        fn = self.intrinsic(f"llvm.masked.store.v{self.lanes}{_suffix(vt.element)}.p0", ir.VoidType(),
+                            [vt, vt.as_pointer(), I32, self.vec(I1)])
+        b.call(fn, [value, ptr, const(I32, _size(dtype)), mask])
 
     def load_vec(self, b: ir.IRBuilder, region: int, dtype: str, index, mask=None, fill=None):
         """``lanes`` consecutive elements from element ``index``, widened; with ``mask`` (an
@@ -110,9 +152,9 @@ class KernelIR:
             name = f"llvm.masked.load.v{self.lanes}{_suffix(st)}.p0"
             fn = self.intrinsic(name, vt, [vt.as_pointer(), I32, self.vec(I1), vt])
             raw = b.call(fn, [ptr, const(I32, _size(dtype)), mask, passthru])
-        return self._widen(b, raw, dtype)
+        return self.widen(b, raw, dtype)
 
-    def _widen(self, b: ir.IRBuilder, raw, dtype: str):
+    def widen(self, b: ir.IRBuilder, raw, dtype: str):
         vector = isinstance(raw.type, ir.VectorType)
         wrap = (lambda t: ir.VectorType(t, raw.type.count)) if vector else (lambda t: t)
         if dtype == "fp32" or dtype == "int32":
@@ -134,6 +176,43 @@ class KernelIR:
             fb.ret(self._fault_pos)
         self._fault_pos.add_incoming(position, b.block)
         b.branch(self.fault)
+
+    def fail_where(self, b: ir.IRBuilder, bad, at, trips: int, name: str) -> ir.IRBuilder:
+        """Leave at the first lane where ``bad`` (<lanes x i1>) is set, returning the position
+        ``at`` (i64) plus that lane; returns the builder of the block that goes on (block
+        ``name``, run ``trips`` times per row) when no lane is."""
+        n, vi = self.lanes, self.vec(I32)
+        any_bad = b.call(self.intrinsic(f"llvm.vector.reduce.or.v{n}i1", I1, [self.vec(I1)]), [bad])
+        fault, ok = self.block(f"{name}_fault", 0, 0), self.block(name, 0, trips)
+        b.cbranch(any_bad, fault, ok)
+        fb = ir.IRBuilder(fault)
+        first = fb.call(self.intrinsic(f"llvm.vector.reduce.umin.v{n}i32", I32, [vi]),
+                        [fb.select(bad, self.iota(), ir.Constant(vi, [INT_MAX] * n))])
+        self.fail_at(fb, fb.add(at, fb.zext(first, I64)))
+        return ir.IRBuilder(ok)
+
+    def lanes_loop(self, b: ir.IRBuilder, count: int):
+        """A loop over ``count`` elements of each row in vectors of ``lanes``, from the block
+        ``b`` ends: returns (builder of its body, the first element j (i32), the mask of lanes
+        below ``count``). Close it with `end_lanes_loop`."""
+        trips = -(-count // self.lanes)
+        loop = self.block("vec", 0, trips)
+        b.branch(loop)
+        lb = ir.IRBuilder(loop)
+        j = lb.phi(I32, "j")
+        j.add_incoming(const(I32, 0), b.block)
+        vi = self.vec(I32)
+        live = lb.icmp_signed("<", lb.add(broadcast(lb, j, vi), self.iota()), ir.Constant(vi, [count] * self.lanes))
+        return lb, j, live
+
+    def end_lanes_loop(self, b: ir.IRBuilder, j, count: int) -> ir.IRBuilder:
+        """Close the loop `lanes_loop` opened from the block ``b`` ends; returns the builder of the
+        block after it (once per row)."""
+        j2 = b.add(j, const(I32, self.lanes))
+        j.add_incoming(j2, b.block)
+        end = self.block("row_end", 0, 1)
+        b.cbranch(b.icmp_signed("<", j2, const(I32, count)), j.parent, end)
+        return ir.IRBuilder(end)
 
     def finish(self, b: ir.IRBuilder, fault: str = "") -> VectorKernel:
         """Close the row loop from the block ``b`` ends and return the kernel."""
@@ -163,7 +242,7 @@ def _size(dtype: str) -> int:
 def _suffix(t) -> str:
     if isinstance(t, ir.IntType):
         return f"i{t.width}"
-    return {"float": "f32", "half": "f16"}[str(t)]
+    return {"float": "f32", "half": "f16", "double": "f64"}[str(t)]
 
 
 def _raw_fill(dtype: str, fill):
@@ -174,6 +253,13 @@ def _raw_fill(dtype: str, fill):
     if dtype == "int8":
         return max(-128, min(127, int(fill)))
     return fill
+
+
+def broadcast(b: ir.IRBuilder, x, vt):
+    """A vector of type ``vt`` with every lane ``x``."""
+    undef = ir.Constant(vt, ir.Undefined)
+    one = b.insert_element(undef, x, const(I32, 0))
+    return b.shuffle_vector(one, undef, ir.Constant(ir.VectorType(I32, vt.count), [0] * vt.count))
 
 
 def _splat_like(v, t, value):

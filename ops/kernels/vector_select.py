@@ -16,7 +16,7 @@ from llvmlite import ir
 
 from ops.kernel import ISA_ITEMSIZE, LocalArena, register_kernel
 from ops.kernels.rowwise import ALIGN, Job, RowPlan
-from ops.kernels.vector_ir import I32, I64, INT_MAX, INT_MIN, KernelIR, const, is_int, lane_type
+from ops.kernels.vector_ir import I32, I64, INT_MAX, INT_MIN, KernelIR, broadcast, const, is_int, lane_type
 from ops.kernels.vector_rows import Vec, VectorRowKernel
 from simulator.isa.vector import Region, VectorKernel
 
@@ -93,8 +93,8 @@ def select_kernel(dtype: str, cols: int, k: int, largest: bool, vlen_bytes: int,
     p.add_incoming(const(I64, 0), b.block)
     prev_v.add_incoming(ir.Constant(t, order.worst), b.block)
     prev_i.add_incoming(const(I32, -1), b.block)        # pass 0: every element is a candidate
-    splat_pv = _broadcast(pb, prev_v, vt)
-    splat_pi = _broadcast(pb, prev_i, vi)
+    splat_pv = broadcast(pb, prev_v, vt)
+    splat_pi = broadcast(pb, prev_i, vi)
     first_pass = pb.icmp_signed("==", p, const(I64, 0))
     init_v = ir.Constant(vt, [order.worst] * n)
     init_i = ir.Constant(vi, [INT_MAX] * n)
@@ -102,8 +102,8 @@ def select_kernel(dtype: str, cols: int, k: int, largest: bool, vlen_bytes: int,
     def step(bb: ir.IRBuilder, best_v, best_i, j0, mask=None):
         """Fold the vector at element j0 (i32) of the row into the lanes' best."""
         v = kir.load_vec(bb, 0, dtype, bb.add(row_base, bb.sext(j0, I64)), mask=mask, fill=order.worst)
-        ids = bb.add(_broadcast(bb, j0, vi), kir.iota())
-        after = bb.or_(_broadcast(bb, first_pass, ir.VectorType(ir.IntType(1), n)),
+        ids = bb.add(broadcast(bb, j0, vi), kir.iota())
+        after = bb.or_(broadcast(bb, first_pass, ir.VectorType(ir.IntType(1), n)),
                        order.before(bb, splat_pv, splat_pi, v, ids))
         take = bb.and_(after, order.before(bb, v, ids, best_v, best_i))
         if mask is not None:
@@ -134,7 +134,7 @@ def select_kernel(dtype: str, cols: int, k: int, largest: bool, vlen_bytes: int,
         mask = last.icmp_signed("<", kir.iota(), ir.Constant(vi, [tail] * n))
         best_v, best_i = step(last, best_v, best_i, const(I32, full * n), mask=mask)
     m = order.reduce(last, best_v)
-    hit = order.same(last, best_v, _broadcast(last, m, vt))
+    hit = order.same(last, best_v, broadcast(last, m, vt))
     idx = last.call(kir.intrinsic(f"llvm.vector.reduce.umin.v{n}i32", I32, [vi]),
                     [last.select(hit, best_i, init_i)])
     if merge:
@@ -168,12 +168,6 @@ def _merge(kir: KernelIR, order: _Order, b: ir.IRBuilder, value, index, first: b
     wb.store(index, iptr)
     wb.branch(after)
     return ir.IRBuilder(after)
-
-
-def _broadcast(b: ir.IRBuilder, x, vt):
-    undef = ir.Constant(vt, ir.Undefined)
-    one = b.insert_element(undef, x, const(I32, 0))
-    return b.shuffle_vector(one, undef, ir.Constant(ir.VectorType(I32, vt.count), [0] * vt.count))
 
 
 class SelectKernel(VectorRowKernel):
