@@ -1,12 +1,14 @@
-"""Elementwise ops the SIMD engine lacks, on the vector core: one LLVM kernel per op, for the
-`ember.unary` and `ember.binary` kinds in `FLOAT_UNARY`, `INT_UNARY` and `INT_BINARY`
-(`elementwise.ElementwiseKernel` hands these to `VECTOR`).
+"""Elementwise ops the SIMD engine lacks, on the vector core: one LLVM kernel per op (and the
+chain of steps the fusion pass put after it), for the `ember.unary` and `ember.binary` kinds in
+`FLOAT_UNARY`, `INT_UNARY` and `INT_BINARY` (`elementwise.ElementwiseKernel` hands these to
+`VECTOR`).
 
 The flat result is viewed as rows of up to `MAX_COLS` elements (`vector_rows.VectorRowKernel`
 tiles them); each row is walked in vectors of ``lanes``, the last one masked. An operand is the
 result's shape (loaded with the tile, row by row) or a single value (loaded once per PE).
-Floats compute in fp32 (bf16 and fp16 widened exactly) with IEEE operations, so results match
-PyTorch's bit for bit, and round to the result's dtype (to nearest even); integers compute in
+Floats compute in fp32 (bf16 and fp16 widened exactly) with correctly rounded IEEE operations
+(bit-equal to PyTorch, whose CPU sqrt alone can be an ulp off), and round to the result's dtype
+(to nearest even); integers compute in
 int32 as the chip holds them. Integer division rounds as torch does (`div_floor`, `remainder`
 toward negative infinity, with the divisor's sign; `div_trunc` toward zero), and a zero divisor
 stops the run at its position, where torch raises.
