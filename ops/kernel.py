@@ -139,6 +139,28 @@ class LocalArena:
         return addr
 
 
+def hands_off(delegate: Any):
+    """Class decorator for a template whose op some other engine's template also runs: the
+    instances `delegate.accepts` are taken too, and the calls `delegate.handles` go to its
+    plans, predict, emit and flops (the two must take disjoint instances)."""
+    def wrap(cls):
+        own_accepts = cls.accepts
+
+        def accepts(self, op, operands, result, attrs, chip=None):
+            return delegate.accepts(op, operands, result, attrs, chip) or own_accepts(self, op, operands, result,
+                                                                                         attrs, chip)
+        cls.accepts = accepts
+        for name in ("plans", "predict", "emit", "flops"):
+            def routed(self, call, *args, _own=getattr(cls, name), _name=name):
+                if delegate.handles(call):
+                    return getattr(delegate, _name)(call, *args)
+                return _own(self, call, *args)
+            routed.__name__ = name
+            setattr(cls, name, routed)
+        return cls
+    return wrap
+
+
 _KERNELS: dict[str, KernelTemplate] = {}
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, register_kernel
+from ops.kernel import ISA_ITEMSIZE, KernelCall, KernelTemplate, hands_off, register_kernel
 from ops.kernels.vector_elementwise import VECTOR
 from simulator.isa import Engine
 
@@ -178,18 +178,16 @@ def _is_int(spec) -> bool:
     return not spec.is_float
 
 
+@hands_off(VECTOR)
 class ElementwiseKernel(KernelTemplate):
     ops = ("unary", "binary", "quantize", "ternary")
     integer_operands = True
-
-    def accepts(self, op: str, operands, result, attrs, chip=None) -> bool:
-        return self._simd_accepts(op, operands, result, attrs) or VECTOR.accepts(op, operands, result, attrs, chip)
 
     def accepts_epilogue(self, op: str, operands, result, step: tuple, other=None, attrs=None) -> bool:
         """A chain of steps after an op of the vector core (compiler/passes/fusion.py)."""
         return VECTOR.accepts_epilogue(op, operands, result, step, other, attrs)
 
-    def _simd_accepts(self, op: str, operands, result, attrs) -> bool:
+    def accepts(self, op: str, operands, result, attrs, chip=None) -> bool:
         if op == "quantize":
             return True
         if op == "unary":
@@ -235,11 +233,6 @@ class ElementwiseKernel(KernelTemplate):
                 and call.inputs[0].dtype != call.output.dtype)
 
     def plans(self, call: KernelCall, chip):
-        if VECTOR.handles(call):
-            return VECTOR.plans(call, chip)
-        return self._simd_plans(call, chip)
-
-    def _simd_plans(self, call: KernelCall, chip):
         n, _, _ = self._sizes(call)
         for tile in _useful_tiles(_periods(call)):
             if self._tile_bytes(call, tile) > chip.local_mem.bytes:
@@ -255,8 +248,6 @@ class ElementwiseKernel(KernelTemplate):
         return per_pe if not _periods(call) else min(n, math.ceil(per_pe / plan.tile) * plan.tile)
 
     def predict(self, call: KernelCall, plan: ElementwisePlan, chip) -> int:
-        if VECTOR.handles(call):
-            return VECTOR.predict(call, plan, chip)
         n, k, item = self._sizes(call)
         per_pe = self._per_pe(call, plan, n)
         tiles = math.ceil(per_pe / plan.tile)
@@ -283,15 +274,11 @@ class ElementwiseKernel(KernelTemplate):
         return len(unary_passes(kind, call.attrs["alpha"], call.attrs["beta"]))
 
     def flops(self, call: KernelCall) -> int:
-        if VECTOR.handles(call):
-            return VECTOR.flops(call)
         if call.op == "unary" and call.attrs["kind"] not in UNARY_FN:
             return self._sizes(call)[0] * self._passes(call, None)
         return self._sizes(call)[0]
 
     def emit(self, call: KernelCall, plan: ElementwisePlan, chip, builder) -> None:
-        if VECTOR.handles(call):
-            return VECTOR.emit(call, plan, chip, builder)
         n, k, item = self._sizes(call)
         if call.op == "ternary" and not call.inputs[1].dtype == call.inputs[2].dtype == call.output.dtype:
             raise ValueError(f"ember.ternary: selected operands held as {call.inputs[1].dtype}, "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from ops.kernel import ISA_ITEMSIZE, register_kernel
+from ops.kernel import ISA_ITEMSIZE, hands_off, register_kernel
 from ops.kernels.rowwise import Job, RowwiseKernel, Simd, _float_rows
 from ops.kernels.vector_reduce import VECTOR_REDUCE
 
@@ -22,6 +22,7 @@ def _first_reduced(rank: int, dims) -> int | None:
     return dims[0] if dims == tuple(range(dims[0], rank)) else None
 
 
+@hands_off(VECTOR_REDUCE)
 class ReduceKernel(RowwiseKernel):
     """sum / mean / max / min over trailing dims (all dims when `dims` is empty): one row
     reduction per tile, in fp32 inside."""
@@ -29,26 +30,9 @@ class ReduceKernel(RowwiseKernel):
 
     def accepts(self, op, operands, result, attrs, chip=None) -> bool:
         x = operands[0]
-        if VECTOR_REDUCE.accepts(op, operands, result, attrs, chip):
-            return True
         if not _float_rows(operands, result) or attrs["kind"] not in REDUCE_FN:
             return False
         return _first_reduced(x.rank, attrs["dims"]) is not None
-
-    def plans(self, call, chip):
-        if VECTOR_REDUCE.handles(call):
-            return VECTOR_REDUCE.plans(call, chip)
-        return super().plans(call, chip)
-
-    def predict(self, call, plan, chip):
-        if VECTOR_REDUCE.handles(call):
-            return VECTOR_REDUCE.predict(call, plan, chip)
-        return super().predict(call, plan, chip)
-
-    def emit(self, call, plan, chip, builder) -> None:
-        if VECTOR_REDUCE.handles(call):
-            return VECTOR_REDUCE.emit(call, plan, chip, builder)
-        return super().emit(call, plan, chip, builder)
 
     def matrix(self, call):
         shape = call.inputs[0].shape

@@ -15,6 +15,7 @@ stops the run at its position, where torch raises.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -204,6 +205,12 @@ def elementwise_kernel(steps: list[tuple], dtypes: dict[int, str], scalars: froz
     return kir.finish(end, fault="a zero divisor" if divides else "")
 
 
+@functools.cache
+def _row_length(n: int) -> int:
+    """The longest row of at most MAX_COLS elements that n elements are whole rows of."""
+    return next(d for d in range(min(n, MAX_COLS), 0, -1) if n % d == 0)
+
+
 def _domain(specs) -> str | None:
     """"int" or "float" when every spec is an integer held as int32 or every one a float."""
     dtypes = {s.dtype for s in specs}
@@ -258,8 +265,7 @@ class VectorElementwise(VectorRowKernel):
 
     def matrix(self, call) -> tuple[int, int]:
         n = max(1, math.prod(call.output.shape))
-        cols = next(d for d in range(min(n, MAX_COLS), 0, -1) if n % d == 0)
-        return n // cols, cols
+        return n // _row_length(n), _row_length(n)
 
     def _operands(self, call) -> dict[int, int]:
         """Position -> elements, of every operand but the first."""

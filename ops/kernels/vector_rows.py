@@ -4,7 +4,8 @@
 A template gives the `VectorKernel` of a call (`vector_kernel`). Its regions are, in order: the
 tile's input rows, the same rows of each `tile_operands` operand (a gather's indices), the tile's
 output rows, then one region holding each `param_operands` operand, loaded whole once per PE
-(a scalar divisor) and packed by `param_offsets`; all as stored, the kernel widens what it reads. The tile's rows are the call's row count (a[4]). The input keeps its dtype in local memory (the kernel widens it), and the
+(a scalar divisor) and packed by `param_offsets`. The tile's rows are the call's row count
+(a[4]). Every operand keeps its dtype in local memory (the kernel widens what it reads), and the
 output has a buffer of its own, so a kernel may read its input after writing results.
 """
 from __future__ import annotations
