@@ -146,12 +146,27 @@ def part_decode(chip) -> list[bool]:
     return [share == 0]
 
 
-def _decode_floor(cm, batch: int) -> tuple[float, dict[str, float]]:
+def expert_shares(program, routing=None) -> dict[int, float]:
+    """The share of each grouped matmul's expert weights a run reads under `routing`: the
+    experts that get rows (runtime/routing.py), over all of them."""
+    from runtime.routing import group_sizes
+    shares = {}
+    for s in program.steps:
+        if s["op"] == "grouped_matmul":
+            rows, experts = (program.tensors[t]["shape"][0] for t in s["operands"][:2])
+            sizes = group_sizes(routing, rows, experts, s["attrs"]["max_group_rows"] or None)
+            shares[s["operands"][1]] = sum(1 for n in sizes if n) / experts
+    return shares
+
+
+def decode_floor(cm, batch: int, routing=None) -> tuple[float, dict[str, float]]:
     """The decode step's memory floor (see the module docstring), and its parts in bytes: what
     the step reads once from DRAM at DRAM bandwidth, beside what it reads from SRAM at SRAM
-    bandwidth (the levels work at the same time)."""
+    bandwidth (the levels work at the same time). Of a mixture-of-experts layer's experts, only
+    those that get rows under `routing` are read."""
     program = cm.program
     chip = cm.chip
+    shares = expert_shares(program, routing)
     gathered = {s["operands"][0] for s in program.steps if s["op"] == "embedding"}
     state = {program.inputs[i] for i in program.mutated_inputs}
     parts = {"weights in DRAM": 0, "embedding rows": 0, "KV cache in DRAM": 0, "KV cache in SRAM": 0,
@@ -166,7 +181,7 @@ def _decode_floor(cm, batch: int) -> tuple[float, dict[str, float]]:
             if t in gathered:
                 parts["embedding rows"] += batch * e["shape"][-1] * ITEM.get(e.get("isa_dtype", ""), 4)
             else:
-                parts[f"weights in {e['space'].upper()}"] += nbytes
+                parts[f"weights in {e['space'].upper()}"] += nbytes * shares.get(t, 1.0)
     dram = parts["weights in DRAM"] + parts["embedding rows"] + parts["KV cache in DRAM"]
     sram = parts["weights in SRAM"] + parts["KV cache in SRAM"]
     return max(dram / chip.dram_bytes_per_s, sram / chip.sram.bytes_per_s), parts
@@ -182,7 +197,7 @@ def part_llm(chip, new_tokens: int) -> list[bool]:
     wall = time.perf_counter() - t0
     flops = sum(step_flops(g.prefill.program, s) for s in g.prefill.program.steps)
     compute_floor = flops / chip.peak_ops_per_s("bf16")
-    dram_floor, parts = _decode_floor(g.decode, 1)
+    dram_floor, parts = decode_floor(g.decode, 1)
     step = g.breakdown["step"]
     link = step["host_link"] / g.tpot_s
     print(f"(compile + simulate {wall:.0f} s; cache of {g.max_cache_len} positions)")

@@ -274,6 +274,9 @@ def build_program(graph: GraphOps, placements: dict[int, Placement], chip, dtype
             steps.append({"kind": "kernel", "kernel": len(kernels) - 1, **record,
                           "plan": repr(op.plan), "predicted_cycles": op.predicted_cycles,
                           "roofline_cycles": roofline, "flops": flops})
+            sized_by = getattr(kernel_for(op.name), "sized_by", None)
+            if sized_by is not None:     # its work is data: the runtime makes it for the sizes it reads
+                steps[-1]["sized_by"] = sized_by
         else:
             steps.append({"kind": "host", **record, "host_call": op.host_call})
     position = {v: i for i, v in enumerate(graph.inputs)}

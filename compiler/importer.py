@@ -21,7 +21,7 @@ from torch_mlir import ir
 from torch_mlir.dialects import func
 
 from compiler.context import mlir_context
-from compiler.dialect import build_op, tensor_type
+from compiler.dialect import build_op, op_attrs, spec_of, tensor_type
 from compiler.errors import LoweringError, UnsupportedOp, UnsupportedOpsError
 from ops.registry import OpDef, TensorSpec, Unsupported, numpy_dtype, op as lookup_op, rule_for
 
@@ -30,13 +30,8 @@ MAX_FOLD_ELEMENTS = 1 << 24
 #: Constants with at most this many elements are written inline in the IR.
 MAX_INLINE_ELEMENTS = 16
 
-#: What to do about ops that have no lowering rule and a known way around them.
-_BATCHED_EXPERTS = ("transformers' grouped_mm experts loop over per-expert row counts on the host; "
-                    "config._experts_implementation = 'batched_mm' gives experts Ember runs on the chip")
-NO_RULE_HINTS = {
-    "transformers.grouped_mm_fallback.default": _BATCHED_EXPERTS,
-    "aten.histc.default": _BATCHED_EXPERTS + " (in a mixture-of-experts layer)",
-}
+#: What to do about ops that have no lowering rule and a known way around them (target -> hint).
+NO_RULE_HINTS: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -94,6 +89,16 @@ class Builder:
 
     def cast(self, x: Value, dtype: str) -> Value:
         return x if x.dtype == dtype else self.emit("cast", x, dtype=dtype)
+
+    def producer(self, x: Value) -> tuple[str, dict[str, Any], list[Value]] | None:
+        """The `ember` op that computed `x` (its name without the prefix, its attributes and its
+        operands), or None for an input of the function."""
+        owner = x.mlir.owner
+        name = getattr(owner, "name", "")
+        if not name.startswith("ember."):
+            return None
+        opdef = lookup_op(name.removeprefix("ember."))
+        return opdef.name, op_attrs(owner, opdef), [Value(v, spec_of(v.type)) for v in owner.operands]
 
     # -- what torch says about the node being lowered
     def result_spec(self, index: int = 0) -> TensorSpec:
@@ -254,6 +259,7 @@ class Importer:
                     raise LoweringError("an in-place update of an input is not computed by Ember")
                 # the new values of inputs updated in place follow the outputs (see ImportResult)
                 func.ReturnOp([r.mlir for r in results] + [u.mlir for u in updates])
+                _erase_unused(block)
                 fn.attributes[MUTATED_INPUTS_ATTR] = ir.ArrayAttr.get(
                     [ir.IntegerAttr.get(ir.IntegerType.get_signless(64), i) for i, _ in mutated])
                 fn.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(
@@ -509,6 +515,14 @@ class Importer:
             if g.spec != TensorSpec.of(w):
                 raise LoweringError(f"ops/{family}.py lowers {target_name(node.target)} at {source_line(node)} "
                                     f"to {g.spec} (result {i}), but torch says {TensorSpec.of(w)}")
+
+
+def _erase_unused(block: Any) -> None:
+    """Drop the ops no result of the function reads (a lowering may read past one, as the grouped
+    matmul reads a weight as stored rather than its transpose); `ember` ops have no side effects."""
+    for operation in reversed(list(block.operations)):
+        if operation.name.startswith("ember.") and not any(list(r.uses) for r in operation.results):
+            operation.erase()
 
 
 class _Poison:

@@ -40,16 +40,18 @@ def mlir_context():
 
 def generate(model: torch.nn.Module, input_ids: Any, max_new_tokens: int = 16, *, chip: Any = "mtia2i",
              dtype: str = "bf16", device: str = "sim", timing_only: bool = False, max_cache_len: int | None = None,
-             cache: Any = None):
+             cache: Any = None, routing: Any = None):
     """Greedy generation on `device`: prefill, then `max_new_tokens - 1` decode steps, with the KV
     cache kept in device memory and only token ids (and the last position's logits, for sampling
     on the host) crossing the host link. `model`: a transformers `*ForCausalLM`, or the reference
     multimodal model (`input_ids` is then its prompt, `(text_ids, image, audio, video)`).
     Returns a `ember.generation.Generation`: `tokens` (batch, max_new_tokens), `ttft_s`,
-    `tpot_s`, `step_s`, `tokens_per_s`, `breakdown`."""
+    `tpot_s`, `step_s`, `tokens_per_s`, `breakdown`. `routing`: what a timing-only run assumes
+    for a mixture-of-experts layer's experts: "uniform" (default), "skewed", or one weight per
+    expert (runtime/routing.py); runs with numbers read the router's choices."""
     from ember.generation import generate as _generate
     return _generate(model, input_ids, max_new_tokens, chip=load_chip(chip), dtype=dtype, device=device,
-                     timing_only=timing_only, max_cache_len=max_cache_len, cache=cache)
+                     timing_only=timing_only, max_cache_len=max_cache_len, cache=cache, routing=routing)
 
 
 def sweep(path: Any, workers: int | None = None, ray: str | None = None, out: Any = None, progress: bool = True):

@@ -111,7 +111,7 @@ def check_fits(graphs: ServingGraphs, chip: Any, dtype: str) -> None:
 
 def generate(model: torch.nn.Module, prompt: Any, max_new_tokens: int = 16, *, chip: Any, dtype: str = "bf16",
              device: str = "sim", timing_only: bool = False, max_cache_len: int | None = None,
-             cache: Any = None) -> Generation:
+             cache: Any = None, routing: Any = None) -> Generation:
     """See `ember.generate`."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
@@ -145,7 +145,7 @@ def generate(model: torch.nn.Module, prompt: Any, max_new_tokens: int = 16, *, c
         state = [sess.zeros(s, graphs.cache_dtype) for s in graphs.cache_shapes]
 
         start = sess.seconds
-        picked = sess.run(*(sess.put(t) for t in prompt_in), *state, timing_only=meta)
+        picked = sess.run(*(sess.put(t) for t in prompt_in), *state, timing_only=meta, routing=routing)
         tokens = [sess.get(picked)]
         ttft = sess.seconds - start
         runs = {"prefill": sess.last_run}
@@ -155,7 +155,7 @@ def generate(model: torch.nn.Module, prompt: Any, max_new_tokens: int = 16, *, c
         for i in range(1, max_new_tokens):
             start = dsess.seconds
             pos = torch.tensor([positions + i - 1], dtype=torch.int64, device=where)
-            picked = dsess.run(picked, dsess.put(pos), *state, timing_only=meta)
+            picked = dsess.run(picked, dsess.put(pos), *state, timing_only=meta, routing=routing)
             tokens.append(dsess.get(picked))
             steps.append(dsess.seconds - start)
             runs["step"] = dsess.last_run

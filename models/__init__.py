@@ -14,6 +14,6 @@ from models.registry import list_models, load_model, register_model
 
 # Looked up, not imported: importing transformers takes seconds, paid only when an hf model is built.
 if importlib.util.find_spec("transformers") is not None:
-    from models import huggingface, llama_meta  # noqa: F401
+    from models import huggingface, llama_meta, moe_meta  # noqa: F401
 
 __all__ = ["list_models", "load_model", "register_model"]

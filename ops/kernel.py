@@ -204,16 +204,18 @@ def streaming_dma_cycles(nbytes: int, space: str, pes: int, chip: Any) -> float:
     return lat + mine + QUEUE_SHARE * max(0.0, nbytes * max(pes / mem, per_col / link) - mine)
 
 
-def roofline_cycles(call: KernelCall, template: KernelTemplate, chip: Any) -> float:
+def roofline_cycles(call: KernelCall, template: KernelTemplate, chip: Any,
+                    moved: dict[str, int] | None = None) -> float:
     """max(ops / peak, bytes / bandwidth) in cycles: no schedule can beat it.
 
-    Each memory level moves its bytes (`template.bytes_moved`) at its own bandwidth, and the
-    levels work at the same time, so the memory bound is the slowest level's.
+    Each memory level moves its bytes (`moved`, by default `template.bytes_moved`) at its own
+    bandwidth, and the levels work at the same time, so the memory bound is the slowest level's.
     """
     # int32 work (indices, masks) is SIMD work as fp32 elementwise work is: bound it alike
     dtype = "fp32" if call.compute_dtype == "int32" else call.compute_dtype
     peak_per_cycle = chip.peak_ops_per_s(dtype) / chip.clock_hz
     compute = template.flops(call) / peak_per_cycle
     bandwidth = {"dram": chip.dram_bytes_per_s, "sram": chip.sram.bytes_per_s}
-    memory = max((n / bandwidth[space] for space, n in template.bytes_moved(call).items()), default=0.0)
+    moved = template.bytes_moved(call) if moved is None else moved
+    memory = max((n / bandwidth[space] for space, n in moved.items()), default=0.0)
     return max(compute, memory * chip.clock_hz)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ops.counting_sort import MAX_KEYS, counting_sort, key_bound
 from ops.registry import (
     Attr,
     Sample,
@@ -385,6 +386,10 @@ def _sort(b, x, *args, **kwargs):
         descending = args[1] if len(args) > 1 else kwargs.get("descending", False)
     if x.rank == 0:
         raise Unsupported("sort of a 0-d tensor")
+    bound = key_bound(b, x) if x.rank == 1 else None
+    if bound is not None and bound <= MAX_KEYS:       # small integer keys (expert ids): count them
+        order = counting_sort(b, x, bound, bool(descending))
+        return (b.emit("gather", x, order, dim=0) if 0 in _used_results(b) else None), order
     return _emit_topk(b, x, x.shape[norm_dim(dim, x.rank)], dim, descending)
 
 

@@ -196,17 +196,18 @@ class Session:
         return tensor
 
     # ------------------------------------------------------------------ running
-    def run(self, *inputs: DeviceTensor, timing_only: bool = False) -> Any:
+    def run(self, *inputs: DeviceTensor, timing_only: bool = False, routing: Any = None) -> Any:
         """Run the compiled model on device tensors; its outputs stay on the device (device
         tensors, shaped as the model's outputs). Inputs the model updates in place (its device
-        state) are updated in their device tensors."""
+        state) are updated in their device tensors. `routing`: what a timing-only run assumes
+        for a mixture-of-experts layer ("uniform", "skewed" or weights; runtime/routing.py)."""
         self._check_open()
         compiled = self.compiled
         names = compiled.input_names
         held = [self._own(x, f"input {i} ('{names[i]}')" if i < len(names) else f"input {i}")
                 for i, x in enumerate(inputs)]
         compiled.check_specs([x.spec for x in held])
-        outs, states, result = self.backend.run([x.payload for x in held], timing_only=timing_only)
+        outs, states, result = self.backend.run([x.payload for x in held], timing_only=timing_only, routing=routing)
         for i, payload in zip(compiled.mutated_inputs, states):
             held[i].payload = payload
         for where, seconds in result.breakdown.items():

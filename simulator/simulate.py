@@ -124,15 +124,19 @@ class TimingCache:
     and step (a[6], a[7]). So the key is the program with DMA
     DRAM/SRAM addresses reduced modulo the least common multiple of the two memories'
     ``interleave * channels``, and every other address (and SIMD immediates) zeroed. A
-    relocated program's key is its base's key plus its deltas reduced the same way.
+    relocated program's key is its base's key plus its deltas reduced the same way (a base's
+    own key is that of its relocation by zeros).
 
     Results of a hit are the first run's (cycles, engine busy time, trace, stats: none of
     them depends on addresses). At most ``capacity`` results are kept (least recently used
     go first).
     """
 
-    def __init__(self, capacity: int = 512):
+    def __init__(self, capacity: int = 512, max_commands: int = 20_000_000):
         self.capacity = capacity
+        #: expanded commands kept at most, over all results (a large kernel's are ~100 MB)
+        self.max_commands = max_commands
+        self._kept_commands = 0
         self._results: "OrderedDict[tuple, SimResult]" = OrderedDict()
         self._base_keys: dict[int, tuple[ChipProgram, str]] = {}
         self.hits = 0
@@ -176,13 +180,18 @@ class TimingCache:
     def key(self, program: ChipProgram, chip: ChipSpec) -> tuple:
         period = self.period(chip)
         chip_key = chip.fingerprint()
-        if isinstance(program, RelocatedProgram):
-            base = program.base
+        relocated = isinstance(program, RelocatedProgram)
+        if relocated or program.addr_slots is not None:      # a relocated kernel, or the base of some
+            base = program.base if relocated else program
             known = self._base_keys.get(id(base))
             if known is None or known[0] is not base:
                 known = (base, self._content_key(base, period))
                 self._base_keys[id(base)] = known
-            return chip_key, known[1], tuple(int(d) % period for d in program.deltas)
+            # the base is its own relocation by zeros: deltas alike modulo the period time alike
+            deltas = [int(d) % period for d in program.deltas] if relocated else []
+            while deltas and deltas[-1] == 0:
+                deltas.pop()
+            return chip_key, known[1], tuple(deltas)
         return chip_key, self._content_key(program, period)
 
     def get(self, key: tuple) -> "SimResult | None":
@@ -195,18 +204,25 @@ class TimingCache:
         return res
 
     def put(self, key: tuple, res: "SimResult") -> None:
+        if key in self._results:
+            self._kept_commands -= len(self._results[key].program)
         self._results[key] = res
+        self._kept_commands += len(res.program)
         self._results.move_to_end(key)
-        while len(self._results) > self.capacity:
-            self._results.popitem(last=False)
+        while len(self._results) > 1 and (len(self._results) > self.capacity
+                                          or self._kept_commands > self.max_commands):
+            _, old = self._results.popitem(last=False)
+            self._kept_commands -= len(old.program)
 
     def clear(self) -> None:
         self._results.clear()
         self._base_keys.clear()
+        self._kept_commands = 0
 
 
-#: The cache the runtime's timing-only runs share (bounded; keyed by content and chip).
-TIMING_CACHE = TimingCache(capacity=64)
+#: The cache the runtime's timing-only runs share (bounded by results and by expanded commands,
+#: ~100 bytes each with their timing; keyed by content and chip).
+TIMING_CACHE = TimingCache(capacity=4096, max_commands=16_000_000)
 
 
 MemoryInit = "Mapping[tuple, np.ndarray] | Iterable[tuple[tuple, np.ndarray]]"

@@ -27,6 +27,18 @@ from compiler.resident import pinned_values
 from ops.kernel import ISA_ITEMSIZE, Placement
 
 ALIGN = 256   # bytes: one DRAM/SRAM interleave unit, so tiles start on a channel boundary
+#: A weight at least this many channel periods long starts on a period boundary (the DRAM and
+#: SRAM interleave pattern repeats every period: `TimingCache.period`), so the same kernel on
+#: another layer's weights starts on the same channels: its timing is the first layer's, which
+#: a timing-only run then simulates once. It costs under 1/PERIOD_ALIGNED_MIN of the weight.
+PERIOD_ALIGNED_MIN = 64
+
+
+def weight_align(nbytes: int, chip) -> int:
+    """The alignment of a weight of `nbytes` on `chip` (see PERIOD_ALIGNED_MIN)."""
+    from simulator.simulate import TimingCache
+    period = TimingCache.period(chip)
+    return period if nbytes >= PERIOD_ALIGNED_MIN * period else ALIGN
 
 
 class _Arena:
@@ -36,12 +48,14 @@ class _Arena:
         self.size, self.base = size, base
         self.free = [(base, size)]
 
-    def alloc(self, nbytes: int) -> int | None:
+    def alloc(self, nbytes: int, align: int = ALIGN) -> int | None:
         nbytes = -(-nbytes // ALIGN) * ALIGN
         for i, (start, length) in enumerate(self.free):
-            if length >= nbytes:
-                self.free[i] = (start + nbytes, length - nbytes)
-                return start
+            at = -(-start // align) * align
+            if start + length >= at + nbytes:
+                self.free[i:i + 1] = [r for r in ((start, at - start), (at + nbytes, start + length - at - nbytes))
+                                      if r[1] > 0]
+                return at
         return None
 
     def reserve(self, addr: int, nbytes: int) -> None:
@@ -204,13 +218,14 @@ class MemoryPlan:
             where[b] = (p.space, p.addr)
         for b in sorted((b for b in start if b not in member and b not in pinned), key=lambda b: (-density(b), b)):
             size, s0, s1 = nbytes(b), start[b], end[b]
+            align = weight_align(size, chip) if b in constants else ALIGN
             for space in ("sram", "dram"):
                 busy = sorted((a, a + n) for a, n, t0, t1 in held[space] if t0 <= s1 and s0 <= t1)
                 addr = 0
                 for lo, hi in busy:
                     if lo - addr >= size:
                         break
-                    addr = max(addr, hi)
+                    addr = -(-max(addr, hi) // align) * align
                 if addr + size <= capacity[space]:
                     held[space].append((addr, size, s0, s1))
                     where[b] = (space, addr)
@@ -240,12 +255,12 @@ class MemoryPlan:
                 last_use[root.get(v, v)] = max(last_use.get(root.get(v, v), 0), last)
         placements: dict[int, Placement] = dict(pinned)
 
-        def place(v: int) -> Placement:
+        def place(v: int, align: int = ALIGN) -> Placement:
             spec = graph.specs[v]
             isa = graph.storage[v]
             nbytes = max(1, spec.numel) * ISA_ITEMSIZE[isa]
             for space in ("sram", "dram"):
-                addr = arenas[space].alloc(nbytes)
+                addr = arenas[space].alloc(nbytes, align)
                 if addr is not None:
                     return Placement(space, addr, spec.shape, isa)
             raise DeviceMemoryError(_size_report(graph, chip, f"value {v} ({spec})"))
@@ -256,7 +271,8 @@ class MemoryPlan:
             placements[v] = place(v)
         for v in sorted(touched & constants):          # weights first: they live for the whole run
             if v not in placements:
-                placements[v] = place(v)
+                nbytes = max(1, graph.specs[v].numel) * ISA_ITEMSIZE[graph.storage[v]]
+                placements[v] = place(v, weight_align(nbytes, chip))
         for op in graph.ops:
             if op.target not in ("accelerator", "view"):
                 continue

@@ -16,7 +16,7 @@ import math
 
 from llvmlite import ir
 
-from ops.kernel import ISA_ITEMSIZE
+from ops.kernel import ISA_ITEMSIZE, local_bytes
 from ops.kernels.vector_ir import I32, I64, KernelIR, broadcast, const, is_int, lane_type
 from ops.kernels.vector_rows import VectorRowKernel
 from simulator.isa.vector import Region, VectorKernel
@@ -106,7 +106,12 @@ class VectorReduce(VectorRowKernel):
         x = operands[0]
         if op != "reduce" or x is None or x.numel == 0 or attrs["kind"] not in KINDS or x.dtype not in DTYPES:
             return False
-        return middle_dims(x.rank, attrs["dims"]) is not None and result.dtype == x.dtype
+        found = middle_dims(x.rank, attrs["dims"])
+        if found is None or result.dtype != x.dtype:
+            return False
+        # one row (the reduced dims and those after them) and its results, double-buffered
+        row = math.prod(x.shape[found[0]:]) * 4 + math.prod(x.shape[found[1] + 1:]) * 4
+        return 2 * row <= local_bytes(chip)
 
     def handles(self, call) -> bool:
         return middle_dims(len(call.inputs[0].shape), call.attrs["dims"]) is not None

@@ -24,7 +24,9 @@ import torch
 from compiler.errors import EmberError, source_of
 from ops.registry import DTYPE_TO_TORCH, TensorSpec, as_dtype, dtype_of_numpy, op as lookup_op, to_numpy, to_torch
 from runtime.host_cost import host_step_seconds
+from runtime.routing import check_routing
 from runtime.session import describe
+from runtime.sized_kernels import SizedKernels
 from simulator import simulate
 from simulator.errors import AddressOutOfRange
 from simulator.simulate import TIMING_CACHE
@@ -33,6 +35,8 @@ from simulator.isa import DType
 from simulator.spec import ChipSpec
 
 INPUT_DEVICE = "cpu"     # or "meta", for timing-only runs
+#: commands of each kernel a run's trace shows (`RunResult.write_trace`)
+TRACE_EVENTS_PER_KERNEL = 20000
 
 #: where each kind of step's time goes in `RunResult.breakdown`
 _BREAKDOWN = {"kernel": "device", "copy": "device", "transfer": "host_link", "host": "host"}
@@ -57,6 +61,8 @@ class RunResult:
     cycles: int = 0
     steps: list[StepRecord] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    #: what a timing-only run assumed for sizes it could not read (a routing, per sized step)
+    assumed: list[str] = field(default_factory=list)
     _events: list[dict] = field(default_factory=list)
 
     @property
@@ -167,6 +173,7 @@ class Backend:
         produced = {t for s in program.steps for t in s["results"]} | set(program.inputs)
         read = {t for s in program.steps for t in s["operands"] if t is not None}
         self.weights = (read - produced) | set(program.constants)
+        self.sized = SizedKernels(program, self.chip)
         self.has_values = not (read - produced - set(program.constants))
         for t, entry in tensors.items():
             if "space" in entry:
@@ -207,12 +214,14 @@ class Backend:
             return torch.empty(spec.shape, dtype=DTYPE_TO_TORCH[spec.dtype], device="meta"), seconds
         return to_torch(data.array, spec.dtype), seconds
 
-    def run(self, inputs: Sequence[SimData], timing_only: bool = False,
-            download: bool = False) -> tuple[list[SimData], list[SimData], RunResult]:
+    def run(self, inputs: Sequence[SimData], timing_only: bool = False, download: bool = False,
+            routing: Any = None) -> tuple[list[SimData], list[SimData], RunResult]:
         """Run the Program on `inputs`; returns the model's outputs, the new contents of the inputs
         it updates in place, and the run's record. `download`: bring every output and updated input
-        back to the host at the end (the one-shot path), charged to the host link."""
-        run = _Run(self, inputs, timing_only)
+        back to the host at the end (the one-shot path), charged to the host link. `routing`: what
+        a timing-only run assumes for a mixture-of-experts layer (runtime/routing.py)."""
+        check_routing(routing)
+        run = _Run(self, inputs, timing_only, routing)
         run.steps()
         program = self.program
         if download:
@@ -226,11 +235,12 @@ class Backend:
 class _Run:
     """One run of a Program on the simulator (see `Backend.run`)."""
 
-    def __init__(self, backend: Backend, inputs: Sequence[SimData], timing_only: bool):
+    def __init__(self, backend: Backend, inputs: Sequence[SimData], timing_only: bool, routing: Any = None):
         program = backend.program
         self.backend, self.program, self.chip = backend, program, backend.chip
         self.tensors = program.tensors
         self.timing_only = timing_only
+        self.routing = routing
         if not timing_only and any(d.array is None for d in inputs):
             raise ValueError("inputs on the meta device carry no numbers: pass timing_only=True")
         if not timing_only and not backend.has_values:
@@ -303,8 +313,14 @@ class _Run:
             memory_init = {(tensors[t]["space"], tensors[t]["addr"]):
                            _device_array(self.store[t], tensors[t]["isa_dtype"], f"value {t} of {step['op']}")
                            for t in reads if t is not None}
+        kernel, roofline = self.program.kernels[step["kernel"]], step.get("roofline_cycles")
+        if step.get("sized_by") is not None:      # its work is data: made for this run's sizes
+            sizes, assumed = self.backend.sized.sizes(step, None if self.timing_only else self.store, self.routing)
+            kernel, roofline = self.backend.sized.kernel(step, sizes)
+            if assumed:
+                self.result.assumed.append(assumed)
         try:
-            res = simulate(self.program.kernels[step["kernel"]], self.chip, memory_init=memory_init,
+            res = simulate(kernel, self.chip, memory_init=memory_init,
                            timing_only=self.timing_only, cache=TIMING_CACHE if self.timing_only else None)
         except AddressOutOfRange as e:   # a fault of the data (an index out of range): name the op
             raise type(e)(f"ember.{step['op']} at {source_of(step['location']) or 'an unknown source line'}: {e}") from e
@@ -315,13 +331,15 @@ class _Run:
                 self.store[out] = as_dtype(raw, entry["dtype"])
         self.on_chip.update(results)
         self.on_host.difference_update(results)
-        # events are made when a trace is written, not for every kernel of every run
-        kernel_program = res.program
-        self.result._events.append(DeferredEvents(lambda p=kernel_program: p.commands, res.timing.start,
-                                                  res.timing.end, self.chip, self.clock, max_events=20000))
+        # events are made when a trace is written, not for every kernel of every run: a run keeps
+        # the compact kernel and the timing of the commands a trace shows, not the expanded program
+        shown = TRACE_EVENTS_PER_KERNEL
+        self.result._events.append(DeferredEvents(lambda p=kernel: p.expand().commands[:shown],
+                                                  res.timing.start[:shown].copy(), res.timing.end[:shown].copy(),
+                                                  self.chip, self.clock, max_events=shown))
         self.acc.add(res.stats)
         self.record(StepRecord("kernel", step["op"], step["location"], res.cycles,
-                               step.get("predicted_cycles"), step.get("roofline_cycles")))
+                               step.get("predicted_cycles"), roofline))
 
     def host(self, step: dict[str, Any]) -> None:
         operands, results = step["operands"], step["results"]
@@ -360,14 +378,15 @@ class _Run:
         return result
 
 
-def run(compiled: Any, inputs: Sequence[torch.Tensor], timing_only: bool = False) -> list[torch.Tensor]:
+def run(compiled: Any, inputs: Sequence[torch.Tensor], timing_only: bool = False,
+        routing: Any = None) -> list[torch.Tensor]:
     """One shot (`cm.run`): inputs up as kernels read them, run, every output down; fills
     `compiled.last_run`. Returns the Program's outputs: the model's, then the new contents of
     the inputs it updates in place."""
     backend = compiled.sim_backend()
     program = backend.program
     held = [SimData(None if x.is_meta else to_numpy(x), False) for x in inputs]
-    outs, states, result = backend.run(held, timing_only=timing_only, download=True)
+    outs, states, result = backend.run(held, timing_only=timing_only, download=True, routing=routing)
     compiled.last_run = result
     tensors = program.tensors
     if timing_only:

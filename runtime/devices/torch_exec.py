@@ -335,7 +335,8 @@ class TorchBackend:
     def get(self, x: torch.Tensor, spec: Any) -> tuple[torch.Tensor, float]:
         return self._timed(lambda: x.cpu())
 
-    def run(self, inputs: Sequence[torch.Tensor], timing_only: bool = False) -> tuple[list, list, TorchRun]:
+    def run(self, inputs: Sequence[torch.Tensor], timing_only: bool = False,
+            routing: Any = None) -> tuple[list, list, TorchRun]:
         if timing_only:
             raise ValueError(f"device '{self.device}' has no timing-only runs: use device='sim'")
         outs, seconds = self._timed(lambda: self.executor(inputs))

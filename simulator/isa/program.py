@@ -72,19 +72,27 @@ class ChipProgram:
         """The same program with every loop unrolled into plain commands."""
         if len(self.loops) == 0:
             return self
-        pieces, pos = [], 0
-        for first, length, count in np.sort(self.loops, order="first").tolist():
-            pieces.append(self.commands[pos:first])
-            body = self.commands[first:first + length]
-            st = self.strides[first:first + length]
-            rep = np.tile(body, count)
-            it = np.repeat(np.arange(count, dtype=np.int64), length)
-            rep["a"] += it[:, None] * np.tile(st[:, :NUM_ARGS], (count, 1))
-            rep["wait_cnt"] += (it * np.tile(st[:, NUM_ARGS], count)).astype(np.int32)
-            pieces.append(rep)
-            pos = first + length
-        pieces.append(self.commands[pos:])
-        return ChipProgram(np.concatenate(pieces), self.num_pes, self.name, vector_kernels=self.vector_kernels)
+        # blocks of stored records run `count` times (the loops; the records between them once),
+        # then which record and which iteration of its block each unrolled command is
+        loops = np.sort(self.loops, order="first")
+        first, length, count = (loops[f].astype(np.int64) for f in ("first", "length", "count"))
+        gap_start = np.concatenate([[0], first + length])
+        gap_len = np.concatenate([first, [len(self.commands)]]) - gap_start
+        start = np.stack([gap_start[:-1], first], 1).reshape(-1)
+        size = np.stack([gap_len[:-1], length], 1).reshape(-1)
+        times = np.stack([np.ones_like(count), count], 1).reshape(-1)
+        start, size, times = (np.append(a, b) for a, b in ((start, gap_start[-1]), (size, gap_len[-1]), (times, 1)))
+        keep = size > 0
+        start, size, times = start[keep], size[keep], times[keep]
+        block = np.repeat(np.arange(len(start)), size * times)
+        offset = np.arange(len(block), dtype=np.int64) - np.repeat(np.cumsum(size * times) - size * times, size * times)
+        it = offset // size[block]
+        src = start[block] + offset % size[block]
+        out = self.commands[src]
+        st = self.strides[src]
+        out["a"] += it[:, None] * st[:, :NUM_ARGS]
+        out["wait_cnt"] += (it * st[:, NUM_ARGS]).astype(np.int32)
+        return ChipProgram(out, self.num_pes, self.name, vector_kernels=self.vector_kernels)
 
     def for_pe(self, pe: int) -> np.ndarray:
         """The command stream of one PE (a view in program order)."""
