@@ -150,11 +150,13 @@ def expert_shares(program, routing=None) -> dict[int, float]:
     """The share of each grouped matmul's expert weights a run reads under `routing`: the
     experts that get rows (runtime/routing.py), over all of them."""
     from runtime.routing import group_sizes
+    from runtime.sized_kernels import group_caps
+    caps = group_caps(program)
     shares = {}
     for s in program.steps:
         if s["op"] == "grouped_matmul":
             rows, experts = (program.tensors[t]["shape"][0] for t in s["operands"][:2])
-            sizes = group_sizes(routing, rows, experts, s["attrs"]["max_group_rows"] or None)
+            sizes = group_sizes(routing, rows, experts, caps.get(s["operands"][2]) or None)
             shares[s["operands"][1]] = sum(1 for n in sizes if n) / experts
     return shares
 

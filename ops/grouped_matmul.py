@@ -94,6 +94,8 @@ def _tokens(b, x) -> int:
     """The tokens whose choices the rows are, when the rows were gathered from them (transformers
     gathers `hidden_states[perm // k]`); 0 when that cannot be seen."""
     made = b.producer(x)
+    while made is not None and made[0] == "cast":        # rows cast to the weights' dtype
+        made = b.producer(made[2][0])
     if made is not None and made[0] == "index_select" and made[1]["dim"] == 0 and made[2][0].rank == 2:
         return made[2][0].shape[0]
     return 0

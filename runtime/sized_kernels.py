@@ -27,6 +27,18 @@ class SizeError(EmberError, ValueError):
     """A data-dependent size outside what the op allows (group ends that decrease), named by op."""
 
 
+def group_caps(program: Any) -> dict[int, int]:
+    """The most rows a group can get (0: not known), per sizes operand of the Program's sized
+    steps: the steps that share one (an expert layer's projections share its group ends) share
+    what any of them knows."""
+    caps: dict[int, int] = {}
+    for st in program.steps:
+        if st.get("sized_by") is not None:
+            t = st["operands"][st["sized_by"]]
+            caps[t] = max(caps.get(t, 0), int(st["attrs"].get("max_group_rows") or 0))
+    return caps
+
+
 def _placement(entry: dict[str, Any]) -> Placement:
     return Placement(entry["space"], entry["addr"], tuple(entry["shape"]), entry["isa_dtype"])
 
@@ -46,6 +58,7 @@ class SizedKernels:
         from compiler.codegen import KernelEmitter
         self.program, self.chip = program, chip
         self.emitter = KernelEmitter(chip)
+        self.caps = group_caps(program)
 
     def sizes(self, step: dict[str, Any], values: dict[int, np.ndarray] | None, routing: Any) -> tuple[tuple[int, ...], str | None]:
         """The group sizes of a sized step, and what was assumed for them (None: read)."""
@@ -54,7 +67,7 @@ class SizedKernels:
         rows, groups = x["shape"][0], w["shape"][0]
         where = f"ember.{step['op']} at {source_of(step['location']) or 'an unknown source line'}"
         if values is None:
-            cap = step["attrs"].get("max_group_rows") or None
+            cap = self.caps.get(step["operands"][step["sized_by"]]) or None
             return tuple(group_sizes(routing, rows, groups, cap)), f"{where}: {describe(routing)} routing"
         ends = np.asarray(values[step["operands"][step["sized_by"]]], np.int64).reshape(-1)
         if (np.diff(ends) < 0).any() or (ends < 0).any() or (len(ends) and ends[-1] > rows):

@@ -106,3 +106,16 @@ def test_a_routing_gives_every_row_to_one_group_within_the_cap(routing, rows, ca
     assert max(sizes) <= max(cap or rows, -(-rows // 5))
     if routing == "skewed":
         assert sizes == sorted(sizes, reverse=True)
+
+
+def test_an_expert_layers_projections_share_the_bound_on_their_groups():
+    from runtime.sized_kernels import group_caps
+    model, example = ember.load_model("models:hf-mixtral-grouped-mm")
+    cm = ember.compile(model, example, chip="tiny", dtype="fp32")
+    steps = [s for s in cm.program.steps if s["op"] == "grouped_matmul"]
+    caps = group_caps(cm.program)
+    tokens = example[0].numel()
+    assert len(steps) == 4 and len(caps) == 2             # two layers, two projections each
+    assert all(caps[s["operands"][2]] == tokens for s in steps)
+    # the down projection's rows are the gate's output, not gathered tokens: it learns the bound
+    assert sorted(s["attrs"]["max_group_rows"] for s in steps) == [0, 0, tokens, tokens]

@@ -24,7 +24,7 @@ def test_registry_lists_every_model():
     for base in ("multimodal-tiny", "multimodal-small", "multimodal-7b"):
         assert {base, f"{base}-decode"} <= names
     assert {"resnet-tiny", "resnet-small"} <= names
-    assert set(list_models(meta=True)) == {"multimodal-7b", "multimodal-7b-decode", "hf-llama-2-7b"}
+    assert set(list_models(meta=True)) == {"multimodal-7b", "multimodal-7b-decode", "hf-llama-2-7b", "hf-qwen3-moe-30b-a3b"}
     assert set(list_models(meta=False)) | set(list_models(meta=True)) == names
 
 
