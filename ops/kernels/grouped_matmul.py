@@ -67,8 +67,10 @@ class GroupedMatmulTemplate(KernelTemplate):
 
     @staticmethod
     def uniform_sizes(call: KernelCall) -> tuple[int, ...]:
-        from runtime.routing import group_sizes
-        return tuple(group_sizes("uniform", call.inputs[0].shape[0], call.inputs[1].shape[0]))
+        """The rows spread evenly over the groups, the first ones taking the remainder (the
+        runtime's uniform routing, runtime/routing.py)."""
+        rows, groups = call.inputs[0].shape[0], call.inputs[1].shape[0]
+        return tuple(rows // groups + (e < rows % groups) for e in range(groups))
 
     def plans(self, call: KernelCall, chip: Any) -> Iterator[GroupedPlan]:
         if call.compute_dtype in FLOATS:
