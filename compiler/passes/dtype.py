@@ -74,11 +74,12 @@ from ops.kernel import ISA_DTYPE
 from ops.registry import TensorSpec, numpy_dtype
 
 #: Contractions: op name -> the operand positions the kernel reads in its compute dtype.
-CONTRACTION_OPERANDS = {"linear": (0, 1), "matmul": (0, 1), "attention": (0, 1, 2), "conv": (0, 1, 2)}
+CONTRACTION_OPERANDS = {"linear": (0, 1), "matmul": (0, 1), "grouped_matmul": (0, 1), "attention": (0, 1, 2),
+                        "conv": (0, 1, 2)}
 #: Ops whose kernels read each operand in its own dtype and write the result in any float dtype
 #: (they widen to fp32 on the SIMD engine or accumulate in fp32 / int32).
 MIXED_OPS = frozenset({"unary", "binary", "softmax", "norm", "batch_norm", "reduce", "linear", "matmul",
-                       "quantize", "quantize_rows", "quantize_mx", "rotary"})
+                       "grouped_matmul", "quantize", "quantize_rows", "quantize_mx", "rotary"})
 #: The narrow dtype contraction operands are held in, per compile dtype.
 NARROW = {"fp32": "fp32", "bf16": "bf16", "int8": "bf16", "fp8": "bf16", "mxfp8": "bf16", "mxfp4": "bf16"}
 #: Symmetric int8 range (-128 is left out so that the grid is symmetric about 0).
