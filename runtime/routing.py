@@ -70,6 +70,3 @@ def _water_fill(weights: np.ndarray, rows: int, cap: int) -> list[int]:
             open_ &= sizes < cap
     return [int(s) for s in sizes]
 
-
-def offsets(sizes: Sequence[int]) -> np.ndarray:
-    return np.cumsum(np.asarray(sizes, np.int64))

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from compiler.errors import EmberError, source_of
+from ops.grouped_matmul import group_bounds
 from ops.kernel import KernelCall, Placement, kernel_for, roofline_cycles
 from runtime.routing import describe, group_sizes
 from simulator.isa import ChipProgram
@@ -70,8 +71,10 @@ class SizedKernels:
             cap = self.caps.get(step["operands"][step["sized_by"]]) or None
             return tuple(group_sizes(routing, rows, groups, cap)), f"{where}: {describe(routing)} routing"
         ends = np.asarray(values[step["operands"][step["sized_by"]]], np.int64).reshape(-1)
-        if (np.diff(ends) < 0).any() or (ends < 0).any() or (len(ends) and ends[-1] > rows):
-            raise SizeError(f"{where}: group ends {ends.tolist()} are not non-decreasing within [0, {rows}]")
+        try:
+            group_bounds(ends, rows)
+        except ValueError as e:
+            raise SizeError(f"{where}: group {e}") from e
         if len(ends) and ends[-1] < rows:
             raise SizeError(f"{where}: the groups end at row {int(ends[-1])} of {rows}; rows past the last "
                             "group (expert-parallel sentinels) are not run on the chip")

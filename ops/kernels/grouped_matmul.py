@@ -20,6 +20,7 @@ assumption, the uniform routing; `predict` is that kernel's cost, the GEMMs' pre
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Iterator, Sequence
 
 from ops.grouped_matmul import group_bounds
@@ -83,9 +84,8 @@ class GroupedMatmulTemplate(KernelTemplate):
     def _gemms(self, call: KernelCall, sizes: Sequence[int], chip: Any):
         """(GEMM call, its plan) per expert with rows."""
         gemm = kernel_for("matmul")
-        ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
         out = []
-        for e, s, t in group_bounds(ends, call.inputs[0].shape[0]):
+        for e, s, t in group_bounds(list(accumulate(sizes)), call.inputs[0].shape[0]):
             sub = expert_call(call, e, s, t)
             key = (sub.op, sub.inputs[0].shape, sub.inputs[1].shape, sub.inputs[0].dtype, sub.output.dtype,
                    sub.inputs[0].space, sub.inputs[1].space, sub.output.space, chip.fingerprint())
