@@ -5,6 +5,8 @@ ops through a `Builder`. Parameters and buffers become `ember.weight` ops that n
 the weight table (never materialized here, so meta-device models import without memory).
 Subgraphs that depend on no input and no weight (masks from `arange`, `full`, ...) are folded
 with torch on the CPU. Unsupported ops are collected, all of them, with the user's source line.
+Sizes that depend on the data (`x[mask]`, `.item()`) are taken at the example inputs' values
+(`compiler/unbacked.py`); sizes and arithmetic on them fold to ints.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from torch_mlir.dialects import func
 from compiler.context import mlir_context
 from compiler.dialect import build_op, op_attrs, spec_of, tensor_type
 from compiler.errors import LoweringError, UnsupportedOp, UnsupportedOpsError
+from compiler.unbacked import UNBACKED, concrete_vals, example_sizes, has_unbacked
 from ops.registry import OpDef, TensorSpec, Unsupported, numpy_dtype, op as lookup_op, rule_for
 
 #: Folded constants larger than this many elements stay ops (they would bloat the weight table).
@@ -102,11 +105,21 @@ class Builder:
 
     # -- what torch says about the node being lowered
     def result_spec(self, index: int = 0) -> TensorSpec:
-        """The shape and dtype torch recorded for the node's result `index`."""
-        val = self.node.meta["val"]
+        """The shape and dtype torch recorded for the node's result `index` (a size that depends
+        on the data at the example's value)."""
+        val = self.example_value()
         if isinstance(val, (tuple, list)):
             val = val[index]
         return TensorSpec.of(val)
+
+    def example_value(self) -> Any:
+        """What torch recorded for the node's result, with every size that depends on the data
+        at the value the example inputs give (`compiler/unbacked.py`)."""
+        return self._imp.val(self.node)
+
+    def where(self) -> str:
+        """`aten.op.overload at file:line` of the node being lowered."""
+        return f"{target_name(self.node.target)} at {source_line(self.node)}"
 
     @staticmethod
     def _spec_tree(o: Any) -> Any:
@@ -206,8 +219,12 @@ def main_function(module: ir.Module) -> Any:
 class Importer:
     """Turns one ExportedProgram into a `func.func @main` of `ember` ops."""
 
-    def __init__(self, ep: torch.export.ExportedProgram, allow_unsupported: bool = False):
+    def __init__(self, ep: torch.export.ExportedProgram, allow_unsupported: bool = False,
+                 example_inputs: tuple[torch.Tensor, ...] | None = None):
         self.ep = ep
+        #: node -> its value with the sizes that depend on the data at the example's (see `val`)
+        sizes = example_sizes(ep, example_inputs) if example_inputs is not None and has_unbacked(ep.graph) else {}
+        self.vals = concrete_vals(ep.graph, sizes)
         self.allow_unsupported = allow_unsupported
         self.context = mlir_context()
         self.weights: dict[str, torch.Tensor] = {}
@@ -220,6 +237,10 @@ class Importer:
         self.host_calls: dict[int, HostCall] = {}
         self.builder = Builder(self)
 
+    def val(self, node: torch.fx.Node) -> Any:
+        """`node.meta["val"]`, with the sizes that depend on the data at the example's values."""
+        return self.vals.get(node, node.meta.get("val"))
+
     # ------------------------------------------------------------------ entry point
     def run(self) -> ImportResult:
         ep, sig = self.ep, self.ep.graph_signature
@@ -228,17 +249,16 @@ class Importer:
         user_outputs, mutated = self._outputs(output_node, user_inputs)
         with self.context, ir.Location.unknown():
             self.module = ir.Module.create()
-            in_specs = [TensorSpec.of(n.meta["val"]) for n in user_inputs]
-            out_specs = [TensorSpec.of(o.meta["val"]) if isinstance(o, torch.fx.Node) else None for o in user_outputs]
-            if any(s is None for s in out_specs):
+            in_specs = [TensorSpec.of(self.val(n)) for n in user_inputs]
+            if not all(isinstance(o, torch.fx.Node) and isinstance(self.val(o), torch.Tensor) for o in user_outputs):
                 raise LoweringError("model outputs must all be tensors")
-            with ir.InsertionPoint(self.module.body):
-                fn = func.FuncOp("main", ([tensor_type(s) for s in in_specs], [tensor_type(s) for s in out_specs]))
+            with ir.InsertionPoint(self.module.body):   # its result types are set once the ops are made
+                fn = func.FuncOp("main", ([tensor_type(s) for s in in_specs], []))
                 block = fn.add_entry_block()
             self.block = block
             with ir.InsertionPoint(block):
                 for node, arg in zip(user_inputs, block.arguments):
-                    self.values[node] = Value(arg, TensorSpec.of(node.meta["val"]))
+                    self.values[node] = Value(arg, TensorSpec.of(self.val(node)))
                 remaining_users = {n: len(n.users) for n in ep.graph.nodes}
                 checks = check_only_nodes(ep.graph)
                 for node in ep.graph.nodes:
@@ -254,6 +274,7 @@ class Importer:
                                               "The ops whose result shape depends on the data cannot run on "
                                               "the host either (a host call has a static shape).")
                 results = [self._materialize(o) for o in user_outputs]
+                out_specs = [r.spec for r in results]
                 updates = [self._materialize(value) for _, value in mutated]
                 if any(not isinstance(u, Value) for u in updates):
                     raise LoweringError("an in-place update of an input is not computed by Ember")
@@ -344,7 +365,8 @@ class Importer:
                 self.values[x] = v
             elif v is None and x in self.folded:
                 v = self._folded_value(x)
-                self.values[x] = v
+                if isinstance(v, Value):
+                    self.values[x] = v
             return v
         if isinstance(x, (list, tuple)):
             return type(x)(self._materialize(a) for a in x)
@@ -352,8 +374,10 @@ class Importer:
             return {k: self._materialize(v) for k, v in x.items()}
         return x
 
-    def _folded_value(self, node: torch.fx.Node) -> Value:
+    def _folded_value(self, node: torch.fx.Node) -> Any:
         t = self.folded[node]
+        if isinstance(t, (int, float, bool)):     # a size, or arithmetic on sizes
+            return t
         if not isinstance(t, torch.Tensor):
             raise LoweringError(f"{node.name} folds to a {type(t).__name__}, not a tensor")
         return self.weight(f"_folded.{node.name}", t)
@@ -374,6 +398,9 @@ class Importer:
                 self._unsupported(node, "an output of this op is not computed by Ember")
             return
         if self._try_fold(node):
+            return
+        if isinstance(self.val(node), (int, float, bool)) and node.target is not torch.ops.aten._local_scalar_dense.default:
+            self.folded[node] = self.val(node)   # a size (sym_size, arithmetic on sizes): known now
             return
         rule = rule_for(node.target)
         if rule is None:
@@ -411,7 +438,7 @@ class Importer:
         inputs = node.all_input_nodes
         if inputs and not all(n in self.folded for n in inputs):
             return False
-        val = node.meta.get("val")
+        val = self.val(node)
         vals = val if isinstance(val, (tuple, list)) else [val]
         if not all(isinstance(v, torch.Tensor) for v in vals) or sum(v.numel() for v in vals) > MAX_FOLD_ELEMENTS:
             return False
@@ -463,11 +490,11 @@ class Importer:
         kwargs = self._materialize(node.kwargs)
         if self._has_poison(args) or self._has_poison(kwargs):
             return _POISON
-        val = node.meta.get("val")
+        val = self.val(node)
         vals = list(val) if isinstance(val, (tuple, list)) else [val]
         if not all(isinstance(v, torch.Tensor) for v in vals):
             return _POISON
-        if not all(isinstance(d, int) for v in vals for d in v.shape):     # an unbacked (data-dependent) size
+        if node.meta.get(UNBACKED):     # its result shape depends on the data
             key = (target_name(node.target), source_line(node))
             self.unhostable.add(key)
             self.reasons[key] = "; ".join(filter(None, (self.reasons.get(key), "its result shape depends on the data")))
@@ -503,7 +530,7 @@ class Importer:
 
     def _check_against_torch(self, node: torch.fx.Node, result: Any, family: str) -> None:
         """The specs the op library inferred must equal what torch recorded for the node."""
-        val = node.meta.get("val")
+        val = self.val(node)
         got = result if isinstance(result, (tuple, list)) else (result,)
         want = val if isinstance(val, (tuple, list)) else (val,)
         for i, (g, w) in enumerate(zip(got, want)):
@@ -519,9 +546,11 @@ class Importer:
 
 def _erase_unused(block: Any) -> None:
     """Drop the ops no result of the function reads (a lowering may read past one, as the grouped
-    matmul reads a weight as stored rather than its transpose); `ember` ops have no side effects."""
+    matmul reads a weight as stored rather than its transpose); `ember` ops have no side effects but
+    the checks of the data (`effects`)."""
     for operation in reversed(list(block.operations)):
-        if operation.name.startswith("ember.") and not any(list(r.uses) for r in operation.results):
+        if operation.name.startswith("ember.") and not any(list(r.uses) for r in operation.results) and \
+                not lookup_op(operation.name.removeprefix("ember.")).effects:
             operation.erase()
 
 
@@ -538,9 +567,11 @@ class _HostArg:
     index: int
 
 
-def import_program(ep: torch.export.ExportedProgram, allow_unsupported: bool = False) -> ImportResult:
-    """Import an ExportedProgram into a graph-level `ember` module."""
-    return Importer(ep, allow_unsupported).run()
+def import_program(ep: torch.export.ExportedProgram, allow_unsupported: bool = False,
+                   example_inputs: tuple[torch.Tensor, ...] | None = None) -> ImportResult:
+    """Import an ExportedProgram into a graph-level `ember` module; `example_inputs` fix the sizes
+    that depend on the data (`compiler/unbacked.py`)."""
+    return Importer(ep, allow_unsupported, example_inputs).run()
 
 
 __all__ = ["Builder", "Value", "ImportResult", "Importer", "import_program", "source_line", "HostCall"]

@@ -15,9 +15,11 @@ import torch
 from compiler.errors import EmberError, UnsupportedOpsError
 from ember.check import CheckReport, check
 from ember.compiled import CompiledModel, compile
+from ops.data_dependent import DataSizeError
 
 __all__ = ["check", "compile", "generate", "load", "load_chip", "load_model", "mlir_context", "sweep",
-           "torch_compile_report", "CheckReport", "CompiledModel", "EmberError", "UnsupportedOpsError"]
+           "torch_compile_report", "CheckReport", "CompiledModel", "DataSizeError", "EmberError",
+           "UnsupportedOpsError"]
 
 
 def load_chip(chip: Any):

@@ -46,6 +46,12 @@ def _expand(b, x, *args, **kwargs):
     return emit_broadcast(b, x, b.result_spec().shape)
 
 
+@lowers(aten.copy.default)
+def _copy(b, x, src, non_blocking=False):
+    """The functional `x.copy_(src)`: `src` in `x`'s dtype, broadcast to its shape."""
+    return emit_broadcast(b, b.cast(src, x.dtype), x.shape)
+
+
 def _repeat(b, x, repeats):
     repeats = [int(r) for r in repeats]
     if len(repeats) < x.rank:
@@ -102,5 +108,7 @@ samples(
     Sample("expand-repeat-tile", lambda x, c: (x.expand(3, -1, 4) + c.expand_as(x.expand(3, 2, 4)),
                                                x.repeat(2, 1, 3), torch.tile(c, (2,)), c.repeat_interleave(2)),
            lambda: (torch.randn(2, 1), torch.randn(4))),
+    Sample("copy-into", lambda x, y: x.clone().copy_(y[0].to(torch.float16)) * 2.0,
+           lambda: (torch.randn(3, 4), torch.randn(2, 4))),
     Sample("expand-int", lambda m: m[:, None, :].expand(-1, 3, -1) * 2, lambda: (torch.randint(0, 9, (2, 5)),)),
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ops.data_dependent import index_by_mask
 from ops.registry import Attr, Sample, Unsupported, define_op, lowers, norm_dim, samples
 
 aten = torch.ops.aten
@@ -139,8 +140,10 @@ def _index_tensor(b, x, indices):
     if len(indices) > x.rank:
         raise ValueError(f"{len(indices)} indices for a rank-{x.rank} tensor")
     tensors = [indices[i] for i in positions]
+    if len(tensors) == 1 and tensors[0].dtype == "i1":
+        return index_by_mask(b, x, tensors[0], positions[0])
     if any(t.dtype == "i1" for t in tensors):
-        raise Unsupported("indexing with a boolean mask (its result shape depends on the data)")
+        raise Unsupported("indexing with a boolean mask and other index tensors together")
     if any(t.dtype not in INT_DTYPES for t in tensors):
         raise Unsupported(f"indexing with {', '.join(t.dtype for t in tensors)} index tensors")
     out_shape = b.result_spec().shape

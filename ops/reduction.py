@@ -9,6 +9,8 @@ i1 and arg_reduce gives i64 indices.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -265,9 +267,18 @@ def _dims(x, dim) -> tuple[int, ...]:
 def emit_reduce(b, x, kind, dim=None, keepdim=False, correction=0.0, index=0):
     """`ember.reduce` of `x`, in the element type torch gives result `index` (i1 for any/all)."""
     out = b.result_spec(index).dtype
+    dims = _dims(x, dim)
+    if x.dtype == "i1" and kind in BOOL_AS_FLOAT and math.prod(x.shape[d] for d in dims or range(x.rank)) < 1 << 24:
+        # counts and tests of a mask, in fp32 (exact below 2**24), where the chip reduces
+        y = b.emit(reduce, b.cast(x, "f32"), kind=BOOL_AS_FLOAT[kind], dims=dims, keepdim=bool(keepdim), correction=0.0)
+        return b.cast(y, out)
     if kind not in ("any", "all"):
         x = b.cast(x, out)
-    return b.emit(reduce, x, kind=kind, dims=_dims(x, dim), keepdim=bool(keepdim), correction=float(correction))
+    return b.emit(reduce, x, kind=kind, dims=dims, keepdim=bool(keepdim), correction=float(correction))
+
+
+#: Reductions of a boolean mask computed on its fp32 cast: kind -> the fp32 reduction.
+BOOL_AS_FLOAT = {"sum": "sum", "any": "max", "all": "min"}
 
 
 def _used_results(b) -> set[int]:

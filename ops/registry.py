@@ -135,6 +135,7 @@ class OpDef:
         as `reference` is, with torch tensors. It computes in the operands' dtype as eager PyTorch
         does (no float64 widening), keeps the tensors on their device, and returns the declared
         result dtype(s). `None` only for ops whose values the runtime supplies (weight, constant).
+    effects: the op checks the data (`expect`): it stays in the graph when its result is unused.
     """
     name: str
     operands: tuple[str, ...]
@@ -145,6 +146,7 @@ class OpDef:
     num_results: int = 1   # -1: variadic
     family: str = ""
     torch_impl: TorchFn | None = None
+    effects: bool = False
 
     def check_attrs(self, attrs: dict[str, Any]) -> dict[str, Any]:
         missing = set(self.attrs) - set(attrs)
@@ -178,7 +180,7 @@ _SAMPLES: dict[str, list["Sample"]] = {}
 
 def define_op(name: str, *, operands: Sequence[str], attrs: dict[str, Attr] | None = None,
               infer: InferFn | None, reference: ReferenceFn | None, torch_impl: TorchFn | None = None,
-              doc: str = "", num_results: int = 1) -> OpDef:
+              doc: str = "", num_results: int = 1, effects: bool = False) -> OpDef:
     """Register an `ember` op. Defining the same op name twice is an error."""
     clash = {n.rstrip("?*") for n in operands} | set(attrs or {})
     if clash & _RESERVED_FIELDS:
@@ -186,7 +188,7 @@ def define_op(name: str, *, operands: Sequence[str], attrs: dict[str, Attr] | No
     if name in _OPS:
         raise ValueError(f"ember.{name} is defined twice (in {_OPS[name].family} and {_caller_family()})")
     op = OpDef(name, tuple(operands), dict(attrs or {}), infer, reference, doc, num_results, _caller_family(),
-               torch_impl)
+               torch_impl, effects)
     _OPS[name] = op
     return op
 

@@ -16,7 +16,8 @@ from tests.helpers import rel_err
 pytest.importorskip("transformers")
 
 TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2}
-CASES = [("hf-qwen2-moe", "fp32"), ("hf-qwen2-moe", "bf16"), ("hf-olmoe", "fp32"), ("hf-mixtral", "fp32"),
+CASES = [("hf-qwen2-moe", "fp32"), ("hf-qwen2-moe", "bf16"), ("hf-olmoe", "fp32"), ("hf-olmoe", "bf16"),
+         ("hf-mixtral", "fp32"), ("hf-mixtral", "bf16"),
          ("hf-mixtral-grouped-mm", "fp32"), ("hf-mixtral-grouped-mm", "bf16")]
 KERNELS = {"batched_mm": {"topk", "gather", "index_select", "matmul"},
            "grouped_mm": {"topk", "gather", "index_select", "grouped_matmul", "scan"}}

@@ -17,4 +17,5 @@ class ImportGraph:
 
     def run(self, state) -> None:
         from compiler.importer import import_program
-        state.graph = import_program(state.ep, allow_unsupported=state.options.allow_unsupported)
+        state.graph = import_program(state.ep, allow_unsupported=state.options.allow_unsupported,
+                                     example_inputs=state.example_inputs)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from compiler.errors import EmberError, source_of
+from ops.data_dependent import check_size
 from ops.registry import DTYPE_TO_TORCH, TensorSpec, as_dtype, dtype_of_numpy, op as lookup_op, to_numpy, to_torch
 from runtime.host_cost import host_step_seconds
 from runtime.routing import check_routing
@@ -319,10 +320,14 @@ class _Run:
             kernel, roofline = self.backend.sized.kernel(step, sizes)
             if assumed:
                 self.result.assumed.append(assumed)
+        if step["op"] == "expect" and self.timing_only:   # a size the data gives: no data to check it on
+            self.result.assumed.append(step["attrs"]["what"])
         try:
             res = simulate(kernel, self.chip, memory_init=memory_init,
                            timing_only=self.timing_only, cache=TIMING_CACHE if self.timing_only else None)
         except AddressOutOfRange as e:   # a fault of the data (an index out of range): name the op
+            if step["op"] == "expect":   # the data gives another size than the Program's
+                check_size(self.store[reads[0]], **step["attrs"])
             raise type(e)(f"ember.{step['op']} at {source_of(step['location']) or 'an unknown source line'}: {e}") from e
         if not self.timing_only:
             for out in results:            # a kernel may write several results (int8 rows and their scales)
