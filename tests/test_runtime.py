@@ -122,6 +122,15 @@ def test_partitioned_program_saves_loads_and_runs_its_host_segments(tmp_path):
     assert sum(s.cycles for s in transfers) > 0                # the host link costs time
 
 
+@pytest.mark.parametrize("timing_only", [False, True])
+def test_a_run_counts_the_commands_it_simulated(timing_only):
+    model, example = ember.load_model("models:multimodal-tiny")
+    cm = ember.compile(model, example, chip="tiny", dtype="fp32")
+    cm.run(*_fresh("models:multimodal-tiny"), device="sim", timing_only=timing_only)
+    kernels = [cm.program.kernels[s["kernel"]] for s in cm.program.steps if s["kind"] == "kernel"]
+    assert cm.last_run.stats["commands"] == sum(len(k.expand().commands) for k in kernels) > 0
+
+
 def test_host_call_that_this_process_cannot_run_is_refused_by_name():
     with pytest.raises(HostCallError, match="nosuchlib.frobnicate.default"):
         decode_host_call({"target": "nosuchlib.frobnicate.default", "args": [{"$tensor": 0}], "kwargs": {}})

@@ -99,6 +99,7 @@ class _Accumulator:
         self.energy: dict[str, float] = {}
         self.macs: dict[str, int] = {}
         self.host_link_bytes = 0
+        self.commands = 0
 
     def add(self, stats: dict[str, Any]) -> None:
         for engine, per_pe in stats["busy_cycles"].items():
@@ -109,6 +110,7 @@ class _Accumulator:
             self.energy[k] = self.energy.get(k, 0.0) + float(v)
         for k, v in stats["macs"].items():
             self.macs[k] = self.macs.get(k, 0) + int(v)
+        self.commands += int(stats["commands"])
 
     def result(self, cycles: int) -> dict[str, Any]:
         pes = self.chip.num_pes
@@ -118,7 +120,7 @@ class _Accumulator:
                 "bytes": {**self.bytes, "host_link": self.host_link_bytes},
                 "macs": self.macs,
                 "achieved_ops_per_s": 2 * sum(self.macs.values()) / seconds if cycles else 0.0,
-                "energy_j": self.energy}
+                "energy_j": self.energy, "commands": self.commands}
 
 
 @dataclass
