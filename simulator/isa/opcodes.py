@@ -89,10 +89,12 @@ class DType(enum.IntEnum):
 
     @classmethod
     def of(cls, x: "str | DType | np.dtype") -> "DType":
-        if isinstance(x, DType):
+        if type(x) is DType:
             return x
-        if isinstance(x, str) and x.upper() in cls.__members__:
-            return cls[x.upper()]
+        if isinstance(x, str):
+            found = cls.__members__.get(x.upper())
+            if found is not None:
+                return found
         dt = np.dtype(x)
         for k, v in _NP.items():
             if v == dt and k.mx is None:     # MX rows are bytes, not a numpy element type

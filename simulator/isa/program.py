@@ -13,7 +13,16 @@ from simulator.isa.opcodes import ENGINE_OF_OP, DType, Dir, Engine, Indexed, Mca
 
 
 def _space(s: "str | Space") -> Space:
-    return s if isinstance(s, Space) else Space[s.upper()]
+    if type(s) is Space:
+        return s
+    found = _SPACE_BY_NAME.get(s)
+    return found if found is not None else Space[s.upper()]
+
+
+_SPACE_BY_NAME = {m.name.lower(): m for m in Space}
+#: zero operands that pad a command's argument list of n operands to NUM_ARGS
+_PAD = [[0] * (NUM_ARGS - n) for n in range(NUM_ARGS + 1)]
+_ENGINE_NUMBER = {op: int(engine) for op, engine in ENGINE_OF_OP.items()}
 
 
 LOOP_DTYPE = np.dtype([("first", "<i8"), ("length", "<i8"), ("count", "<i8")])
@@ -221,7 +230,7 @@ class PEStream:
     rows: int
     cols: int
     _records: list = field(default_factory=list)
-    _strides: list = field(default_factory=list)
+    _strides: dict = field(default_factory=dict)      # record index -> its strides (strided ones only)
     _loops: list = field(default_factory=list)
     _open_loop: "int | None" = None
     #: the program's vector-kernel table (shared by the PEs of one ProgramBuilder)
@@ -232,17 +241,22 @@ class PEStream:
               src_space: Space = Space.LOCAL, dst_space: Space = Space.LOCAL, flags: int = 0,
               peer: int = -1, wait: "tuple[int, int] | None" = None,
               signal: int | None = None) -> int:
-        a = [int(x) for x in args] + [0] * (NUM_ARGS - len(args))
+        a = list(map(int, args))
+        n = len(a)
+        if n < NUM_ARGS:
+            a += _PAD[n]
         wt, wc = (int(wait[0]), int(wait[1])) if wait is not None else (-1, 0)
-        st = [getattr(x, "stride", 0) for x in args] + [0] * (NUM_ARGS - len(args))
-        st.append(getattr(wait[1], "stride", 0) if wait is not None else 0)
-        if any(st) and self._open_loop is None:
-            raise ValueError("strided operands need an enclosing PEStream.repeat block")
-        self._strides.append(st)
-        eng = ENGINE_OF_OP[op] if engine is None else engine
-        dtype = DType.of(dtype)
+        if Strided in map(type, args) or (wait is not None and type(wait[1]) is Strided):
+            st = [getattr(x, "stride", 0) for x in args] + _PAD[n]
+            st.append(getattr(wait[1], "stride", 0) if wait is not None else 0)
+            if any(st):
+                if self._open_loop is None:
+                    raise ValueError("strided operands need an enclosing PEStream.repeat block")
+                self._strides[len(self._records)] = st
+        eng = _ENGINE_NUMBER[op] if engine is None else int(engine)
+        dt = int(DType.of(dtype))
         self._records.append((a, wt, wc, -1 if signal is None else int(signal), peer, self.pe,
-                              int(op), int(eng), int(dtype), int(dtype if dtype2 is None else DType.of(dtype2)),
+                              int(op), eng, dt, dt if dtype2 is None else int(DType.of(dtype2)),
                               int(fn), int(src_space), int(dst_space), flags))
         return len(self._records) - 1
 
@@ -469,12 +483,15 @@ class ProgramBuilder:
             self._streams[p].nop(engine, wait=(tok, len(pes)))
 
     def build(self) -> ChipProgram:
-        recs, strides, loops = [], [], []
+        recs, strided, loops = [], {}, []
         for s in self._streams:
             loops += [(len(recs) + f, n, c) for f, n, c in s._loops]
+            strided.update((len(recs) + i, st) for i, st in s._strides.items())
             recs += s._records
-            strides += s._strides
         arr = np.array(recs, dtype=CMD_DTYPE) if recs else np.zeros(0, CMD_DTYPE)
-        st = np.array(strides, np.int64).reshape(len(recs), NUM_STRIDES)
+        st = np.zeros((len(recs), NUM_STRIDES), np.int64)
+        if strided:
+            rows = np.fromiter(strided, np.int64, len(strided))
+            st[rows] = np.array(list(strided.values()), np.int64)
         return ChipProgram(arr, len(self._streams), self.name, np.array(loops, LOOP_DTYPE), st,
                            self._vector_kernels)
