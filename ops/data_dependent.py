@@ -99,6 +99,8 @@ def _item(b, x):
         raise Unsupported("a float read from the data into the graph's shapes")
     if not isinstance(value, (int, bool)):
         raise Unsupported("its value depends on the data, and the example's value is unknown")
+    if not -(1 << 31) <= int(value) < 1 << 31:
+        raise Unsupported(f"a value read from the data ({int(value)}) beyond the chip's int32")
     expect_size(b, x, int(value))
     return int(value)
 
