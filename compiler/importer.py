@@ -25,7 +25,7 @@ from torch_mlir.dialects import func
 from compiler.context import mlir_context
 from compiler.dialect import build_op, op_attrs, spec_of, tensor_type
 from compiler.errors import LoweringError, UnsupportedOp, UnsupportedOpsError
-from compiler.unbacked import UNBACKED, concrete_vals, example_sizes, has_unbacked
+from compiler.unbacked import concrete_vals, example_sizes, has_unbacked, shape_depends_on_data
 from ops.registry import OpDef, TensorSpec, Unsupported, numpy_dtype, op as lookup_op, rule_for
 
 #: Folded constants larger than this many elements stay ops (they would bloat the weight table).
@@ -223,8 +223,9 @@ class Importer:
                  example_inputs: tuple[torch.Tensor, ...] | None = None):
         self.ep = ep
         #: node -> its value with the sizes that depend on the data at the example's (see `val`)
-        sizes = example_sizes(ep, example_inputs) if example_inputs is not None and has_unbacked(ep.graph) else {}
-        self.vals = concrete_vals(ep.graph, sizes)
+        self.vals: dict[torch.fx.Node, Any] = {}
+        if has_unbacked(ep.graph) and example_inputs is not None:
+            self.vals = concrete_vals(ep.graph, example_sizes(ep, example_inputs))
         self.allow_unsupported = allow_unsupported
         self.context = mlir_context()
         self.weights: dict[str, torch.Tensor] = {}
@@ -494,7 +495,7 @@ class Importer:
         vals = list(val) if isinstance(val, (tuple, list)) else [val]
         if not all(isinstance(v, torch.Tensor) for v in vals):
             return _POISON
-        if node.meta.get(UNBACKED):     # its result shape depends on the data
+        if shape_depends_on_data(node):
             key = (target_name(node.target), source_line(node))
             self.unhostable.add(key)
             self.reasons[key] = "; ".join(filter(None, (self.reasons.get(key), "its result shape depends on the data")))

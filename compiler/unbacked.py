@@ -16,12 +16,15 @@ import sympy
 import torch
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
-#: The meta entry of a node whose result shape holds a size that depends on the data.
-UNBACKED = "ember_unbacked"
-
-
 def has_unbacked(graph: torch.fx.Graph) -> bool:
     return any(free_unbacked_symbols(n.meta.get("val")) for n in graph.nodes)
+
+
+def shape_depends_on_data(node: torch.fx.Node) -> bool:
+    """Whether a tensor result of `node` has a size that depends on the data."""
+    val = node.meta.get("val")
+    return any(isinstance(v, torch.Tensor) and free_unbacked_symbols(v)
+               for v in (val if isinstance(val, (tuple, list)) else [val]))
 
 
 def example_sizes(ep: torch.export.ExportedProgram, example_inputs: tuple[torch.Tensor, ...]) -> dict[Any, int]:
@@ -59,8 +62,7 @@ def _bind(val: Any, result: Any, sizes: dict[Any, int]) -> None:
 
 def concrete_vals(graph: torch.fx.Graph, sizes: dict[Any, int]) -> dict[torch.fx.Node, Any]:
     """Node -> its `meta["val"]` with every symbol of `sizes` replaced: tensors as meta tensors of
-    the concrete shape, sizes as ints. Nodes whose value holds a symbol `sizes` lacks keep it.
-    Marks the nodes whose result shape depended on the data (`UNBACKED`)."""
+    the concrete shape, sizes as ints. Nodes whose value holds a symbol `sizes` lacks keep it."""
     out = {}
     for node in graph.nodes:
         val = node.meta.get("val")
@@ -68,8 +70,6 @@ def concrete_vals(graph: torch.fx.Graph, sizes: dict[Any, int]) -> dict[torch.fx
             fixed = _concrete(val, sizes)
             if not free_unbacked_symbols(fixed):
                 out[node] = fixed
-            node.meta[UNBACKED] = any(isinstance(v, torch.Tensor) and free_unbacked_symbols(v)
-                                      for v in (val if isinstance(val, (tuple, list)) else [val]))
     return out
 
 
@@ -89,6 +89,3 @@ def _concrete(val: Any, sizes: dict[Any, int]) -> Any:
         return kind(expr)
     return val
 
-
-def describe(sizes: dict[Any, int]) -> str:
-    return ", ".join(f"{s} = {v}" for s, v in sorted(sizes.items(), key=lambda kv: str(kv[0])))
